@@ -1,0 +1,1 @@
+//! Selective-scan kernels (placeholder, being written).
