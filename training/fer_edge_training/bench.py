@@ -1,0 +1,145 @@
+"""Measurements quoted in training/README.md.
+
+python -m fer_edge_training.bench scan   [--b 8 --kd 1024 --n 16 --l 1024 --threads 1]
+python -m fer_edge_training.bench macs   [--variant s --size 320]
+python -m fer_edge_training.bench twin   [--variant s --size 320 --threads 1 --runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def _scan_inputs(b, kd, n, length, g, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    args = [
+        torch.randn(b, kd, length, generator=gen),
+        torch.randn(b, kd, length, generator=gen) * 0.5 - 2.0,
+        -torch.arange(1, n + 1, dtype=torch.float32).repeat(kd, 1),
+        torch.randn(b, g, n, length, generator=gen),
+        torch.randn(b, g, n, length, generator=gen),
+        torch.ones(kd),
+        torch.randn(kd, generator=gen) * 0.3,
+    ]
+    return [a.requires_grad_() for a in args]
+
+
+def bench_scan(b: int, kd: int, n: int, length: int, g: int = 8, repeat: int = 1) -> dict:
+    from .scan import selective_scan_fast, selective_scan_ref
+
+    args = _scan_inputs(b, kd, n, length, g)
+    gy = torch.randn(b, kd, length)
+    out = {}
+    for name, fn in (("fast", selective_scan_fast), ("ref", selective_scan_ref)):
+        fwd, bwd = [], []
+        for _ in range(repeat):
+            for a in args:
+                a.grad = None
+            t0 = time.perf_counter()
+            y = fn(*args)
+            t1 = time.perf_counter()
+            y.backward(gy)
+            t2 = time.perf_counter()
+            fwd.append(t1 - t0)
+            bwd.append(t2 - t1)
+            del y
+        out[name] = (min(fwd), min(bwd))
+        print(
+            f"{name}: forward {min(fwd):.2f} s, backward {min(bwd):.2f} s, "
+            f"total {min(fwd) + min(bwd):.2f} s "
+            f"(peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB)"
+        )
+    f, r = sum(out["fast"]), sum(out["ref"])
+    print(f"ref / fast (forward + backward): {r / f:.2f}x")
+    return out
+
+
+def count_macs(variant: str, size: int) -> dict:
+    """Conv/matmul MACs from torch's FLOP counter, plus the scans' element-steps."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .model import SS2D, build_model
+    from .scan import set_scan_impl
+
+    model = set_scan_impl(build_model(variant).eval(), "ref")  # elementwise: not counted
+    steps = []
+
+    def hook(mod, inp, out):
+        b, h, w, _ = inp[0].shape
+        steps.append(b * mod.k * mod.d_inner * mod.d_state * h * w)
+
+    for m in model.modules():
+        if isinstance(m, SS2D):
+            m.register_forward_hook(hook)
+    with FlopCounterMode(display=False) as fc:
+        model(torch.zeros(1, 3, size, size))
+    dense = fc.get_total_flops() // 2
+    scan_steps = sum(steps)
+    # per (channel, state, step): decay multiply-add, input multiply, read-out MAC, plus
+    # the exponential: counted as 4 MACs (MODEL.md's 0.45 G for "s" implies ~4.6).
+    scan_macs = 4 * scan_steps
+    print(f"{variant} at {size}: conv+matmul {dense / 1e9:.3f} GMACs")
+    print(
+        f"scans: {scan_steps / 1e6:.1f} M (channel, state, step) updates ~ {scan_macs / 1e9:.3f} G"
+    )
+    print(f"total ~ {(dense + scan_macs) / 1e9:.2f} GMACs")
+    return {"dense": dense, "scan_steps": scan_steps}
+
+
+def bench_twin(variant: str, size: int, threads: int, runs: int) -> list[float]:
+    import onnxruntime as ort
+
+    from .export import build, export_model
+    from .onnx_graph import make_scan_twin
+
+    model = build(variant, 0, None, size)
+    twin = make_scan_twin(export_model(model, size))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(twin.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    sess.run(None, {"images": x})
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, {"images": x})
+        times.append(time.perf_counter() - t0)
+    print(
+        f"onnxruntime, Scan twin of {variant} at {size}, {threads} thread(s): "
+        f"median {statistics.median(times) * 1e3:.0f} ms, min {min(times) * 1e3:.0f} ms"
+    )
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fer_edge_training.bench")
+    ap.add_argument("what", choices=["scan", "macs", "twin"])
+    ap.add_argument("--b", type=int, default=8)
+    ap.add_argument("--kd", type=int, default=1024)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--l", type=int, default=1024)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--variant", default="s")
+    ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=5)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    if a.what == "scan":
+        bench_scan(a.b, a.kd, a.n, a.l, repeat=a.repeat)
+    elif a.what == "macs":
+        count_macs(a.variant, a.size)
+    else:
+        bench_twin(a.variant, a.size, a.threads, a.runs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

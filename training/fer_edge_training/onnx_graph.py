@@ -1,0 +1,322 @@
+"""ONNX-side helpers: the ``fer_edge::SelectiveScan`` contract, a numpy kernel for it, and
+the rewrite of every SelectiveScan node into a standard ONNX ``Scan`` (the "scan twin").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference.op_run import OpRun
+
+from .scan import ONNX_DOMAIN, ONNX_OP_TYPE, ONNX_OP_VERSION
+
+INPUT_NAMES = ("u", "delta", "A", "Bs", "Cs", "D", "delta_bias")
+
+
+def register_onnx_schema() -> None:
+    """Register the schema of fer_edge::SelectiveScan v1 with onnx (idempotent).
+
+    Lets onnxscript emit the node and onnx.checker check its arity and attribute.
+    """
+    if onnx.defs.has(ONNX_OP_TYPE, ONNX_DOMAIN):
+        return
+    param = onnx.defs.OpSchema.FormalParameter
+    schema = onnx.defs.OpSchema(
+        ONNX_OP_TYPE,
+        ONNX_DOMAIN,
+        ONNX_OP_VERSION,
+        doc="Selective scan of FER-YOLO-Mamba (see training/fer_edge_training/scan.py).",
+        inputs=[param(n, "T") for n in INPUT_NAMES],
+        outputs=[param("y", "T")],
+        type_constraints=[("T", ["tensor(float)"], "float32 tensors")],
+        attributes=[
+            onnx.defs.OpSchema.Attribute(
+                "delta_softplus",
+                helper.make_attribute("delta_softplus", 1),
+                "1: dt = softplus(delta + delta_bias); 0: dt = delta + delta_bias",
+            )
+        ],
+    )
+    onnx.defs.register_schema(schema)
+
+
+# --------------------------------------------------------------------------------------
+# numpy kernel (for onnx.reference) -- the recurrence, step by step
+# --------------------------------------------------------------------------------------
+
+
+def _softplus_np(x: np.ndarray) -> np.ndarray:
+    # torch.nn.functional.softplus (beta 1, threshold 20)
+    return np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20)))).astype(x.dtype)
+
+
+def selective_scan_numpy(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=1) -> np.ndarray:
+    b, kd, length = u.shape
+    g, n = Bs.shape[1], A.shape[1]
+    dg = kd // g
+    dt = delta + delta_bias[None, :, None]
+    if delta_softplus:
+        dt = _softplus_np(dt)
+    a = A.reshape(g, dg, n)
+    h = np.zeros((b, g, dg, n), dtype=u.dtype)
+    y = np.empty_like(u)
+    for t in range(length):
+        dt_t = dt[:, :, t].reshape(b, g, dg, 1)
+        u_t = u[:, :, t].reshape(b, g, dg, 1)
+        h = np.exp(dt_t * a) * h + dt_t * Bs[:, :, None, :, t] * u_t
+        y[:, :, t] = (h * Cs[:, :, None, :, t]).sum(-1).reshape(b, kd)
+    return (y + D[None, :, None] * u).astype(u.dtype)
+
+
+class SelectiveScanOpRun(OpRun):
+    """fer_edge::SelectiveScan for ``onnx.reference.ReferenceEvaluator(new_ops=[...])``."""
+
+    op_domain = ONNX_DOMAIN
+
+    def _run(self, u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=1):
+        return (selective_scan_numpy(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus),)
+
+
+SelectiveScanOpRun.__name__ = ONNX_OP_TYPE  # the evaluator matches classes by op_type
+
+
+# --------------------------------------------------------------------------------------
+# Graph utilities
+# --------------------------------------------------------------------------------------
+
+
+def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop per-node metadata and doc strings (stack traces, local paths)."""
+
+    def clean(graph: onnx.GraphProto) -> None:
+        graph.doc_string = ""
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    clean(attr.g)
+        for vi in [*graph.value_info, *graph.input, *graph.output]:
+            del vi.metadata_props[:]
+        for init in graph.initializer:
+            del init.metadata_props[:]
+
+    clean(model.graph)
+    del model.metadata_props[:]
+    model.doc_string = ""
+    return model
+
+
+def ensure_opset(model: onnx.ModelProto, domain: str, version: int) -> None:
+    for op in model.opset_import:
+        if op.domain == domain:
+            op.version = version
+            return
+    model.opset_import.append(helper.make_opsetid(domain, version))
+
+
+def count_ops(model: onnx.ModelProto, op_type: str, domain: str | None = None) -> int:
+    return sum(
+        1
+        for n in model.graph.node
+        if n.op_type == op_type and (domain is None or n.domain == domain)
+    )
+
+
+def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    g = model.graph
+    shapes: dict[str, list[int]] = {}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        tt = vi.type.tensor_type
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            shapes[vi.name] = [d.dim_value for d in tt.shape.dim]
+    for init in g.initializer:
+        shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """Static shapes of every named value, through onnx shape inference.
+
+    SelectiveScan's output has the shape of its input ``u``: that is added as value_info
+    (on a copy) whenever onnx cannot infer it, then inference is run again.
+    """
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    while True:
+        work = onnx.shape_inference.infer_shapes(work)
+        shapes = _known_shapes(work)
+        added = False
+        for node in work.graph.node:
+            if node.domain == ONNX_DOMAIN and node.op_type == ONNX_OP_TYPE:
+                y = node.output[0]
+                if y not in shapes and node.input[0] in shapes:
+                    work.graph.value_info.append(
+                        helper.make_tensor_value_info(y, TensorProto.FLOAT, shapes[node.input[0]])
+                    )
+                    added = True
+        if not added:
+            return shapes
+
+
+def _const_i64(name: str, values) -> onnx.NodeProto:
+    return helper.make_node(
+        "Constant",
+        [],
+        [name],
+        value=numpy_helper.from_array(np.asarray(values, dtype=np.int64), name),
+    )
+
+
+def _scan_body(p: str, b: int, g: int, dg: int, n: int) -> onnx.GraphProto:
+    """One time step. Every broadcast is an explicit Expand (tract requires it)."""
+    f = TensorProto.FLOAT
+    s4 = [b, g, dg, n]
+    nodes = [
+        _const_i64(f"{p}shape", s4),
+        _const_i64(f"{p}ax3", [3]),
+        _const_i64(f"{p}ax2", [2]),
+        # dA = exp(dt * A)
+        helper.make_node("Unsqueeze", [f"{p}dt_t", f"{p}ax3"], [f"{p}dt4"]),
+        helper.make_node("Expand", [f"{p}dt4", f"{p}shape"], [f"{p}dtE"]),
+        helper.make_node("Mul", [f"{p}dtE", f"{p}a_in"], [f"{p}dtA"]),
+        helper.make_node("Exp", [f"{p}dtA"], [f"{p}dA"]),
+        # dt * u * B
+        helper.make_node("Mul", [f"{p}dt_t", f"{p}u_t"], [f"{p}du"]),
+        helper.make_node("Unsqueeze", [f"{p}du", f"{p}ax3"], [f"{p}du4"]),
+        helper.make_node("Expand", [f"{p}du4", f"{p}shape"], [f"{p}duE"]),
+        helper.make_node("Unsqueeze", [f"{p}b_t", f"{p}ax2"], [f"{p}b4"]),
+        helper.make_node("Expand", [f"{p}b4", f"{p}shape"], [f"{p}bE"]),
+        helper.make_node("Mul", [f"{p}duE", f"{p}bE"], [f"{p}dBu"]),
+        # h = dA * h + dBu
+        helper.make_node("Mul", [f"{p}dA", f"{p}h_prev"], [f"{p}decayed"]),
+        helper.make_node("Add", [f"{p}decayed", f"{p}dBu"], [f"{p}h_next"]),
+        # y_t = sum_n C * h
+        helper.make_node("Unsqueeze", [f"{p}c_t", f"{p}ax2"], [f"{p}c4"]),
+        helper.make_node("Expand", [f"{p}c4", f"{p}shape"], [f"{p}cE"]),
+        helper.make_node("Mul", [f"{p}h_next", f"{p}cE"], [f"{p}hc"]),
+        helper.make_node("ReduceSum", [f"{p}hc", f"{p}ax3"], [f"{p}y_t"], keepdims=0),
+        helper.make_node("Identity", [f"{p}a_in"], [f"{p}a_out"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info(f"{p}h_prev", f, s4),
+        helper.make_tensor_value_info(f"{p}a_in", f, s4),
+        helper.make_tensor_value_info(f"{p}dt_t", f, [b, g, dg]),
+        helper.make_tensor_value_info(f"{p}u_t", f, [b, g, dg]),
+        helper.make_tensor_value_info(f"{p}b_t", f, [b, g, n]),
+        helper.make_tensor_value_info(f"{p}c_t", f, [b, g, n]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(f"{p}h_next", f, s4),
+        helper.make_tensor_value_info(f"{p}a_out", f, s4),
+        helper.make_tensor_value_info(f"{p}y_t", f, [b, g, dg]),
+    ]
+    return helper.make_graph(nodes, f"{p}body", inputs, outputs)
+
+
+def _scan_replacement(node: onnx.NodeProto, shapes: dict, idx: int) -> list[onnx.NodeProto]:
+    """Standard-ONNX nodes computing what one SelectiveScan node computes."""
+    u, delta, a, bs, cs, d, dbias = node.input
+    (y,) = node.output
+    sp = 1
+    for attr in node.attribute:
+        if attr.name == "delta_softplus":
+            sp = attr.i
+    b, kd, length = shapes[u]
+    _, g, n, _ = shapes[bs]
+    dg = kd // g
+    p = f"scan_twin{idx}_"
+    nodes = [
+        _const_i64(f"{p}s_b1", [1, kd, 1]),
+        _const_i64(f"{p}s_bgdl", [b, g, dg, length]),
+        _const_i64(f"{p}s_1gdn", [1, g, dg, n]),
+        _const_i64(f"{p}s_bgdn", [b, g, dg, n]),
+        _const_i64(f"{p}s_bkl", [b, kd, length]),
+        helper.make_node("Reshape", [dbias, f"{p}s_b1"], [f"{p}bias3"]),
+        helper.make_node("Add", [delta, f"{p}bias3"], [f"{p}pre"]),
+    ]
+    if sp:
+        # softplus(x) = relu(x) + log1p(exp(-|x|)); log1p(e) = log(1+e) * e / ((1+e) - 1)
+        # (exact where 1+e rounds, e where it rounds to 1): no overflow, no lost digits.
+        one = f"{p}one"
+        zero = f"{p}zero"
+        nodes += [
+            helper.make_node(
+                "Constant", [], [one], value=numpy_helper.from_array(np.float32(1.0), one)
+            ),
+            helper.make_node(
+                "Constant", [], [zero], value=numpy_helper.from_array(np.float32(0.0), zero)
+            ),
+            helper.make_node("Abs", [f"{p}pre"], [f"{p}abs"]),
+            helper.make_node("Neg", [f"{p}abs"], [f"{p}nabs"]),
+            helper.make_node("Exp", [f"{p}nabs"], [f"{p}e"]),
+            helper.make_node("Add", [f"{p}e", one], [f"{p}w"]),
+            helper.make_node("Sub", [f"{p}w", one], [f"{p}wm1"]),
+            helper.make_node("Log", [f"{p}w"], [f"{p}logw"]),
+            helper.make_node("Mul", [f"{p}logw", f"{p}e"], [f"{p}num"]),
+            helper.make_node("Equal", [f"{p}wm1", zero], [f"{p}tiny"]),
+            helper.make_node("Where", [f"{p}tiny", one, f"{p}wm1"], [f"{p}den"]),
+            helper.make_node("Div", [f"{p}num", f"{p}den"], [f"{p}l1p_big"]),
+            helper.make_node("Where", [f"{p}tiny", f"{p}e", f"{p}l1p_big"], [f"{p}l1p"]),
+            helper.make_node("Relu", [f"{p}pre"], [f"{p}relu"]),
+            helper.make_node("Add", [f"{p}relu", f"{p}l1p"], [f"{p}dt"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", [f"{p}pre"], [f"{p}dt"]))
+    nodes += [
+        # scanned inputs, time axis first
+        helper.make_node("Reshape", [f"{p}dt", f"{p}s_bgdl"], [f"{p}dt4"]),
+        helper.make_node("Transpose", [f"{p}dt4"], [f"{p}dt_seq"], perm=[3, 0, 1, 2]),
+        helper.make_node("Reshape", [u, f"{p}s_bgdl"], [f"{p}u4"]),
+        helper.make_node("Transpose", [f"{p}u4"], [f"{p}u_seq"], perm=[3, 0, 1, 2]),
+        helper.make_node("Transpose", [bs], [f"{p}b_seq"], perm=[3, 0, 1, 2]),
+        helper.make_node("Transpose", [cs], [f"{p}c_seq"], perm=[3, 0, 1, 2]),
+        # loop-carried: state h (zeros) and A expanded to the state's shape (passed through)
+        helper.make_node("Reshape", [a, f"{p}s_1gdn"], [f"{p}a4"]),
+        helper.make_node("Expand", [f"{p}a4", f"{p}s_bgdn"], [f"{p}a_full"]),
+        helper.make_node(
+            "ConstantOfShape",
+            [f"{p}s_bgdn"],
+            [f"{p}h0"],
+            value=numpy_helper.from_array(np.zeros(1, np.float32), f"{p}h0_value"),
+        ),
+        helper.make_node(
+            "Scan",
+            [f"{p}h0", f"{p}a_full", f"{p}dt_seq", f"{p}u_seq", f"{p}b_seq", f"{p}c_seq"],
+            [f"{p}h_last", f"{p}a_last", f"{p}y_seq"],
+            num_scan_inputs=4,
+            body=_scan_body(f"{p}body_", b, g, dg, n),
+        ),
+        helper.make_node("Transpose", [f"{p}y_seq"], [f"{p}y4"], perm=[1, 2, 3, 0]),
+        helper.make_node("Reshape", [f"{p}y4", f"{p}s_bkl"], [f"{p}y_ssm"]),
+        helper.make_node("Reshape", [d, f"{p}s_b1"], [f"{p}d3"]),
+        helper.make_node("Mul", [u, f"{p}d3"], [f"{p}du"]),
+        helper.make_node("Add", [f"{p}y_ssm", f"{p}du"], [y]),
+    ]
+    return nodes
+
+
+def make_scan_twin(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of ``model`` where every fer_edge::SelectiveScan node is replaced by standard
+    ONNX ops around one ``Scan`` (same maths, same value names in and out)."""
+    shapes = static_shapes(model)
+    twin = onnx.ModelProto()
+    twin.CopyFrom(model)
+    new_nodes: list[onnx.NodeProto] = []
+    idx = 0
+    for node in model.graph.node:
+        if node.domain == ONNX_DOMAIN and node.op_type == ONNX_OP_TYPE:
+            missing = [v for v in (node.input[0], node.input[3]) if v not in shapes]
+            if missing:
+                raise ValueError(f"static shapes unknown for {missing}")
+            new_nodes.extend(_scan_replacement(node, shapes, idx))
+            idx += 1
+        else:
+            new_nodes.append(node)
+    del twin.graph.node[:]
+    twin.graph.node.extend(new_nodes)
+    keep = [op for op in twin.opset_import if op.domain != ONNX_DOMAIN]
+    del twin.opset_import[:]
+    twin.opset_import.extend(keep)
+    return twin
