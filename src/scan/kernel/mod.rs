@@ -1,1 +1,298 @@
-//! Selective-scan kernels (placeholder, being written).
+//! Selective-scan kernels: the numerical core of the `SelectiveScan` op.
+//!
+//! [`selective_scan`] validates the inputs, cuts the problem into blocks of
+//! channels and runs them on the tract executor with a [`ScanKernel`]: the
+//! portable [`reference()`], or a SIMD kernel ([`best`] picks one for this CPU).
+//!
+//! The maths, all in f32 (see `MODEL.md`, "The selective scan"), with channel
+//! `c` in group `g = c / (KD / G)`:
+//!
+//! ```text
+//! dt[c,t]  = softplus(delta[c,t] + delta_bias[c])   (or without softplus)
+//! h[c,n,t] = exp(dt[c,t] A[c,n]) h[c,n,t-1] + dt[c,t] Bs[g,n,t] u[c,t],   h[.,.,-1] = 0
+//! y[c,t]   = sum_n Cs[g,n,t] h[c,n,t] + D[c] u[c,t]
+//! ```
+//!
+//! Every channel is computed by the same sequence of operations whichever
+//! block or thread it lands in, so results are bit-identical at any thread
+//! count.
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod approx;
+#[cfg(target_arch = "aarch64")]
+mod arm64;
+mod generic;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod lanes;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+use rayon::prelude::*;
+use tract_linalg::multithread::{current_tract_executor, Executor};
+
+/// Channels per parallel task. A multiple of every kernel's vector width, and
+/// small enough that the real shapes (256 or 512 channels per group) give
+/// dozens of tasks to balance over the cores.
+const CHANNELS_PER_TASK: usize = 64;
+
+/// Sizes of one selective scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanDims {
+    /// B
+    pub batch: usize,
+    /// KD: channels, a multiple of `groups`.
+    pub channels: usize,
+    /// G: groups of channels sharing `Bs` and `Cs`.
+    pub groups: usize,
+    /// N: states per channel.
+    pub state: usize,
+    /// L: time steps.
+    pub len: usize,
+}
+
+/// The op's inputs, row-major, named as in the ONNX node.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanInputs<'a> {
+    /// `u`: `[B, KD, L]`
+    pub u: &'a [f32],
+    /// `delta`: `[B, KD, L]`
+    pub delta: &'a [f32],
+    /// `A`: `[KD, N]`
+    pub a: &'a [f32],
+    /// `Bs`: `[B, G, N, L]`
+    pub b: &'a [f32],
+    /// `Cs`: `[B, G, N, L]`
+    pub c: &'a [f32],
+    /// `D`: `[KD]`
+    pub d: &'a [f32],
+    /// `delta_bias`: `[KD]`
+    pub delta_bias: &'a [f32],
+    /// Whether dt is `softplus(delta + delta_bias)` rather than `delta + delta_bias`.
+    pub delta_softplus: bool,
+}
+
+/// Why [`selective_scan`] refused its arguments.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ScanError {
+    /// An input or output slice does not match the dims.
+    #[error("{kind} `{name}` has {actual} elements, expected {shape} = {expected}")]
+    WrongLength {
+        /// "input" or "output"
+        kind: &'static str,
+        /// The tensor's ONNX name, e.g. `Bs`.
+        name: &'static str,
+        /// Its expected shape as a product of dims, e.g. `B*G*N*L`.
+        shape: &'static str,
+        actual: usize,
+        expected: usize,
+    },
+    /// The channels cannot be split evenly into groups.
+    #[error("{channels} channels (KD) cannot be split evenly into {groups} groups (G)")]
+    ChannelsNotDivisibleByGroups { channels: usize, groups: usize },
+    /// The dims describe a tensor too large to address.
+    #[error("`{name}` would have {shape} elements, which overflows usize")]
+    SizeOverflow {
+        /// The tensor's ONNX name.
+        name: &'static str,
+        /// Its shape as a product of dims.
+        shape: &'static str,
+    },
+}
+
+/// A selective-scan implementation: one per instruction set.
+pub trait ScanKernel: Send + Sync {
+    /// Short name for logs and benchmark ids, e.g. `"avx2+fma"`.
+    fn name(&self) -> &'static str;
+
+    /// Scans every channel of `block` into `y`, row-major `[channels, L]`.
+    fn scan_block(&self, block: &ChannelBlock, y: &mut [f32]);
+}
+
+/// The inputs of one unit of work: consecutive channels of one batch item,
+/// all in the same group.
+///
+/// Only [`selective_scan`] builds these, after validation, so kernels may rely
+/// on the shapes documented on each field and on `len > 0`.
+pub struct ChannelBlock<'a> {
+    /// L, at least 1.
+    len: usize,
+    /// N, possibly 0.
+    state: usize,
+    /// `[channels, L]`
+    u: &'a [f32],
+    /// `[channels, L]`
+    delta: &'a [f32],
+    /// `[channels, N]`
+    a: &'a [f32],
+    /// `[N, L]`, the group's `Bs`.
+    b: &'a [f32],
+    /// `[N, L]`, the group's `Cs`.
+    c: &'a [f32],
+    /// `[channels]`
+    d: &'a [f32],
+    /// `[channels]`
+    delta_bias: &'a [f32],
+    delta_softplus: bool,
+}
+
+/// The portable scalar kernel, the yardstick for the others.
+pub fn reference() -> &'static dyn ScanKernel {
+    &generic::REFERENCE
+}
+
+/// The fastest kernel this CPU can run.
+pub fn best() -> &'static dyn ScanKernel {
+    simd_kernel().unwrap_or_else(reference)
+}
+
+/// Every kernel this CPU can run, the reference first.
+pub fn available() -> Vec<&'static dyn ScanKernel> {
+    std::iter::once(reference()).chain(simd_kernel()).collect()
+}
+
+/// The SIMD kernel for this CPU, if it has the instructions it needs.
+fn simd_kernel() -> Option<&'static dyn ScanKernel> {
+    #[cfg(target_arch = "x86_64")]
+    return x86_64::detect();
+    #[cfg(target_arch = "aarch64")]
+    return Some(arm64::kernel());
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    return None;
+}
+
+/// Runs the selective scan described by `dims` on `inputs` into `y`
+/// (`[B, KD, L]`) with `kernel`, split across the current tract executor.
+pub fn selective_scan(
+    kernel: &dyn ScanKernel,
+    dims: &ScanDims,
+    inputs: &ScanInputs,
+    y: &mut [f32],
+) -> Result<(), ScanError> {
+    validate(dims, inputs, y.len())?;
+    if y.is_empty() {
+        return Ok(());
+    }
+    let tasks = split_into_blocks(dims, inputs, y);
+    let scan = |(block, y): (ChannelBlock, &mut [f32])| kernel.scan_block(&block, y);
+    match current_tract_executor() {
+        Executor::MultiThread(pool) => pool.install(|| tasks.into_par_iter().for_each(scan)),
+        Executor::RayonGlobal => tasks.into_par_iter().for_each(scan),
+        Executor::SingleThread => tasks.into_iter().for_each(scan),
+    }
+    Ok(())
+}
+
+/// Checks that the groups divide the channels and that every slice has the
+/// length its shape gives.
+fn validate(dims: &ScanDims, inputs: &ScanInputs, y_len: usize) -> Result<(), ScanError> {
+    let ScanDims {
+        batch,
+        channels,
+        groups,
+        state,
+        len,
+    } = *dims;
+    if !channels.is_multiple_of(groups) {
+        return Err(ScanError::ChannelsNotDivisibleByGroups { channels, groups });
+    }
+    let tensors: [(&str, &str, &str, usize, &[usize]); 8] = [
+        (
+            "input",
+            "u",
+            "B*KD*L",
+            inputs.u.len(),
+            &[batch, channels, len],
+        ),
+        (
+            "input",
+            "delta",
+            "B*KD*L",
+            inputs.delta.len(),
+            &[batch, channels, len],
+        ),
+        ("input", "A", "KD*N", inputs.a.len(), &[channels, state]),
+        (
+            "input",
+            "Bs",
+            "B*G*N*L",
+            inputs.b.len(),
+            &[batch, groups, state, len],
+        ),
+        (
+            "input",
+            "Cs",
+            "B*G*N*L",
+            inputs.c.len(),
+            &[batch, groups, state, len],
+        ),
+        ("input", "D", "KD", inputs.d.len(), &[channels]),
+        (
+            "input",
+            "delta_bias",
+            "KD",
+            inputs.delta_bias.len(),
+            &[channels],
+        ),
+        ("output", "y", "B*KD*L", y_len, &[batch, channels, len]),
+    ];
+    for (kind, name, shape, actual, factors) in tensors {
+        let expected = factors
+            .iter()
+            .try_fold(1usize, |product, &factor| product.checked_mul(factor))
+            .ok_or(ScanError::SizeOverflow { name, shape })?;
+        if actual != expected {
+            return Err(ScanError::WrongLength {
+                kind,
+                name,
+                shape,
+                actual,
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Cuts a validated, non-empty problem into blocks of at most
+/// [`CHANNELS_PER_TASK`] channels of one (batch, group), each paired with the
+/// disjoint part of `y` it writes.
+fn split_into_blocks<'a>(
+    dims: &ScanDims,
+    inputs: &ScanInputs<'a>,
+    y: &'a mut [f32],
+) -> Vec<(ChannelBlock<'a>, &'a mut [f32])> {
+    let ScanDims {
+        channels,
+        groups,
+        state,
+        len,
+        ..
+    } = *dims;
+    let channels_per_group = channels / groups;
+    let group_size = state * len;
+    let mut blocks = Vec::new();
+    for (batch_group, group_y) in y.chunks_mut(channels_per_group * len).enumerate() {
+        let (batch, group) = (batch_group / groups, batch_group % groups);
+        let group_inputs = batch_group * group_size..(batch_group + 1) * group_size;
+        for (task, block_y) in group_y.chunks_mut(CHANNELS_PER_TASK * len).enumerate() {
+            let first = group * channels_per_group + task * CHANNELS_PER_TASK;
+            let block_channels = first..first + block_y.len() / len;
+            let rows = (batch * channels + block_channels.start) * len
+                ..(batch * channels + block_channels.end) * len;
+            let block = ChannelBlock {
+                len,
+                state,
+                u: &inputs.u[rows.clone()],
+                delta: &inputs.delta[rows],
+                a: &inputs.a[block_channels.start * state..block_channels.end * state],
+                b: &inputs.b[group_inputs.clone()],
+                c: &inputs.c[group_inputs.clone()],
+                d: &inputs.d[block_channels.clone()],
+                delta_bias: &inputs.delta_bias[block_channels],
+                delta_softplus: inputs.delta_softplus,
+            };
+            blocks.push((block, block_y));
+        }
+    }
+    blocks
+}

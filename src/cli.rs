@@ -1,0 +1,215 @@
+//! The `fer-edge` command line: `detect` and `bench`.
+
+use crate::annotate::{draw_faces, save_annotated};
+use crate::decode::DecodeOptions;
+use crate::detector::{Detector, StageTimings};
+use crate::face::Face;
+use crate::infer::{set_threads, Model};
+use crate::preprocess::{Frame, PixelFormat};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// The model shipped in `models/`, used when `--model` is not given.
+pub const DEFAULT_MODEL: &str = "models/fer-yolo-mamba-nano.onnx";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fer-edge",
+    version,
+    about = "On-device facial-expression detection"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Detect faces and expressions in images; print one JSON line per image.
+    Detect(DetectArgs),
+    /// Time each pipeline stage over repeated frames and print median and p90.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct ModelArgs {
+    /// ONNX model exported by `training/` (with fer_edge::SelectiveScan nodes).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Worker threads for inference (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl ModelArgs {
+    fn thread_count(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+
+    fn load(&self) -> anyhow::Result<Model> {
+        set_threads(self.thread_count());
+        Ok(Model::load(&self.model)?)
+    }
+}
+
+#[derive(Args, Debug)]
+struct DetectArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Write each image with boxes and labels drawn into this directory.
+    #[arg(long)]
+    annotate: Option<PathBuf>,
+    /// Minimum face score to report.
+    #[arg(long, default_value_t = DecodeOptions::default().confidence)]
+    confidence: f32,
+    /// IoU above which overlapping boxes of one expression are merged.
+    #[arg(long, default_value_t = DecodeOptions::default().nms_iou)]
+    nms_iou: f32,
+    /// Images (JPEG or PNG).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Frames to time, after warm-up.
+    #[arg(long, default_value_t = 30)]
+    frames: usize,
+    /// Untimed frames run first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// JPEG image used as the frame (decoded as an MJPEG camera frame each time).
+    #[arg(long, default_value = "samples/obama.jpg")]
+    image: PathBuf,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Detect(args) => detect(args),
+        Command::Bench(args) => bench(args),
+    }
+}
+
+#[derive(Serialize)]
+struct ImageResult<'a> {
+    image: &'a str,
+    faces: &'a [Face],
+}
+
+#[derive(Serialize)]
+struct ImageFailure<'a> {
+    image: &'a str,
+    error: String,
+}
+
+fn detect(args: DetectArgs) -> anyhow::Result<i32> {
+    let options = DecodeOptions {
+        confidence: args.confidence,
+        nms_iou: args.nms_iou,
+    };
+    let mut detector = Detector::new(args.model.load()?, options);
+    let mut failures = 0;
+    for path in &args.images {
+        let name = path.to_string_lossy();
+        match detect_image(&mut detector, path, args.annotate.as_deref()) {
+            Ok(faces) => println!(
+                "{}",
+                serde_json::to_string(&ImageResult {
+                    image: &name,
+                    faces: &faces
+                })?
+            ),
+            Err(e) => {
+                failures += 1;
+                log::error!("{name}: {e:#}");
+                let failure = ImageFailure {
+                    image: &name,
+                    error: format!("{e:#}"),
+                };
+                println!("{}", serde_json::to_string(&failure)?);
+            }
+        }
+    }
+    Ok(if failures == 0 { 0 } else { 1 })
+}
+
+fn detect_image(
+    detector: &mut Detector,
+    path: &Path,
+    annotate: Option<&Path>,
+) -> anyhow::Result<Vec<Face>> {
+    let mut image = image::open(path)
+        .with_context(|| format!("cannot decode image {}", path.display()))?
+        .into_rgb8();
+    let frame = Frame {
+        format: PixelFormat::Rgb8,
+        width: image.width() as usize,
+        height: image.height() as usize,
+        data: image.as_raw(),
+    };
+    let faces = detector.detect(&frame)?;
+    if let Some(dir) = annotate {
+        draw_faces(&mut image, &faces);
+        let written = save_annotated(&image, dir, path)?;
+        log::info!("wrote {}", written.display());
+    }
+    Ok(faces)
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<i32> {
+    let jpeg = std::fs::read(&args.image)
+        .with_context(|| format!("cannot read bench image {}", args.image.display()))?;
+    let mut detector = Detector::new(args.model.load()?, DecodeOptions::default());
+    let frame = Frame {
+        format: PixelFormat::Mjpeg,
+        width: 0,
+        height: 0,
+        data: &jpeg,
+    };
+    for _ in 0..args.warmup {
+        detector.detect(&frame)?;
+    }
+    let samples: Vec<StageTimings> = (0..args.frames)
+        .map(|_| detector.detect_timed(&frame).map(|(_, timings)| timings))
+        .collect::<Result<_, _>>()?;
+    let (h, w) = detector.model().input_size();
+    println!(
+        "model {} ({w}x{h}), {} threads, {} frames after {} warm-up",
+        detector.model().path().display(),
+        args.model.thread_count(),
+        args.frames,
+        args.warmup
+    );
+    println!("{:<12} {:>10} {:>10}", "stage", "median ms", "p90 ms");
+    for (stage, name) in StageTimings::NAMES.iter().enumerate() {
+        let mut ms: Vec<f64> = samples
+            .iter()
+            .map(|s| s.durations()[stage].as_secs_f64() * 1e3)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "{name:<12} {:>10.2} {:>10.2}",
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.9)
+        );
+    }
+    Ok(0)
+}
+
+/// The `q` quantile of sorted values (nearest rank).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}

@@ -1,0 +1,207 @@
+//! The vector `exp` and `softplus` shared by the SIMD kernels: their
+//! algorithms, constants and accuracy checks. Each architecture file writes
+//! the same steps with its own intrinsics; every step is an IEEE operation
+//! (fused multiply-add included), so both produce bit-identical results.
+//!
+//! # exp(x)
+//!
+//! 1. Clamp x to [[`EXP_ARG_MIN`], [`EXP_ARG_MAX`]] (NaN passes through).
+//! 2. Cody-Waite range reduction with k = floor(x log2 e):
+//!    r = (x - k ln2_hi) - k ln2_lo, in [0, ln 2], each step one fused
+//!    multiply-add; the first is exact for |x| >= 1, so r is rounded once.
+//! 3. exp(r) = 1 + r P(r), P of degree 5 ([`EXP_POLY`]), in Horner form.
+//! 4. Scale by 2^k, built by shifting k + 127 into the f32 exponent field.
+//!
+//! k lies in [-127, 128]: k = -127 gives an all-zero exponent field, the
+//! number 0, which flushes the subnormal results (x < ln `f32::MIN_POSITIVE`,
+//! about -87.34); k = 128 gives +inf, exactly for x > ln `f32::MAX`, about
+//! 88.72. Flooring rather than rounding k is what keeps every finite result
+//! within those 254 exponents, with no special case.
+//!
+//! Error: relative error at most 1.1e-7 for x in [-87.33, 88.72] (checked
+//! once over every f32 there: 1.03e-7, at x = -0.0325); below, the true value
+//! is under `f32::MIN_POSITIVE` and the result is 0 or within
+//! `f32::MIN_POSITIVE` of it; +inf above; exp(0) = exp(-0) = 1 exactly; NaN
+//! in, NaN out.
+//!
+//! # softplus(x) = ln(1 + e^x)
+//!
+//! Computed as max(x, 0) + log1p(e) with e = exp(-|x|) in [0, 1], which never
+//! overflows and keeps full relative accuracy for very negative x (where the
+//! result is about e^x). For e in [0, 1], log1p(e) = 2 atanh(s) with
+//! s = e / (2 + e) in [0, 1/3], and 2 atanh(s) = s Q(s^2), Q of degree 4
+//! ([`LOG1P_POLY`]). Above x = 15 the log1p term is under half an ulp of x, so
+//! the result is x, matching the reference's threshold of 20.
+//!
+//! Error: relative error at most 3e-7 wherever the result is at least
+//! `f32::MIN_POSITIVE` (checked once over every f32 from -87.3 up: 2.8e-7,
+//! at x = -4.8); below that it is 0 or within `f32::MIN_POSITIVE`.
+//!
+//! The sweeps in `checks` below assert these bounds on 3 million points per
+//! function, edge cases included, on each architecture.
+//!
+//! The polynomials are minimax fits of the relative error (Remez exchange in
+//! 40-digit arithmetic), rounded to f32: exp's P to 1.3e-8 (2.0e-9 before
+//! rounding), log1p's Q to 7.8e-9, both well under f32's half ulp, so the
+//! error bounds above come from f32 rounding in the evaluation.
+
+/// exp's inputs are clamped to at least this: it floors to k = -127, whose
+/// scale 2^k is built as 0.
+pub(super) const EXP_ARG_MIN: f32 = -88.0;
+/// exp's inputs are clamped to at most this: it floors to k = 128, whose
+/// scale 2^k is built as +inf.
+pub(super) const EXP_ARG_MAX: f32 = 89.0;
+/// log2 e, to find k.
+pub(super) const LOG2_E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 rounded to f32, the first Cody-Waite constant.
+pub(super) const LN_2_HI: f32 = std::f32::consts::LN_2;
+/// ln 2 - [`LN_2_HI`], the second Cody-Waite constant.
+pub(super) const LN_2_LO: f32 = -1.904_654_2e-9;
+/// Coefficients of P, lowest degree first: exp(r) = 1 + r P(r) on [0, ln 2].
+pub(super) const EXP_POLY: [f32; 6] = [
+    0.999_999_8,
+    0.500_005_84,
+    0.166_610_14,
+    0.041_914_992,
+    0.007_792_272_6,
+    0.001_948_77,
+];
+/// Coefficients of Q, lowest degree first: log1p(e) = s Q(s^2) with
+/// s = e / (2 + e), for e in [0, 1].
+pub(super) const LOG1P_POLY: [f32; 5] = [2.0, 0.666_663_17, 0.400_249_1, 0.279_606, 0.281_783_34];
+
+/// Accuracy sweeps each architecture runs on its own vector functions,
+/// passed in as functions over 8 lanes.
+#[cfg(test)]
+pub(super) mod checks {
+    /// The vector exp's error bound, stated above.
+    const EXP_MAX_REL_ERROR: f64 = 1.1e-7;
+    /// The vector softplus's error bound, stated above.
+    const SOFTPLUS_MAX_REL_ERROR: f64 = 3e-7;
+
+    /// A vector function applied to 8 lanes.
+    pub(in crate::scan::kernel) type Lanes8 = dyn Fn([f32; 8]) -> [f32; 8];
+
+    /// Every 4099th f32 bit pattern (so every sign, exponent and class: zeros,
+    /// subnormals, infinities, NaNs) and 2^21 evenly spaced points over
+    /// [from, to].
+    fn sweep(from: f32, to: f32) -> Vec<f32> {
+        let patterns = (0..=u32::MAX).step_by(4099).map(f32::from_bits);
+        let steps = 1 << 21;
+        let dense = (0..=steps).map(|i| from + (to - from) * (i as f32 / steps as f32));
+        patterns.chain(dense).collect()
+    }
+
+    /// `f` on every x of `xs`, 8 at a time (the last group padded with 0).
+    fn apply(f: &Lanes8, xs: &[f32]) -> Vec<f32> {
+        xs.chunks(8)
+            .flat_map(|chunk| {
+                let mut lanes = [0.0; 8];
+                lanes[..chunk.len()].copy_from_slice(chunk);
+                f(lanes).into_iter().take(chunk.len())
+            })
+            .collect()
+    }
+
+    /// Compares `f` against the f64 `exact` on `xs` and returns the largest
+    /// relative error among results of at least `f32::MIN_POSITIVE`; smaller
+    /// ones must be within `f32::MIN_POSITIVE`, overflows must be +inf, NaN
+    /// must give NaN.
+    fn max_rel_error(f: &Lanes8, exact: fn(f64) -> f64, xs: &[f32]) -> f64 {
+        let mut worst: f64 = 0.0;
+        for (&x, &got) in xs.iter().zip(&apply(f, xs)) {
+            let want = exact(f64::from(x));
+            if x.is_nan() {
+                assert!(got.is_nan(), "f({x}) = {got}, want NaN");
+            } else if (want as f32).is_infinite() {
+                assert_eq!(got, f32::INFINITY, "f({x}) should overflow");
+            } else if want < f64::from(f32::MIN_POSITIVE) {
+                let error = (f64::from(got) - want).abs();
+                assert!(
+                    error <= f64::from(f32::MIN_POSITIVE),
+                    "f({x}) = {got}, want {want}"
+                );
+            } else {
+                let error = (f64::from(got) - want).abs() / want;
+                assert!(error.is_finite(), "f({x}) = {got}, want {want}");
+                worst = worst.max(error);
+            }
+        }
+        worst
+    }
+
+    /// Checks a vector exp against f64 over its whole range and edge cases.
+    pub(in crate::scan::kernel) fn check_exp(exp: &Lanes8) {
+        let edges = [
+            0.0,
+            -0.0,
+            -87.336,
+            -87.337,
+            -88.0,
+            -104.0,
+            -1e30,
+            f32::NEG_INFINITY,
+        ];
+        let got = exp(edges);
+        assert_eq!(got[..2], [1.0, 1.0], "exp(0) and exp(-0) must be exactly 1");
+        assert!(
+            got[2] >= f32::MIN_POSITIVE,
+            "exp(-87.336) = {} is normal",
+            got[2]
+        );
+        assert_eq!(got[3..], [0.0; 5], "subnormal results are flushed to 0");
+        let big = [
+            88.72,
+            88.722_83,
+            88.722_84,
+            89.0,
+            100.0,
+            1e30,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        let got = exp(big);
+        assert!(
+            got[..2].iter().all(|v| v.is_finite()),
+            "exp near ln(f32::MAX): {got:?}"
+        );
+        assert!(
+            got[2..7].iter().all(|&v| v == f32::INFINITY),
+            "exp overflows: {got:?}"
+        );
+        assert!(got[7].is_nan(), "exp(NaN) = {}", got[7]);
+
+        let worst = max_rel_error(exp, f64::exp, &sweep(-88.0, 89.0));
+        println!("vector exp: max relative error {worst:.3e}");
+        assert!(
+            worst <= EXP_MAX_REL_ERROR,
+            "exp error {worst:e} > {EXP_MAX_REL_ERROR:e}"
+        );
+    }
+
+    /// Checks a vector softplus against f64 over its whole range.
+    pub(in crate::scan::kernel) fn check_softplus(softplus: &Lanes8) {
+        let exact = |x: f64| x.max(0.0) + (-x.abs()).exp().ln_1p();
+        let got = softplus([
+            20.0,
+            1e30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -200.0,
+            0.0,
+            0.0,
+            0.0,
+        ]);
+        assert_eq!(
+            got[..5],
+            [20.0, 1e30, f32::INFINITY, 0.0, 0.0],
+            "softplus at the extremes"
+        );
+        assert!(softplus([f32::NAN; 8])[0].is_nan(), "softplus(NaN) is NaN");
+
+        let worst = max_rel_error(softplus, exact, &sweep(-100.0, 100.0));
+        println!("vector softplus: max relative error {worst:.3e}");
+        let bound = SOFTPLUS_MAX_REL_ERROR;
+        assert!(worst <= bound, "softplus error {worst:e} > {bound:e}");
+    }
+}

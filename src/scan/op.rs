@@ -1,0 +1,309 @@
+//! The `fer_edge::SelectiveScan` ONNX op for tract: parsing, shape checks and
+//! evaluation through the fastest [`kernel`](super::kernel) for this CPU.
+//!
+//! Contract (MODEL.md): domain `fer_edge`, version 1; inputs u, delta, A, Bs,
+//! Cs, D, delta_bias; output y with the shape of u; integer attribute
+//! `delta_softplus` (default 1).
+
+use super::kernel::{self, ScanDims, ScanInputs};
+use tract_hir::internal::*;
+use tract_onnx::model::{OnnxOpRegister, ParsingContext};
+use tract_onnx::pb::NodeProto;
+
+/// ONNX domain of fer-edge's custom ops.
+pub const DOMAIN: &str = "fer_edge";
+/// ONNX op type of the selective scan.
+pub const OP_TYPE: &str = "SelectiveScan";
+/// The version of the op contract this runtime implements.
+pub const VERSION: i64 = 1;
+
+/// Input names, in contract order, with their ranks.
+const INPUTS: [(&str, usize); 7] = [
+    ("u", 3),
+    ("delta", 3),
+    ("A", 2),
+    ("Bs", 4),
+    ("Cs", 4),
+    ("D", 1),
+    ("delta_bias", 1),
+];
+
+/// Registers the selective scan into an ONNX front end.
+pub fn register(onnx: &mut tract_onnx::Onnx) {
+    register_into(&mut onnx.op_register);
+}
+
+fn register_into(register: &mut OnnxOpRegister) {
+    register.insert(OP_TYPE, parse);
+}
+
+/// tract's register is keyed by op name only, so the domain and its version
+/// are checked here.
+fn parse(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    ensure!(
+        node.domain == DOMAIN,
+        "node `{}` is a `{OP_TYPE}` of domain `{}`; fer-edge implements `{OP_TYPE}` only in domain `{DOMAIN}`",
+        node.name,
+        node.domain
+    );
+    let version = ctx
+        .model
+        .opset_import
+        .iter()
+        .find(|o| o.domain == DOMAIN)
+        .map(|o| o.version);
+    ensure!(
+        version == Some(VERSION),
+        "node `{}`: the model imports domain `{DOMAIN}` at version {version:?}; this fer-edge implements version {VERSION}",
+        node.name
+    );
+    ensure!(
+        node.input.len() == INPUTS.len() && node.output.len() == 1,
+        "node `{}`: `{OP_TYPE}` takes {} inputs (u, delta, A, Bs, Cs, D, delta_bias) and 1 output, got {} and {}",
+        node.name,
+        INPUTS.len(),
+        node.input.len(),
+        node.output.len()
+    );
+    let delta_softplus = match node.get_attr_opt::<i64>("delta_softplus")?.unwrap_or(1) {
+        0 => false,
+        1 => true,
+        other => bail!(
+            "node `{}`: attribute delta_softplus must be 0 or 1, got {other}",
+            node.name
+        ),
+    };
+    Ok((expand(ScanExpansion { delta_softplus }), vec![]))
+}
+
+/// Parse-time form: infers the output fact, then wires [`SelectiveScan`].
+#[derive(Debug, Clone)]
+struct ScanExpansion {
+    delta_softplus: bool,
+}
+
+impl Expansion for ScanExpansion {
+    fn name(&self) -> StaticName {
+        OP_TYPE.into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, INPUTS.len())?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&outputs[0].shape, &inputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        model.wire_node(
+            prefix,
+            SelectiveScan {
+                delta_softplus: self.delta_softplus,
+            },
+            inputs,
+        )
+    }
+}
+
+/// The typed, optimisable selective-scan op.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SelectiveScan {
+    pub delta_softplus: bool,
+}
+
+impl SelectiveScan {
+    /// Checks ranks, types and the agreement of every dimension; returns the
+    /// dimensions, with a message naming the input on mismatch.
+    fn dims<D: DimLike>(&self, shapes: &[&[D]], types: &[DatumType]) -> TractResult<[D; 5]> {
+        ensure!(
+            shapes.len() == INPUTS.len(),
+            "{OP_TYPE} takes {} inputs, got {}",
+            INPUTS.len(),
+            shapes.len()
+        );
+        for ((name, rank), (shape, dt)) in INPUTS.iter().zip(shapes.iter().zip(types)) {
+            ensure!(
+                *dt == f32::datum_type(),
+                "{OP_TYPE} input `{name}` is {dt:?}, expected f32"
+            );
+            ensure!(
+                shape.len() == *rank,
+                "{OP_TYPE} input `{name}` has rank {} (shape {shape:?}), expected rank {rank}",
+                shape.len()
+            );
+        }
+        let [batch, channels, len] = [&shapes[0][0], &shapes[0][1], &shapes[0][2]].map(D::clone);
+        let [groups, state] = [&shapes[3][1], &shapes[3][2]].map(D::clone);
+        let expect = |input: usize, expected: Vec<&D>| -> TractResult<()> {
+            let got: Vec<&D> = shapes[input].iter().collect();
+            ensure!(
+                got == expected,
+                "{OP_TYPE} input `{}` has shape {got:?}, expected {expected:?} (u is [B, KD, L] = {:?}, Bs is [B, G, N, L] = {:?})",
+                INPUTS[input].0,
+                shapes[0],
+                shapes[3]
+            );
+            Ok(())
+        };
+        expect(1, vec![&batch, &channels, &len])?;
+        expect(2, vec![&channels, &state])?;
+        expect(3, vec![&batch, &groups, &state, &len])?;
+        expect(4, vec![&batch, &groups, &state, &len])?;
+        expect(5, vec![&channels])?;
+        expect(6, vec![&channels])?;
+        if let (Ok(c), Ok(g)) = (channels.to_usize(), groups.to_usize()) {
+            ensure!(
+                g > 0 && c % g == 0,
+                "{OP_TYPE}: {c} channels (u dim 1) cannot be split into {g} groups (Bs dim 1)"
+            );
+        }
+        Ok([batch, channels, groups, state, len])
+    }
+}
+
+impl Op for SelectiveScan {
+    fn name(&self) -> StaticName {
+        OP_TYPE.into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for SelectiveScan {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        let types: Vec<DatumType> = inputs.iter().map(|t| t.datum_type()).collect();
+        let [batch, channels, groups, state, len] = self.dims(&shapes, &types)?;
+        let plain = inputs
+            .iter()
+            .map(|t| t.try_as_plain_ram())
+            .collect::<TractResult<Vec<_>>>()?;
+        let slices = plain
+            .iter()
+            .map(|p| p.as_slice::<f32>())
+            .collect::<TractResult<Vec<_>>>()?;
+        let scan_inputs = ScanInputs {
+            u: slices[0],
+            delta: slices[1],
+            a: slices[2],
+            b: slices[3],
+            c: slices[4],
+            d: slices[5],
+            delta_bias: slices[6],
+            delta_softplus: self.delta_softplus,
+        };
+        let dims = ScanDims {
+            batch,
+            channels,
+            groups,
+            state,
+            len,
+        };
+        let mut y = Tensor::zero::<f32>(&[batch, channels, len])?;
+        {
+            let mut y_plain = y.try_as_plain_ram_mut()?;
+            kernel::selective_scan(kernel::best(), &dims, &scan_inputs, y_plain.as_slice_mut()?)?;
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for SelectiveScan {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shapes: Vec<&[TDim]> = inputs.iter().map(|f| &*f.shape).collect();
+        let types: Vec<DatumType> = inputs.iter().map(|f| f.datum_type).collect();
+        let [batch, channels, _, _, len] = self.dims(&shapes, &types)?;
+        Ok(tvec!(f32::fact([batch, channels, len])))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Facts of well-formed inputs for B=1, KD=8, G=2, N=4, L=5, with
+    /// `replace` substituting one input's shape.
+    fn facts(replace: Option<(usize, &[usize])>) -> Vec<TypedFact> {
+        let mut shapes: Vec<Vec<usize>> = vec![
+            vec![1, 8, 5],
+            vec![1, 8, 5],
+            vec![8, 4],
+            vec![1, 2, 4, 5],
+            vec![1, 2, 4, 5],
+            vec![8],
+            vec![8],
+        ];
+        if let Some((input, shape)) = replace {
+            shapes[input] = shape.to_vec();
+        }
+        shapes.iter().map(f32::fact).collect()
+    }
+
+    fn output_facts(facts: &[TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let refs: Vec<&TypedFact> = facts.iter().collect();
+        SelectiveScan {
+            delta_softplus: true,
+        }
+        .output_facts(&refs)
+    }
+
+    #[test]
+    fn infers_the_shape_of_u() {
+        let out = output_facts(&facts(None)).unwrap();
+        assert_eq!(out[0], f32::fact([1, 8, 5]));
+    }
+
+    #[test]
+    fn wrong_shapes_name_the_input() {
+        let cases: [(usize, &[usize], &str); 5] = [
+            (1, &[1, 8, 6], "input `delta` has shape"),
+            (2, &[8], "input `A` has rank 1"),
+            (4, &[1, 2, 3, 5], "input `Cs` has shape"),
+            (6, &[7], "input `delta_bias` has shape"),
+            (3, &[1, 3, 4, 5], "input `Cs` has shape"),
+        ];
+        for (input, shape, message) in cases {
+            let err = output_facts(&facts(Some((input, shape))))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(message), "{message}: {err}");
+        }
+    }
+
+    #[test]
+    fn channels_must_split_into_groups() {
+        let mut f = facts(Some((3, &[1, 3, 4, 5])));
+        f[4] = f32::fact([1, 3, 4, 5]);
+        let err = output_facts(&f).unwrap_err().to_string();
+        assert!(
+            err.contains("8 channels (u dim 1) cannot be split into 3 groups"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn non_f32_inputs_are_rejected() {
+        let mut f = facts(None);
+        f[0] = f64::fact([1, 8, 5]);
+        let err = output_facts(&f).unwrap_err().to_string();
+        assert!(err.contains("input `u` is F64, expected f32"), "{err}");
+    }
+}
