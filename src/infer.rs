@@ -4,7 +4,7 @@
 use crate::decode::level_geometry;
 use crate::scan;
 use std::path::{Path, PathBuf};
-use tract_linalg::multithread::{set_default_executor, Executor};
+use tract_linalg::multithread::{current_tract_executor, set_default_executor, Executor};
 use tract_onnx::prelude::*;
 
 /// A problem loading or running a model, naming the file and the cause.
@@ -121,10 +121,15 @@ impl Model {
                 expected: self.input_shape.to_vec(),
             });
         }
-        let outputs = self
-            .plan
-            .run(tvec!(input.into()))
-            .map_err(|e| ModelError::Run(chain(&e)))?;
+        let run = || self.plan.run(tvec!(input.into()));
+        // Run the whole plan on the worker pool: with the calling thread
+        // outside it, N workers plus the caller would share N cores, and the
+        // workers' spinning would slow the ops that run on one thread.
+        let outputs = match current_tract_executor() {
+            Executor::MultiThread(pool) => pool.install(run),
+            _ => run(),
+        };
+        let outputs = outputs.map_err(|e| ModelError::Run(chain(&e)))?;
         Ok(outputs.into_iter().map(|t| t.into_tensor()).collect())
     }
 }

@@ -2,15 +2,20 @@
 
 python -m fer_edge_training.bench scan   [--b 8 --kd 1024 --n 16 --l 1024 --threads 1]
 python -m fer_edge_training.bench macs   [--variant s --size 320]
-python -m fer_edge_training.bench twin   [--variant s --size 320 --threads 1 --runs 5]
+python -m fer_edge_training.bench peers  [--variant s --size 320 --threads 1 2 --runs 10
+                                          --fer-edge ../target/release/fer-edge]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -92,35 +97,84 @@ def count_macs(variant: str, size: int) -> dict:
     return {"dense": dense, "scan_steps": scan_steps}
 
 
-def bench_twin(variant: str, size: int, threads: int, runs: int) -> list[float]:
-    import onnxruntime as ort
-
-    from .export import build, export_model
-    from .onnx_graph import make_scan_twin
-
-    model = build(variant, 0, None, size)
-    twin = make_scan_twin(export_model(model, size))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(twin.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    sess.run(None, {"images": x})
+def _median_ms(run, runs: int) -> float:
+    run()  # warm-up
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        sess.run(None, {"images": x})
+        run()
         times.append(time.perf_counter() - t0)
-    print(
-        f"onnxruntime, Scan twin of {variant} at {size}, {threads} thread(s): "
-        f"median {statistics.median(times) * 1e3:.0f} ms, min {min(times) * 1e3:.0f} ms"
+    return statistics.median(times) * 1e3
+
+
+def _fer_edge_infer_ms(binary: str, model_path: str, threads: int, runs: int) -> float:
+    """Median `infer` stage of `fer-edge bench` (the network alone, like the peers)."""
+    image = Path(__file__).resolve().parents[2] / "samples" / "obama.jpg"
+    done = subprocess.run(
+        [binary, "bench", "--model", model_path, "--threads", str(threads)]
+        + ["--frames", str(runs), "--warmup", "2", "--image", str(image)],
+        capture_output=True,
+        text=True,
     )
-    return times
+    if done.returncode != 0:
+        raise RuntimeError(f"{binary} bench failed:\n{done.stderr}")
+    out = done.stdout
+    for line in out.splitlines():
+        if line.startswith("infer "):
+            return float(line.split()[1])
+    raise RuntimeError(f"no infer line in fer-edge bench output:\n{out}")
+
+
+def bench_peers(variant: str, size: int, threads: list[int], runs: int, binary: str) -> None:
+    """Whole-network latency, same weights and machine, in one run: fer-edge (tract +
+    the SelectiveScan op), onnxruntime on the Scan-op twin, PyTorch eager (fast scan)."""
+    import onnxruntime as ort
+
+    from .export import build, check_and_save, export_model
+    from .onnx_graph import make_scan_twin
+
+    model = build(variant, 0, None, size).eval()
+    main_graph = export_model(model, size)
+    twin = make_scan_twin(main_graph)
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    xt = torch.from_numpy(x)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = os.path.join(tmp, f"{variant}.onnx")
+        check_and_save(main_graph, model_path)
+        for n in threads:
+            torch.set_num_threads(n)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = n
+            opts.inter_op_num_threads = 1
+            sess = ort.InferenceSession(
+                twin.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            )
+
+            def torch_run():
+                with torch.inference_mode():
+                    model(xt)
+
+            fer = _fer_edge_infer_ms(binary, model_path, n, runs)
+            onnxrt = _median_ms(lambda: sess.run(None, {"images": x}), runs)  # noqa: B023
+            eager = _median_ms(torch_run, runs)
+            rows.append((n, fer, onnxrt, eager))
+    print(f"{variant} at {size}x{size}, median of {runs} runs (ms)")
+    print(
+        "| threads | fer-edge | onnxruntime (Scan twin) | PyTorch eager "
+        "| ort / fer-edge | torch / fer-edge |"
+    )
+    print("|---|---|---|---|---|---|")
+    for n, fer, onnxrt, eager in rows:
+        print(
+            f"| {n} | {fer:.0f} | {onnxrt:.0f} | {eager:.0f} | "
+            f"{onnxrt / fer:.1f}x | {eager / fer:.1f}x |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fer_edge_training.bench")
-    ap.add_argument("what", choices=["scan", "macs", "twin"])
+    ap.add_argument("what", choices=["scan", "macs", "peers"])
     ap.add_argument("--b", type=int, default=8)
     ap.add_argument("--kd", type=int, default=1024)
     ap.add_argument("--n", type=int, default=16)
@@ -128,16 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--variant", default="s")
     ap.add_argument("--size", type=int, default=320)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1])
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--fer-edge", default="../target/release/fer-edge", help="fer-edge binary")
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads[0])
     if a.what == "scan":
         bench_scan(a.b, a.kd, a.n, a.l, repeat=a.repeat)
     elif a.what == "macs":
         count_macs(a.variant, a.size)
     else:
-        bench_twin(a.variant, a.size, a.threads, a.runs)
+        bench_peers(a.variant, a.size, a.threads, a.runs, a.fer_edge)
     return 0
 
 
