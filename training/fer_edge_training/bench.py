@@ -138,37 +138,39 @@ def bench_peers(variant: str, size: int, threads: list[int], runs: int, binary: 
     twin = make_scan_twin(main_graph)
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
     xt = torch.from_numpy(x)
-    rows = []
+    # fer-edge first, for every thread count, while this process has not yet
+    # started the thread pools of onnxruntime or torch (whose idle workers spin).
     with tempfile.TemporaryDirectory() as tmp:
         model_path = os.path.join(tmp, f"{variant}.onnx")
         check_and_save(main_graph, model_path)
-        for n in threads:
-            torch.set_num_threads(n)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = n
-            opts.inter_op_num_threads = 1
-            sess = ort.InferenceSession(
-                twin.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-            )
+        fer = {n: _fer_edge_infer_ms(binary, model_path, n, runs) for n in threads}
+    rows = []
+    for n in threads:
+        torch.set_num_threads(n)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = n
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(
+            twin.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
 
-            def torch_run():
-                with torch.inference_mode():
-                    model(xt)
+        def torch_run():
+            with torch.inference_mode():
+                model(xt)
 
-            fer = _fer_edge_infer_ms(binary, model_path, n, runs)
-            onnxrt = _median_ms(lambda: sess.run(None, {"images": x}), runs)  # noqa: B023
-            eager = _median_ms(torch_run, runs)
-            rows.append((n, fer, onnxrt, eager))
+        onnxrt = _median_ms(lambda: sess.run(None, {"images": x}), runs)  # noqa: B023
+        eager = _median_ms(torch_run, runs)
+        rows.append((n, fer[n], onnxrt, eager))
     print(f"{variant} at {size}x{size}, median of {runs} runs (ms)")
     print(
         "| threads | fer-edge | onnxruntime (Scan twin) | PyTorch eager "
         "| ort / fer-edge | torch / fer-edge |"
     )
     print("|---|---|---|---|---|---|")
-    for n, fer, onnxrt, eager in rows:
+    for n, fer_ms, onnxrt, eager in rows:
         print(
-            f"| {n} | {fer:.0f} | {onnxrt:.0f} | {eager:.0f} | "
-            f"{onnxrt / fer:.1f}x | {eager / fer:.1f}x |"
+            f"| {n} | {fer_ms:.0f} | {onnxrt:.0f} | {eager:.0f} | "
+            f"{onnxrt / fer_ms:.1f}x | {eager / fer_ms:.1f}x |"
         )
 
 
