@@ -10,10 +10,13 @@ use std::time::Duration;
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use fer_edge::scan::kernel::{available, best, selective_scan, ScanDims, ScanInputs, ScanKernel};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use fer_edge::scan::kernel::{available, best, selective_scan, ScanDims, ScanKernel};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
+
+#[path = "../tests/common/scan_problem.rs"]
+#[allow(dead_code)] // the bench needs only the typical ranges
+mod scan_problem;
+use scan_problem::{Problem, TYPICAL};
 
 /// The scans of one frame: (name, dims).
 const SHAPES: [(&str, ScanDims); 2] = [
@@ -39,57 +42,6 @@ const SHAPES: [(&str, ScanDims); 2] = [
     ),
 ];
 
-/// Owned inputs for one shape.
-struct Tensors {
-    u: Vec<f32>,
-    delta: Vec<f32>,
-    a: Vec<f32>,
-    b: Vec<f32>,
-    c: Vec<f32>,
-    d: Vec<f32>,
-    delta_bias: Vec<f32>,
-}
-
-impl Tensors {
-    /// Random values in the ranges of a trained model: A in [-16, -1],
-    /// dt = softplus(delta + delta_bias) mostly between 0.01 and 1.
-    fn random(dims: &ScanDims) -> Tensors {
-        let mut rng = StdRng::seed_from_u64(1);
-        let mut draw = |count: usize, low: f32, high: f32| -> Vec<f32> {
-            (0..count).map(|_| rng.gen_range(low..=high)).collect()
-        };
-        let ScanDims {
-            batch,
-            channels,
-            groups,
-            state,
-            len,
-        } = *dims;
-        Tensors {
-            u: draw(batch * channels * len, -2.0, 2.0),
-            delta: draw(batch * channels * len, -3.0, 1.0),
-            a: draw(channels * state, -16.0, -1.0),
-            b: draw(batch * groups * state * len, -1.0, 1.0),
-            c: draw(batch * groups * state * len, -1.0, 1.0),
-            d: draw(channels, -1.0, 1.0),
-            delta_bias: draw(channels, -1.0, 0.0),
-        }
-    }
-
-    fn inputs(&self) -> ScanInputs<'_> {
-        ScanInputs {
-            u: &self.u,
-            delta: &self.delta,
-            a: &self.a,
-            b: &self.b,
-            c: &self.c,
-            d: &self.d,
-            delta_bias: &self.delta_bias,
-            delta_softplus: true,
-        }
-    }
-}
-
 fn bench_kernels(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("selective_scan");
     group
@@ -107,8 +59,8 @@ fn bench_kernels(criterion: &mut Criterion) {
         )])
         .collect();
     for (shape, dims) in &SHAPES {
-        let tensors = Tensors::random(dims);
-        let inputs = tensors.inputs();
+        let problem = Problem::random(*dims, true, TYPICAL, 1);
+        let inputs = problem.inputs();
         let mut y = vec![0.0; dims.batch * dims.channels * dims.len];
         let updates = dims.batch * dims.channels * dims.state * dims.len;
         group.throughput(Throughput::Elements(updates as u64));

@@ -25,109 +25,19 @@
 //! `--nocapture`).
 
 use fer_edge::scan::kernel::{
-    available, reference, selective_scan, ScanDims, ScanError, ScanInputs, ScanKernel,
+    available, reference, selective_scan, ScanDims, ScanError, ScanInputs,
 };
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
+
+#[path = "common/scan_problem.rs"]
+mod scan_problem;
+use scan_problem::{Problem, Ranges, SLOW, STIFF, TYPICAL};
 
 /// Accuracy bound relative to the scale of the summed terms (see the top).
 const TOLERANCE: f64 = 1e-5;
 
-/// Where A and delta are drawn from; u, Bs, Cs, D and delta_bias are O(1).
-#[derive(Clone, Copy, Debug)]
-struct Ranges {
-    a: (f32, f32),
-    delta: (f32, f32),
-}
-
-/// A mix of fast and slow decay, as in a trained model.
-const TYPICAL: Ranges = Ranges {
-    a: (-16.0, -0.05),
-    delta: (-4.0, 2.0),
-};
-/// |dt A| up to 3e4: decays that underflow to 0 in one step.
-const STIFF: Ranges = Ranges {
-    a: (-1000.0, -1.0),
-    delta: (-4.0, 30.0),
-};
-/// dt A around -1e-4: h accumulates over the whole sequence.
-const SLOW: Ranges = Ranges {
-    a: (-0.02, -0.001),
-    delta: (-6.0, -2.0),
-};
-
-/// One selective scan with its inputs.
-struct Problem {
-    dims: ScanDims,
-    u: Vec<f32>,
-    delta: Vec<f32>,
-    a: Vec<f32>,
-    b: Vec<f32>,
-    c: Vec<f32>,
-    d: Vec<f32>,
-    delta_bias: Vec<f32>,
-    delta_softplus: bool,
-}
-
+/// The f64 oracle, beside the shared problem type.
 impl Problem {
-    /// Random inputs from a fixed seed. Without softplus, delta and
-    /// delta_bias are drawn non-negative, so dt >= 0 as the model's would be.
-    fn random(dims: ScanDims, delta_softplus: bool, ranges: Ranges, seed: u64) -> Problem {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut draw = |count: usize, (low, high): (f32, f32)| -> Vec<f32> {
-            (0..count).map(|_| rng.gen_range(low..=high)).collect()
-        };
-        let ScanDims {
-            batch,
-            channels,
-            groups,
-            state,
-            len,
-        } = dims;
-        let (delta_low, delta_high) = ranges.delta;
-        let (delta_range, bias_range) = if delta_softplus {
-            ((delta_low, delta_high), (-1.0, 1.0))
-        } else {
-            ((0.0, delta_high.max(1.0)), (0.0, 0.5))
-        };
-        Problem {
-            dims,
-            u: draw(batch * channels * len, (-2.0, 2.0)),
-            delta: draw(batch * channels * len, delta_range),
-            a: draw(channels * state, ranges.a),
-            b: draw(batch * groups * state * len, (-1.5, 1.5)),
-            c: draw(batch * groups * state * len, (-1.5, 1.5)),
-            d: draw(channels, (-1.0, 1.0)),
-            delta_bias: draw(channels, bias_range),
-            delta_softplus,
-        }
-    }
-
-    fn inputs(&self) -> ScanInputs<'_> {
-        ScanInputs {
-            u: &self.u,
-            delta: &self.delta,
-            a: &self.a,
-            b: &self.b,
-            c: &self.c,
-            d: &self.d,
-            delta_bias: &self.delta_bias,
-            delta_softplus: self.delta_softplus,
-        }
-    }
-
-    fn output_len(&self) -> usize {
-        self.dims.batch * self.dims.channels * self.dims.len
-    }
-
-    /// y from `kernel` on the current executor.
-    fn run(&self, kernel: &dyn ScanKernel) -> Vec<f32> {
-        let mut y = vec![f32::NAN; self.output_len()];
-        selective_scan(kernel, &self.dims, &self.inputs(), &mut y).expect("valid problem");
-        y
-    }
-
     /// y computed naively in f64, and the scale of each output (see the top).
     fn scan_f64(&self) -> (Vec<f64>, Vec<f64>) {
         let ScanDims {
