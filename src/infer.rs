@@ -135,7 +135,7 @@ impl Model {
 }
 
 /// Ops that parsed as placeholders because no implementation is registered,
-/// as `name (domain::op)` entries.
+/// one "node `name` is Unimplemented(op)" entry each, comma-separated.
 fn unsupported_ops(model: &InferenceModel) -> String {
     model
         .nodes()
