@@ -320,20 +320,20 @@ def run(root: Path, out: Path, limit: int | None = None, every: int = 500) -> di
     try:
         with os.fdopen(fd, "w", newline="") as f:
             wr = csv.writer(f, lineterminator="\n")
-            wr.writerow(["image", "x1", "y1", "x2", "y2", "score", "faces"])
+            wr.writerow(["image", "x1", "y1", "x2", "y2", "score", "faces", "width", "height"])
             for i, path in enumerate(paths, 1):
                 rgb = _load_rgb(path)
                 faces = detect_faces(rgb)
+                hh, ww = rgb.shape[:2]
                 if faces:
-                    hh, ww = rgb.shape[:2]
                     x1, y1, x2, y2, s = faces[0]
                     box = [min(max(x1, 0.0), ww), min(max(y1, 0.0), hh)]
                     box += [min(max(x2, 0.0), ww), min(max(y2, 0.0), hh)]
-                    wr.writerow([path.name, *map(_fmt, box), f"{s:.4f}", len(faces)])
+                    wr.writerow([path.name, *map(_fmt, box), f"{s:.4f}", len(faces), ww, hh])
                     n_face += 1
                     score_sum += s
                 else:
-                    wr.writerow([path.name, "", "", "", "", "", 0])
+                    wr.writerow([path.name, "", "", "", "", "", 0, ww, hh])
                 if i % every == 0 or i == len(paths):
                     dt = time.monotonic() - t0
                     rate = i / dt if dt > 0 else float("inf")

@@ -1,0 +1,296 @@
+"""Train FER-YOLO-Mamba on composed kiosk frames (see :mod:`fer_edge_training.synth`).
+
+    python -m fer_edge_training.train --data ../../shared/data/facial_expressions --out runs/nano224
+
+What it does:
+
+* reads the labelled crops (:mod:`fer_edge_training.data`) and their face boxes
+  (``data/facial_expressions_boxes.csv``), splits them by identity with ``--seed`` and
+  writes the split files to ``<out>/splits`` (the shipped ones are in ``data/splits``);
+* draws each batch of frames afresh from the training faces (class-balanced sampling,
+  :func:`~fer_edge_training.synth.class_balanced_weights`), seeded by the iteration, so a
+  resumed run sees the same frames it would have seen without the interruption;
+* AdamW, linear warm-up then cosine decay, an exponential moving average (EMA) of the
+  weights, which is what gets evaluated and exported;
+* every ``--eval-every`` iterations: mAP@0.5 and expression accuracy of the EMA model on
+  a fixed set of frames composed from the validation identities, a line in
+  ``<out>/metrics.jsonl``, and ``<out>/best.pt`` when the mAP improved;
+* ``<out>/last.pt`` every ``--checkpoint-every`` iterations and on Ctrl-C (written to a
+  temporary file, then renamed: an interrupted write never spoils the checkpoint);
+  ``--resume`` continues from it;
+* a progress bar with the loss and the ETA; uses CUDA when present, else the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .data import read_facial_expressions, split_by_identity, write_splits
+from .decode import decode
+from .evaluate import Report, evaluate
+from .loss import yolox_loss
+from .model import CLASSES, build_model, param_groups
+from .preprocess import MEAN, STD
+from .scan import set_scan_impl
+from .synth import boxed_faces, class_balanced_weights, compose_frame, load_backgrounds, read_boxes
+
+HERE = Path(__file__).resolve().parents[1]
+DEFAULT_BOXES = HERE / "data" / "facial_expressions_boxes.csv"
+#: Prior probability of a face (and of a class) in a cell at initialisation (YOLOX/RetinaNet).
+PRIOR = 0.01
+
+
+def to_input(images: np.ndarray) -> torch.Tensor:
+    """``uint8 [B, S, S, 3]`` -> normalised ``float32 [B, 3, S, S]`` (as the runtime does)."""
+    x = torch.from_numpy(images).float().div_(255.0)
+    x = (x - torch.from_numpy(MEAN)) / torch.from_numpy(STD)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def compose_batch(faces, weights, backgrounds, size, rng, count):
+    frames = [compose_frame(faces, weights, backgrounds, size, rng) for _ in range(count)]
+    images = np.stack([f[0] for f in frames])
+    targets = [(torch.from_numpy(b), torch.from_numpy(lab)) for _, b, lab in frames]
+    return images, targets
+
+
+def init_head_priors(model: nn.Module) -> None:
+    """Objectness and class biases start at ``log(p / (1 - p))`` with p = :data:`PRIOR`,
+    so the first steps are not swamped by the loss of thousands of empty cells."""
+    bias = -math.log((1 - PRIOR) / PRIOR)
+    for preds in (model.head.obj_preds, model.head.cls_preds):
+        for conv in preds:
+            nn.init.constant_(conv.bias, bias)
+
+
+class Ema:
+    """Exponential moving average of a model's weights (decay ramps up like YOLOX's)."""
+
+    def __init__(self, model: nn.Module, decay: float = 0.9998, updates: int = 0):
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates = decay, updates
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / 2000))
+        source = model.state_dict()
+        for name, value in self.model.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(d).add_(source[name].detach(), alpha=1 - d)
+            else:
+                value.copy_(source[name])
+
+
+def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def detect_batch(model: nn.Module, images: np.ndarray, size: int, device, conf: float):
+    levels = model(to_input(images).to(device))
+    levels = [lv.float().cpu().numpy() for lv in levels]
+    out = []
+    for i in range(len(images)):
+        dets = decode([lv[i : i + 1] for lv in levels], size, conf=conf)
+        boxes = np.array([d["box"] for d in dets], np.float32).reshape(-1, 4)
+        scores = np.array([d["score"] for d in dets], np.float32)
+        labels = np.array([d["label"] for d in dets], np.int64)
+        out.append((boxes, scores, labels))
+    return out
+
+
+def validate(model, frames, size, device, batch: int = 16, conf: float = 0.01) -> Report:
+    detections = []
+    for i in range(0, len(frames), batch):
+        chunk = frames[i : i + batch]
+        detections += detect_batch(model, np.stack([f[0] for f in chunk]), size, device, conf)
+    return evaluate(detections, [(f[1], f[2]) for f in frames], len(CLASSES))
+
+
+def save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def report_line(report: Report) -> str:
+    ap = " ".join(
+        f"{name[:4]} {'-' if a is None else f'{a:.3f}'}"
+        for name, a in zip(CLASSES, report.ap, strict=False)
+    )
+    return f"mAP50 {report.map50:.4f} acc {report.accuracy:.4f} recall {report.recall:.4f} | {ap}"
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="facial_expressions clone")
+    ap.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="face boxes CSV")
+    ap.add_argument("--backgrounds", type=Path, nargs="*", help="folders of face-free photos")
+    ap.add_argument("--out", type=Path, required=True, help="run directory")
+    ap.add_argument("--variant", default="nano")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--iters", type=int, default=3000)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--val-frames", type=int, default=192)
+    ap.add_argument("--checkpoint-every", type=int, default=25)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    ap.add_argument("--scan", default="native", help="training scan: native, fast or ref")
+    ap.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    crops, dropped = read_facial_expressions(args.data)
+    splits = split_by_identity(crops, args.seed)
+    write_splits(splits, args.data, args.out / "splits")
+    boxes = read_boxes(args.boxes)
+    train_faces = boxed_faces(splits["train"], boxes)
+    val_faces = boxed_faces(splits["val"], boxes)
+    backgrounds = load_backgrounds(args.backgrounds)
+    weights = class_balanced_weights([f.label for f in train_faces], len(CLASSES))
+    counts = np.bincount([f.label for f in train_faces], minlength=len(CLASSES))
+    print(
+        f"{len(train_faces)} training faces ({dict(zip(CLASSES, counts.tolist(), strict=False))}), "
+        f"{len(val_faces)} validation faces, {len(backgrounds)} backgrounds, "
+        f"dropped {dict(dropped)}, "
+        f"device {device}, {torch.get_num_threads()} threads",
+        file=sys.stderr,
+    )
+    val_rng = np.random.default_rng([args.seed, 1])
+    val_frames = [
+        compose_frame(val_faces, None, backgrounds, args.size, val_rng)
+        for _ in range(args.val_frames)
+    ]
+
+    torch.manual_seed(args.seed)
+    model = build_model(args.variant).to(device)
+    init_head_priors(model)
+    if args.scan in ("native", "fast", "ref"):
+        set_scan_impl(model, args.scan)
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
+    ema = Ema(model)
+    start, best = 0, -1.0
+    last = args.out / "last.pt"
+    if args.resume and last.exists():
+        state = torch.load(last, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.model.load_state_dict(state["ema"])
+        ema.updates = int(state["ema_updates"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, best = int(state["iteration"]), float(state["best"])
+        print(f"resumed from {last} at iteration {start}, best mAP50 {best:.4f}", file=sys.stderr)
+    set_scan_impl(ema.model, "fast" if args.scan == "ref" else args.scan)
+
+    def checkpoint(iteration: int) -> None:
+        save_atomic(
+            {
+                "model": model.state_dict(),
+                "ema": ema.model.state_dict(),
+                "ema_updates": ema.updates,
+                "optimizer": optimizer.state_dict(),
+                "iteration": iteration,
+                "best": best,
+                "args": {k: str(v) for k, v in vars(args).items()},
+            },
+            last,
+        )
+
+    metrics = open(args.out / "metrics.jsonl", "a", encoding="utf-8")
+    bar = tqdm(range(start, args.iters), initial=start, total=args.iters, dynamic_ncols=True)
+    it = start
+    try:
+        model.train()
+        window = []
+        for it in bar:
+            lr = learning_rate(it, args.iters, args.lr, args.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            rng = np.random.default_rng([args.seed, 0, it])
+            images, targets = compose_batch(
+                train_faces, weights, backgrounds, args.size, rng, args.batch
+            )
+            targets = [(b.to(device), lab.to(device)) for b, lab in targets]
+            loss, parts = yolox_loss(model(to_input(images).to(device)), targets, args.size)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+            ema.update(model)
+            window = (window + [float(loss.detach())])[-20:]
+            bar.set_postfix(
+                loss=f"{np.mean(window):.3f}",
+                box=f"{parts['box']:.3f}",
+                cls=f"{parts['cls']:.3f}",
+                lr=f"{lr:.1e}",
+            )
+            done = it + 1
+            if done % args.checkpoint_every == 0:
+                checkpoint(done)
+            if done % args.eval_every == 0 or done == args.iters:
+                t0 = time.monotonic()
+                report = validate(ema.model, val_frames, args.size, device)
+                line = {
+                    "iteration": done,
+                    "time": time.time(),
+                    "loss": float(np.mean(window)),
+                    "lr": lr,
+                    "map50": report.map50,
+                    "accuracy": report.accuracy,
+                    "recall": report.recall,
+                    "ap": dict(zip(CLASSES, report.ap, strict=False)),
+                    "eval_seconds": time.monotonic() - t0,
+                }
+                metrics.write(json.dumps(line) + "\n")
+                metrics.flush()
+                tqdm.write(f"iteration {done}: {report_line(report)}")
+                if report.map50 > best:
+                    best = report.map50
+                    save_atomic(
+                        {"ema": ema.model.state_dict(), "iteration": done}, args.out / "best.pt"
+                    )
+                checkpoint(done)
+                model.train()
+    except KeyboardInterrupt:
+        checkpoint(it)
+        print(f"\ninterrupted: checkpoint at iteration {it} in {last}", file=sys.stderr)
+        return 130
+    finally:
+        metrics.close()
+    print(
+        f"done: best validation mAP50 {best:.4f}; weights in {args.out / 'best.pt'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
