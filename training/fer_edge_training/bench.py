@@ -1,6 +1,7 @@
 """Measurements quoted in training/README.md.
 
-python -m fer_edge_training.bench scan   [--b 8 --kd 1024 --n 16 --l 1024 --threads 1]
+python -m fer_edge_training.bench scan   [--b 8 --kd 1024 --n 16 --l 1024 --g 8 --threads 1
+                                          --impls native fast ref]
 python -m fer_edge_training.bench macs   [--variant s --size 320]
 python -m fer_edge_training.bench peers  [--variant s --size 320 --threads 1 2 --runs 10
                                           --fer-edge ../target/release/fer-edge]
@@ -35,13 +36,30 @@ def _scan_inputs(b, kd, n, length, g, seed=0):
     return [a.requires_grad_() for a in args]
 
 
-def bench_scan(b: int, kd: int, n: int, length: int, g: int = 8, repeat: int = 1) -> dict:
+SCAN_IMPLS = ("native", "fast", "ref")
+
+
+def bench_scan(
+    b: int,
+    kd: int,
+    n: int,
+    length: int,
+    g: int = 8,
+    repeat: int = 1,
+    impls: tuple[str, ...] = SCAN_IMPLS,
+) -> dict:
+    from .native_scan import load, selective_scan_native
     from .scan import selective_scan_fast, selective_scan_ref
 
+    if "native" in impls:
+        load()  # compile (first use) or load the extension outside the timings
+
+    fns = {"native": selective_scan_native, "fast": selective_scan_fast, "ref": selective_scan_ref}
     args = _scan_inputs(b, kd, n, length, g)
     gy = torch.randn(b, kd, length)
     out = {}
-    for name, fn in (("fast", selective_scan_fast), ("ref", selective_scan_ref)):
+    for name in impls:
+        fn = fns[name]
         fwd, bwd = [], []
         for _ in range(repeat):
             for a in args:
@@ -60,8 +78,10 @@ def bench_scan(b: int, kd: int, n: int, length: int, g: int = 8, repeat: int = 1
             f"total {min(fwd) + min(bwd):.2f} s "
             f"(peak RSS so far {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB)"
         )
-    f, r = sum(out["fast"]), sum(out["ref"])
-    print(f"ref / fast (forward + backward): {r / f:.2f}x")
+    for slow, quick in (("ref", "fast"), ("fast", "native"), ("ref", "native")):
+        if slow in out and quick in out:
+            ratio = sum(out[slow]) / sum(out[quick])
+            print(f"{slow} / {quick} (forward + backward): {ratio:.2f}x")
     return out
 
 
@@ -181,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kd", type=int, default=1024)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--l", type=int, default=1024)
+    ap.add_argument("--g", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--impls", nargs="+", choices=SCAN_IMPLS, default=list(SCAN_IMPLS))
     ap.add_argument("--variant", default="s")
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
@@ -190,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads[0])
     if a.what == "scan":
-        bench_scan(a.b, a.kd, a.n, a.l, repeat=a.repeat)
+        bench_scan(a.b, a.kd, a.n, a.l, a.g, repeat=a.repeat, impls=tuple(a.impls))
     elif a.what == "macs":
         count_macs(a.variant, a.size)
     else:

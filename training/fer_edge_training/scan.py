@@ -357,7 +357,10 @@ class SelectiveScan(nn.Module):
 
     ``impl``:
       * ``"fast"`` (default): eager training/inference through :func:`selective_scan_fast`;
-      * ``"ref"``: the reference recurrence (golden outputs, tests).
+      * ``"ref"``: the reference recurrence (golden outputs, tests);
+      * ``"native"``: the C++ CPU kernels of :mod:`.native_scan` (training: the trainer
+        selects it with ``set_scan_impl(model, "native")``), compiled on first use, with a
+        warning and ``"fast"`` instead if they cannot be built.
 
     Whatever ``impl`` says, while ``torch.export`` / ``torch.onnx.export`` traces the model
     (``torch.compiler.is_exporting()``) the call goes through the custom op
@@ -365,7 +368,7 @@ class SelectiveScan(nn.Module):
     ``fer_edge::SelectiveScan`` node.
     """
 
-    IMPLS = ("fast", "ref")
+    IMPLS = ("fast", "ref", "native")
 
     def __init__(self, delta_softplus: bool = True, impl: str = "fast") -> None:
         super().__init__()
@@ -384,6 +387,10 @@ class SelectiveScan(nn.Module):
             )
         if self.impl == "fast":
             return selective_scan_fast(u, delta, A, Bs, Cs, D, delta_bias, self.delta_softplus)
+        if self.impl == "native":  # C++ kernels (native_scan.py); falls back to "fast"
+            from .native_scan import selective_scan_native
+
+            return selective_scan_native(u, delta, A, Bs, Cs, D, delta_bias, self.delta_softplus)
         return selective_scan_ref(u, delta, A, Bs, Cs, D, delta_bias, self.delta_softplus)
 
 

@@ -15,7 +15,7 @@ What it does:
 * every ``--eval-every`` iterations: mAP@0.5 and expression accuracy of the EMA model on
   a fixed set of frames composed from the validation identities, a line in
   ``<out>/metrics.jsonl``, and ``<out>/best.pt`` when the mAP improved;
-* ``<out>/last.pt`` every ``--checkpoint-every`` iterations and on Ctrl-C (written to a
+* ``<out>/last.pt`` every ``--checkpoint-every`` iterations and on Ctrl-C or SIGTERM (written to a
   temporary file, then renamed: an interrupted write never spoils the checkpoint);
   ``--resume`` continues from it;
 * a progress bar with the loss and the ETA; uses CUDA when present, else the CPU.
@@ -28,6 +28,7 @@ import copy
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -224,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             last,
         )
 
+    # `kill` / systemd stop (SIGTERM) checkpoints like Ctrl-C; background jobs started
+    # from a script ignore SIGINT, so SIGTERM is how they are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     metrics = open(args.out / "metrics.jsonl", "a", encoding="utf-8")
     bar = tqdm(range(start, args.iters), initial=start, total=args.iters, dynamic_ncols=True)
     it = start
