@@ -1,0 +1,745 @@
+//! The MQTT sink against a real mosquitto broker that each test starts on a
+//! free loopback port (and stops): topics and payloads of a tracked face,
+//! the same lines in the JSON log, retained availability with the last will,
+//! buffering across a broker restart, Home Assistant discovery, and TLS with
+//! a client certificate and a password. Skipped, loudly, without mosquitto.
+
+use fer_edge::face::{Expression, ExpressionScores, Face};
+use fer_edge::signal::{JsonLogSink, MqttConfig, MqttSink, Sink, Stats, TlsConfig};
+use fer_edge::track::{TrackEvent, Tracker, TrackerConfig};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+/// Generous waits: the tests also run under qemu on a busy 2-core machine.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Returns from the test, saying so on stderr, when mosquitto is missing.
+macro_rules! require_mosquitto {
+    () => {
+        if !Path::new(MOSQUITTO).exists() {
+            eprintln!("SKIPPED: {MOSQUITTO} is not installed (apt-get install mosquitto)");
+            return;
+        }
+    };
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "fer-edge-signal-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A mosquitto process with a config file of its own, persisting its state
+/// in its directory across [`Broker::restart`].
+struct Broker {
+    child: Option<Child>,
+    port: u16,
+    config: PathBuf,
+    dir: TempDir,
+}
+
+impl Broker {
+    /// A broker with an anonymous plain listener on `port`, plus `extra`
+    /// config lines.
+    fn start_with(port: u16, dir: TempDir, extra: &str) -> Broker {
+        let config = dir.file("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "user root\npersistence true\npersistence_location {dir}/\n\
+                 log_dest file {dir}/mosquitto.log\n\
+                 listener {port} 127.0.0.1\n{extra}\n",
+                dir = dir.0.display()
+            ),
+        )
+        .unwrap();
+        let mut broker = Broker {
+            child: None,
+            port,
+            config,
+            dir,
+        };
+        broker.restart();
+        broker
+    }
+
+    fn start() -> Broker {
+        Broker::start_with(free_port(), TempDir::new(), "allow_anonymous true")
+    }
+
+    /// Starts mosquitto (again, on the same port) and waits until it listens.
+    fn restart(&mut self) {
+        let child = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops mosquitto gracefully (SIGTERM: it saves its sessions).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            child.wait().unwrap();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.file("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One publish a subscriber received.
+#[derive(Debug, Clone)]
+struct Received {
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.payload).unwrap()
+    }
+
+    fn text(&self) -> &str {
+        std::str::from_utf8(&self.payload).unwrap()
+    }
+}
+
+/// A rumqttc client in the test that subscribes to `filter` (again after
+/// each reconnect unless its session persists) and collects what arrives.
+struct Subscriber {
+    client: Client,
+    received: mpsc::Receiver<Received>,
+}
+
+impl Subscriber {
+    fn connect(port: u16, filter: &str) -> Subscriber {
+        Subscriber::connect_with(port, filter, |_| {})
+    }
+
+    fn connect_with(port: u16, filter: &str, setup: impl FnOnce(&mut MqttOptions)) -> Subscriber {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let id = format!(
+            "test-sub-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(5));
+        setup(&mut options);
+        let (client, mut connection) = Client::new(options, 100);
+        let (sender, received) = mpsc::channel();
+        let (subscribed_tx, subscribed) = mpsc::channel();
+        let resubscriber = client.clone();
+        let filter = filter.to_string();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
+                        resubscriber.subscribe(&filter, QoS::AtLeastOnce).unwrap();
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let received = Received {
+                            topic: publish.topic.clone(),
+                            payload: publish.payload.to_vec(),
+                            retain: publish.retain,
+                        };
+                        if sender.send(received).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    // Broker down: retry, without spinning.
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        subscribed
+            .recv_timeout(WAIT)
+            .expect("subscriber did not get its SUBACK");
+        Subscriber { client, received }
+    }
+
+    /// The next message on `topic`, skipping others.
+    fn next_on(&self, topic: &str) -> Received {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.received.recv_timeout(left) {
+                Ok(received) if received.topic == topic => return received,
+                Ok(_) => {}
+                Err(_) => panic!("nothing on {topic} within {WAIT:?}"),
+            }
+        }
+    }
+
+    /// The next `count` messages on `topic`.
+    fn take_on(&self, topic: &str, count: usize) -> Vec<Received> {
+        (0..count).map(|_| self.next_on(topic)).collect()
+    }
+
+    /// The next `count` messages, whatever their topic.
+    fn take(&self, count: usize) -> Vec<Received> {
+        (0..count)
+            .map(|_| {
+                self.received
+                    .recv_timeout(WAIT)
+                    .unwrap_or_else(|_| panic!("fewer than {count} messages within {WAIT:?}"))
+            })
+            .collect()
+    }
+
+    /// Everything that arrives on `topic` within `quiet`.
+    fn rest_on(&self, topic: &str, quiet: Duration) -> Vec<Received> {
+        let mut rest = Vec::new();
+        while let Ok(received) = self.received.recv_timeout(quiet) {
+            if received.topic == topic {
+                rest.push(received);
+            }
+        }
+        rest
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+fn sink_config(port: u16, device: &str) -> MqttConfig {
+    MqttConfig {
+        enabled: true,
+        host: "127.0.0.1".into(),
+        port: Some(port),
+        device_id: Some(device.into()),
+        keep_alive_s: 5,
+        reconnect_max_ms: 500,
+        ..Default::default()
+    }
+}
+
+fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn stats(frames: u64) -> Stats {
+    Stats {
+        frames,
+        ..Default::default()
+    }
+}
+
+fn frames_of(messages: &[Received]) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| m.json()["frames"].as_u64().unwrap())
+        .collect()
+}
+
+/// A face at `x` showing `expression` with score `p`.
+fn face(x: f32, expression: Expression, p: f32) -> Face {
+    let mut scores = [(1.0 - p) / 6.0; 7];
+    scores[expression.index()] = p;
+    Face {
+        bbox: [x, 10.0, x + 50.0, 70.0],
+        expression,
+        score: p,
+        scores: ExpressionScores(scores),
+    }
+}
+
+/// The tracker's events, frame by frame, for a face that is happy, then
+/// surprised, then gone: new -> update -> end.
+fn tracked_face_frames() -> Vec<Vec<TrackEvent>> {
+    let mut frames: Vec<Vec<Face>> = (0..10)
+        .map(|i| vec![face(100.0 + i as f32, Expression::Happiness, 0.8)])
+        .collect();
+    frames.extend((0..10).map(|i| vec![face(110.0 + i as f32, Expression::Surprise, 0.8)]));
+    frames.extend((0..15).map(|_| vec![]));
+    let mut tracker = Tracker::new(TrackerConfig::default());
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, faces)| tracker.update(faces, i as f64 * 0.1))
+        .collect()
+}
+
+/// A `Write` whose bytes the test can read while a sink owns it.
+#[derive(Clone, Default)]
+struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A message as (topic, payload) the way the JSON log prints it: plain-text
+/// payloads (availability) as JSON strings.
+fn as_log_line(message: &Received) -> (String, Value) {
+    let payload =
+        serde_json::from_slice(&message.payload).unwrap_or_else(|_| Value::from(message.text()));
+    (message.topic.clone(), payload)
+}
+
+#[test]
+fn a_tracked_face_is_published_and_logged_alike() {
+    require_mosquitto!();
+    let broker = Broker::start();
+    let config = sink_config(broker.port, "kiosk-a");
+    let topics = config.topics().unwrap();
+    let subscriber = Subscriber::connect(broker.port, "fer-edge/kiosk-a/#");
+    let log_output = SharedBuffer::default();
+    let mut log = JsonLogSink::new(topics.clone(), log_output.clone());
+    let mut mqtt = MqttSink::start(&config).unwrap();
+    wait_until("the sink is connected", || mqtt.is_connected());
+
+    let late_subscriber = Subscriber::connect(broker.port, &topics.availability());
+    let retained = late_subscriber.next_on(&topics.availability());
+    assert!(retained.retain, "availability is retained");
+    assert_eq!(retained.text(), "online");
+
+    let frames = tracked_face_frames();
+    for events in &frames {
+        mqtt.events(events, Instant::now());
+        log.events(events, Instant::now());
+    }
+    mqtt.shutdown();
+    log.shutdown();
+
+    // online, state, 3 x (event, state), offline
+    let published = subscriber.take(9);
+    let tracked: Vec<&TrackEvent> = frames.iter().flatten().collect();
+    let events: Vec<&Received> = published
+        .iter()
+        .filter(|m| m.topic == topics.events())
+        .collect();
+    assert_eq!(events.len(), 3);
+    for (message, event) in events.iter().zip(&tracked) {
+        let event_json: Value =
+            serde_json::from_str(&serde_json::to_string(event).unwrap()).unwrap();
+        assert_eq!(message.json(), event_json);
+    }
+    let kinds: Vec<Value> = events.iter().map(|m| m.json()["type"].clone()).collect();
+    assert_eq!(kinds, ["new", "update", "end"]);
+    let states: Vec<Value> = published
+        .iter()
+        .filter(|m| m.topic == topics.state())
+        .map(|m| m.json()["expression"].clone())
+        .collect();
+    assert_eq!(states, ["none", "happiness", "surprise", "none"]);
+    assert_eq!(published[0].text(), "online");
+    assert_eq!(published[8].text(), "offline");
+    assert_eq!(mqtt.dropped(), 0);
+
+    let after = Subscriber::connect(broker.port, &topics.availability());
+    let retained = after.next_on(&topics.availability());
+    assert!(retained.retain && retained.text() == "offline");
+
+    // The log printed the same messages, one JSON line each.
+    let text = String::from_utf8(log_output.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<(String, Value)> = text
+        .lines()
+        .map(|line| {
+            let line: Value = serde_json::from_str(line).unwrap();
+            (
+                line["topic"].as_str().unwrap().to_string(),
+                line["payload"].clone(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, Value)> = published.iter().map(as_log_line).collect();
+    assert_eq!(lines, expected);
+}
+
+/// Runs this test binary's `publisher_child` in a new process. Under
+/// qemu-user (the aarch64 tests on an x86_64 host, where the kernel cannot
+/// exec the binary itself) it goes through the test runner, or plain qemu.
+fn spawn_publisher_child(port: u16, device: &str) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let host_arch = std::fs::read_to_string("/proc/sys/kernel/arch").unwrap_or_default();
+    let emulated = !host_arch.trim().is_empty() && host_arch.trim() != std::env::consts::ARCH;
+    let mut command = if emulated {
+        let runner = std::env::var("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER")
+            .unwrap_or_else(|_| "qemu-aarch64 -L /usr/aarch64-linux-gnu".into());
+        let mut parts = runner.split_whitespace();
+        let mut command = Command::new(parts.next().unwrap());
+        command.args(parts).arg(&exe);
+        command
+    } else {
+        Command::new(&exe)
+    };
+    command
+        .args(["--exact", "publisher_child", "--ignored", "--nocapture"])
+        .env("FER_EDGE_TEST_CHILD_BROKER", format!("{port}/{device}"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Not a test on its own: the publisher process that
+/// `the_last_will_marks_a_killed_publisher_offline` kills.
+#[test]
+#[ignore]
+fn publisher_child() {
+    let Ok(broker) = std::env::var("FER_EDGE_TEST_CHILD_BROKER") else {
+        return;
+    };
+    let (port, device) = broker.split_once('/').unwrap();
+    let _sink = MqttSink::start(&sink_config(port.parse().unwrap(), device)).unwrap();
+    // Waits to be killed; ends by itself if nobody does.
+    std::thread::sleep(Duration::from_secs(120));
+    std::process::exit(1);
+}
+
+#[test]
+fn the_last_will_marks_a_killed_publisher_offline() {
+    require_mosquitto!();
+    let broker = Broker::start();
+    let topics = sink_config(broker.port, "kiosk-will").topics().unwrap();
+    let subscriber = Subscriber::connect(broker.port, &topics.availability());
+    let mut child = spawn_publisher_child(broker.port, "kiosk-will");
+    assert_eq!(subscriber.next_on(&topics.availability()).text(), "online");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(subscriber.next_on(&topics.availability()).text(), "offline");
+    let after = Subscriber::connect(broker.port, &topics.availability());
+    let retained = after.next_on(&topics.availability());
+    assert!(retained.retain && retained.text() == "offline");
+}
+
+/// A subscriber whose session the broker keeps (and saves when stopped), so
+/// nothing published while it reconnects is lost to it.
+fn persistent_subscriber(port: u16, filter: &str) -> Subscriber {
+    Subscriber::connect_with(port, filter, |options| {
+        options.set_clean_session(false);
+    })
+}
+
+#[test]
+fn messages_buffered_while_the_broker_is_down_arrive_in_order_after_restart() {
+    require_mosquitto!();
+    let mut broker = Broker::start();
+    let config = MqttConfig {
+        buffer: 20,
+        ..sink_config(broker.port, "kiosk-restart")
+    };
+    let topics = config.topics().unwrap();
+    let subscriber = persistent_subscriber(broker.port, &topics.stats());
+    let mut sink = MqttSink::start(&config).unwrap();
+    wait_until("the sink is connected", || sink.is_connected());
+    for frames in 0..3 {
+        sink.stats(&stats(frames));
+    }
+    assert_eq!(
+        frames_of(&subscriber.take_on(&topics.stats(), 3)),
+        [0, 1, 2]
+    );
+
+    broker.stop();
+    wait_until("the sink noticed", || !sink.is_connected());
+    for frames in 3..13 {
+        sink.stats(&stats(frames));
+    }
+    assert_eq!(sink.buffered(), 10);
+    broker.restart();
+
+    let delivered = subscriber.take_on(&topics.stats(), 10);
+    assert_eq!(frames_of(&delivered), (3..13).collect::<Vec<_>>());
+    wait_until("all acknowledged", || sink.buffered() == 0);
+    assert!(subscriber
+        .rest_on(&topics.stats(), Duration::from_millis(300))
+        .is_empty());
+    assert_eq!(sink.dropped(), 0);
+}
+
+#[test]
+fn beyond_the_buffer_the_oldest_are_dropped_and_counted() {
+    require_mosquitto!();
+    let mut broker = Broker::start();
+    let config = MqttConfig {
+        buffer: 5,
+        ..sink_config(broker.port, "kiosk-overflow")
+    };
+    let topics = config.topics().unwrap();
+    let subscriber = persistent_subscriber(broker.port, &topics.stats());
+    let mut sink = MqttSink::start(&config).unwrap();
+    wait_until("the sink is connected", || sink.is_connected());
+
+    broker.stop();
+    wait_until("the sink noticed", || !sink.is_connected());
+    for frames in 0..8 {
+        sink.stats(&stats(frames));
+    }
+    assert_eq!(sink.dropped(), 3);
+    broker.restart();
+
+    let delivered = subscriber.take_on(&topics.stats(), 5);
+    assert_eq!(frames_of(&delivered), [3, 4, 5, 6, 7]);
+    // Publishing what was dropped also goes out with the next stats.
+    let mut next = stats(8);
+    next.sink_dropped = [("mqtt".to_string(), sink.dropped())].into();
+    sink.stats(&next);
+    assert_eq!(
+        subscriber.next_on(&topics.stats()).json()["sink_dropped"]["mqtt"],
+        3
+    );
+}
+
+#[test]
+fn home_assistant_discovery_configs_are_retained_json() {
+    require_mosquitto!();
+    let broker = Broker::start();
+    let config = MqttConfig {
+        homeassistant_discovery: true,
+        ..sink_config(broker.port, "kiosk-ha")
+    };
+    let topics = config.topics().unwrap();
+    let sink = MqttSink::start(&config).unwrap();
+    wait_until("the sink is connected", || sink.is_connected());
+    // Subscribing after they were published: only retained ones arrive.
+    let subscriber = Subscriber::connect(broker.port, "homeassistant/#");
+    let mut configs = subscriber.take(3);
+    configs.sort_by(|a, b| a.topic.cmp(&b.topic));
+    let names: Vec<&str> = configs.iter().map(|m| m.topic.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "homeassistant/binary_sensor/kiosk-ha/face_present/config",
+            "homeassistant/sensor/kiosk-ha/expression/config",
+            "homeassistant/sensor/kiosk-ha/faces/config",
+        ]
+    );
+    for message in &configs {
+        assert!(message.retain, "{} is retained", message.topic);
+        let config = message.json();
+        assert_eq!(config["state_topic"], topics.state().as_str());
+        assert_eq!(config["availability_topic"], topics.availability().as_str());
+        assert_eq!(config["payload_available"], "online");
+        assert!(config["unique_id"].as_str().unwrap().contains("kiosk-ha"));
+        assert_eq!(config["device"]["identifiers"][0], "fer_edge_kiosk-ha");
+    }
+    // The state they read is retained too.
+    let state = Subscriber::connect(broker.port, &topics.state()).next_on(&topics.state());
+    assert!(state.retain);
+    assert_eq!(state.json()["face_present"], false);
+}
+
+/// Writes a test CA, a server certificate for 127.0.0.1 and a client
+/// certificate with `openssl`; false if openssl is missing.
+fn make_certificates(dir: &TempDir) -> bool {
+    let openssl = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|status| assert!(status.success(), "openssl {args:?}"))
+            .is_ok()
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let ca = [
+        &["req", "-x509"][..],
+        &key,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=fer-edge test CA",
+        ],
+    ]
+    .concat();
+    if !openssl(&ca) {
+        return false;
+    }
+    // Extensions make version 3 certificates, which rustls requires.
+    std::fs::write(
+        dir.file("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    std::fs::write(dir.file("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for name in ["server", "client"] {
+        let key_file = format!("{name}.key");
+        let request = format!("{name}.csr");
+        let subject = format!("/CN=fer-edge test {name}");
+        let csr = [
+            &["req"][..],
+            &key,
+            &["-keyout", &key_file, "-out", &request, "-subj", &subject],
+        ]
+        .concat();
+        openssl(&csr);
+        let cert = format!("{name}.crt");
+        let extensions = format!("{name}.ext");
+        let sign = [
+            "x509",
+            "-req",
+            "-in",
+            &request,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-extfile",
+            &extensions,
+        ];
+        openssl(&sign);
+    }
+    true
+}
+
+#[test]
+fn tls_with_a_client_certificate_and_a_password() {
+    require_mosquitto!();
+    let dir = TempDir::new();
+    if !make_certificates(&dir) {
+        eprintln!("SKIPPED: openssl is not installed");
+        return;
+    }
+    let passwords = dir.file("passwords");
+    let status = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["kiosk", "s3cret"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let path = |name: &str| dir.file(name).display().to_string();
+    let extra = format!(
+        "allow_anonymous false\npassword_file {passwords}\n\
+         listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
+         require_certificate true\n",
+        passwords = passwords.display(),
+        ca = path("ca.crt"),
+        cert = path("server.crt"),
+        key = path("server.key"),
+    );
+    let broker = Broker::start_with(plain_port, dir, &extra);
+    let config = MqttConfig {
+        port: Some(tls_port),
+        username: Some("kiosk".into()),
+        password: Some("s3cret".into()),
+        tls: Some(TlsConfig {
+            ca_file: broker.dir.file("ca.crt"),
+            client_cert: Some(broker.dir.file("client.crt")),
+            client_key: Some(broker.dir.file("client.key")),
+        }),
+        ..sink_config(0, "kiosk-tls")
+    };
+    let topics = config.topics().unwrap();
+    // The test listens on the plain listener, with the same password.
+    let subscriber = Subscriber::connect_with(broker.port, &topics.stats(), |options| {
+        options.set_credentials("kiosk", "s3cret");
+    });
+    let mut sink = MqttSink::start(&config).unwrap();
+    wait_until("the sink is connected over TLS", || sink.is_connected());
+    sink.stats(&stats(42));
+    assert_eq!(frames_of(&[subscriber.next_on(&topics.stats())]), [42]);
+
+    // A wrong password: the sink keeps running, buffering, and says why in
+    // the log (connection refused), never connected.
+    let mut refused = MqttSink::start(&MqttConfig {
+        password: Some("wrong".into()),
+        device_id: Some("kiosk-tls-2".into()),
+        ..config
+    })
+    .unwrap();
+    refused.stats(&stats(1));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!refused.is_connected());
+    assert_eq!(refused.buffered(), 1);
+}
