@@ -2,6 +2,7 @@
 //! the `fer_edge::SelectiveScan` op registered, and running it.
 
 use crate::decode::level_geometry;
+use crate::device::Device;
 use crate::scan;
 use std::path::{Path, PathBuf};
 use tract_linalg::multithread::{current_tract_executor, set_default_executor, Executor};
@@ -59,8 +60,13 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads, checks and optimises the model in `path`.
+    /// Loads, checks and optimises the model in `path` for the CPU.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
+        Self::load_on(path, Device::Cpu)
+    }
+
+    /// Loads and checks the model in `path` and prepares it for `device`.
+    pub fn load_on(path: &Path, device: Device) -> Result<Model, ModelError> {
         let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
             path: path.into(),
             source,
@@ -85,12 +91,12 @@ impl Model {
             path: path.into(),
             cause: chain(&e),
         };
-        let typed = inference.into_optimized().map_err(prepare)?;
+        let typed = inference.into_typed().map_err(prepare)?;
         let input_shape = check_detector_io(&typed).map_err(|cause| ModelError::NotADetector {
             path: path.into(),
             cause,
         })?;
-        let plan = typed.into_runnable().map_err(prepare)?;
+        let plan = device.prepare(typed).map_err(prepare)?;
         Ok(Model {
             plan,
             input_shape,

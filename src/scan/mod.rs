@@ -4,5 +4,7 @@
 //! AVX2+FMA, aarch64 NEON) behind one interface; [`op`] makes them a tract
 //! op for the ONNX node `fer_edge::SelectiveScan`.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod kernel;
 pub mod op;
