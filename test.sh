@@ -4,23 +4,36 @@
 # the Python tests of training/.
 #
 # Needs: the aarch64-unknown-linux-gnu Rust target, gcc-aarch64-linux-gnu,
-# qemu-user, and the venv .venv (see .ci/run, which installs all of them).
+# qemu-user, and the venv .venv (see .ci/run, which installs all of them);
+# also the armv7-unknown-linux-gnueabihf target with gcc-arm-linux-gnueabihf,
+# libclang (bindgen), mosquitto and systemd-analyze (systemd/check.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-.venv/bin/python}
 
 echo "== rustfmt, clippy"
 cargo fmt --check
-cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --features cuda -- -D warnings
 
-echo "== Rust tests, x86_64"
-cargo test --release
+echo "== Rust tests, x86_64 (with the cuda feature: its GPU test skips without a GPU)"
+cargo test --release --features cuda
 
-for cpu in cortex-a72 cortex-a76; do
-    echo "== Rust tests, aarch64 under qemu -cpu $cpu"
-    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu" \
-        cargo test --release --target aarch64-unknown-linux-gnu
-done
+echo "== Rust tests, aarch64 under qemu -cpu cortex-a72 (Raspberry Pi 4)"
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu" \
+    cargo test --release --target aarch64-unknown-linux-gnu
+# The Pi 5 CPU picks other tract kernels: rerun what depends on the CPU
+# (scan kernels, the whole network, on-device accuracy), not the I/O tests.
+echo "== Rust tests, aarch64 under qemu -cpu cortex-a76 (Raspberry Pi 5): kernels, network, accuracy"
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu" \
+    cargo test --release --target aarch64-unknown-linux-gnu --test scan_kernels --test runtime --test accuracy
+
+echo "== systemd unit: systemd-analyze verify and security (systemd/check.sh)"
+systemd/check.sh
+
+echo "== armv7 (32-bit Pi OS): release build, one detect under qemu-arm"
+cargo build --release --target armv7-unknown-linux-gnueabihf --bin fer-edge
+qemu-arm -L /usr/arm-linux-gnueabihf target/armv7-unknown-linux-gnueabihf/release/fer-edge \
+    detect samples/obama.jpg | grep '"faces"'
 
 echo "== ruff, pytest"
 "$PY" -m ruff check training
