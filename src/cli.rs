@@ -1,8 +1,11 @@
-//! The `fer-edge` command line: `detect` and `bench`.
+//! The `fer-edge` command line: `detect`, `eval` and `bench`.
 
 use crate::annotate::{draw_faces, save_annotated};
+use crate::dataset::{read_dataset, DatasetFormat};
 use crate::decode::DecodeOptions;
 use crate::detector::{Detector, StageTimings};
+use crate::device::Device;
+use crate::evaluate::{evaluate, format_report};
 use crate::face::Face;
 use crate::infer::{set_threads, Model};
 use crate::preprocess::{Frame, PixelFormat};
@@ -29,6 +32,9 @@ pub struct Cli {
 enum Command {
     /// Detect faces and expressions in images; print one JSON line per image.
     Detect(DetectArgs),
+    /// Measure accuracy on a labelled dataset: per-expression AP, mAP@0.5 and
+    /// expression accuracy; the last line printed is `mAP50 <value>`.
+    Eval(EvalArgs),
     /// Time each pipeline stage over repeated frames and print median and p90.
     Bench(BenchArgs),
 }
@@ -41,6 +47,10 @@ struct ModelArgs {
     /// Worker threads for inference (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where to run the network: `auto` takes a CUDA GPU when this build has
+    /// the `cuda` feature and one is usable, else the CPU.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
 }
 
 impl ModelArgs {
@@ -54,7 +64,7 @@ impl ModelArgs {
 
     fn load(&self) -> anyhow::Result<Model> {
         set_threads(self.thread_count());
-        Ok(Model::load(&self.model)?)
+        Ok(Model::load_on(&self.model, self.device)?)
     }
 }
 
@@ -77,6 +87,21 @@ struct DetectArgs {
 }
 
 #[derive(Args, Debug)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The dataset: a lines file (`path x1,y1,x2,y2,class ...`) or a YOLO folder.
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Layout of `--dataset`.
+    #[arg(long, value_enum, default_value = "lines")]
+    format: DatasetFormat,
+    /// Minimum face score kept (low, so the precision/recall curve is complete).
+    #[arg(long, default_value_t = 0.01)]
+    confidence: f32,
+}
+
+#[derive(Args, Debug)]
 struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -95,6 +120,7 @@ struct BenchArgs {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Detect(args) => detect(args),
+        Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
     }
 }
@@ -163,6 +189,29 @@ fn detect_image(
         log::info!("wrote {}", written.display());
     }
     Ok(faces)
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<i32> {
+    let images = read_dataset(&args.dataset, args.format)?;
+    let options = DecodeOptions {
+        confidence: args.confidence,
+        ..DecodeOptions::default()
+    };
+    let mut detector = Detector::new(args.model.load()?, options);
+    let detections = images
+        .iter()
+        .map(|image| detect_image(&mut detector, &image.path, None))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let labels: Vec<_> = images.into_iter().map(|image| image.faces).collect();
+    let report = evaluate(&detections, &labels);
+    println!(
+        "model {}, dataset {} ({} images)",
+        detector.model().path().display(),
+        args.dataset.display(),
+        labels.len()
+    );
+    println!("{}", format_report(&report, labels.len()));
+    Ok(0)
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<i32> {

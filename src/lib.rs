@@ -6,11 +6,16 @@
 //! per-architecture kernels, lives in [`scan`].
 
 pub mod annotate;
+pub mod capture;
 pub mod cli;
+pub mod dataset;
 pub mod decode;
 pub mod detector;
+pub mod device;
+pub mod evaluate;
 pub mod face;
 pub mod infer;
 pub mod preprocess;
 pub mod scan;
+pub mod signal;
 pub mod track;

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -209,14 +211,15 @@ def test_main_model_artifact_twin_reproduces_golden_levels():
     m = onnx.load(str(MAIN_MODEL))
     assert count_ops(m, "SelectiveScan", "fer_edge") == 4
     dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == [1, 3, 320, 320]
+    size = json.loads((GOLDEN / "detections.json").read_text())["size"]
+    assert dims == [1, 3, size, size]
     x = np.load(GOLDEN / "input.npy")
     got = run_onnxruntime(make_scan_twin(m), {"images": x})
     for i, g in enumerate(got):
         assert_close(g, np.load(GOLDEN / f"level{i}.npy"))
 
 
-@pytest.mark.parametrize("impl", ["fast", "ref"])
+@pytest.mark.parametrize("impl", ["fast", "ref", "native"])
 def test_export_emits_one_node_per_scan_whatever_the_impl(impl):
     block = set_scan_impl(build_block(0), impl)
     m = torch_to_onnx(block, (torch.randn(1, 32, 8, 6),), ["x"], ["y"])
