@@ -5,6 +5,12 @@
 //! `models/MODEL_CARD.md` reports) minus a small margin: f32 rounding differs
 //! between x86_64 and aarch64 kernels and moves a few scores near a
 //! threshold, which moves AP by far less than the margin.
+//!
+//! On x86_64 it runs the whole set (271 faces, seconds). Elsewhere (aarch64
+//! under qemu in CI, about 60x slower) it runs `quick.txt`, the first 12
+//! frames, held to their own recorded figures (`quick` in the metrics file);
+//! on a real board `fer-edge eval --dataset tests/data/heldout/labels.txt`
+//! gives the full figures.
 
 mod common;
 
@@ -20,9 +26,16 @@ use fer_edge::preprocess::{Frame, PixelFormat};
 const MARGIN: f64 = 0.02;
 
 #[derive(serde::Deserialize)]
-struct Recorded {
+struct Figures {
     map50: f64,
     accuracy: f64,
+}
+
+#[derive(serde::Deserialize)]
+struct Recorded {
+    #[serde(flatten)]
+    full: Figures,
+    quick: Figures,
 }
 
 #[test]
@@ -31,9 +44,18 @@ fn shipped_model_keeps_its_recorded_accuracy_on_held_out_faces() {
         &std::fs::read_to_string(repo("models/fer-yolo-mamba-nano.metrics.json")).unwrap(),
     )
     .unwrap();
-    let images =
-        read_dataset(&repo("tests/data/heldout/labels.txt"), DatasetFormat::Lines).unwrap();
-    assert!(images.len() >= 100, "held-out set is incomplete");
+    let (file, recorded, at_least) = if cfg!(target_arch = "x86_64") {
+        ("labels.txt", recorded.full, 120)
+    } else {
+        ("quick.txt", recorded.quick, 12)
+    };
+    println!("held-out set: tests/data/heldout/{file}");
+    let images = read_dataset(
+        &repo(&format!("tests/data/heldout/{file}")),
+        DatasetFormat::Lines,
+    )
+    .unwrap();
+    assert!(images.len() >= at_least, "held-out set is incomplete");
     let options = DecodeOptions {
         confidence: 0.01,
         ..DecodeOptions::default()

@@ -1,5 +1,6 @@
 """Model-card figures from the runtime itself: runs ``fer-edge eval`` on the held-out set,
-writes ``<model>.metrics.json`` (what ``tests/accuracy.rs`` holds the model to) and a
+writes ``<model>.metrics.json`` (what ``tests/accuracy.rs`` holds the model to; with the
+figures of ``quick.txt`` beside the dataset, the subset it uses under qemu) and a
 confusion-matrix image.
 
     python -m fer_edge_training.card --binary ../target/release/fer-edge \\
@@ -75,14 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--dataset", type=Path, required=True)
     args = ap.parse_args(argv)
-    out = subprocess.run(
-        [args.binary, "eval", "--model", str(args.model), "--dataset", str(args.dataset)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    print(out)
-    figures = parse_eval(out)
+
+    def run_eval(dataset: Path) -> dict:
+        out = subprocess.run(
+            [args.binary, "eval", "--model", str(args.model), "--dataset", str(dataset)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        print(out)
+        return parse_eval(out)
+
+    figures = run_eval(args.dataset)
+    quick = args.dataset.with_name("quick.txt")
+    if quick.exists():  # the subset tests/accuracy.rs uses under qemu
+        subset = run_eval(quick)
+        figures["quick"] = {"map50": subset["map50"], "accuracy": subset["accuracy"]}
     metrics = args.model.with_suffix(".metrics.json")
     metrics.write_text(json.dumps(figures, indent=1) + "\n")
     draw_confusion(figures["confusion"], args.model.with_suffix(".confusion.png"))
