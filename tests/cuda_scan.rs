@@ -23,17 +23,7 @@ use tract_gpu::sync::{DeviceSync, DeviceSyncKind};
 
 #[path = "common/scan_problem.rs"]
 mod scan_problem;
-use scan_problem::{Problem, SLOW, STIFF, TYPICAL};
-
-fn dims(batch: usize, channels: usize, groups: usize, state: usize, len: usize) -> ScanDims {
-    ScanDims {
-        batch,
-        channels,
-        groups,
-        state,
-        len,
-    }
-}
+use scan_problem::{dims, Problem, SLOW, STIFF, TYPICAL};
 
 /// The parameter names of the kernel's signature in `KERNEL_SOURCE`, in order.
 fn kernel_parameters() -> Vec<(String, String)> {

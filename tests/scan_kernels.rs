@@ -31,7 +31,7 @@ use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
 #[path = "common/scan_problem.rs"]
 mod scan_problem;
-use scan_problem::{Problem, Ranges, SLOW, STIFF, TYPICAL};
+use scan_problem::{dims, Problem, Ranges, SLOW, STIFF, TYPICAL};
 
 /// Accuracy bound relative to the scale of the summed terms (see the top).
 const TOLERANCE: f64 = 1e-5;
@@ -96,16 +96,6 @@ fn assert_close(label: &str, got: &[f32], want: &[f64], scale: &[f64]) -> f64 {
         worst = worst.max(error / allowed);
     }
     worst
-}
-
-fn dims(batch: usize, channels: usize, groups: usize, state: usize, len: usize) -> ScanDims {
-    ScanDims {
-        batch,
-        channels,
-        groups,
-        state,
-        len,
-    }
 }
 
 /// The accuracy cases: (dims, delta_softplus, ranges).

@@ -1,8 +1,9 @@
 //! JPEG marker-level checks: is a buffer one whole JPEG, how big is its image,
 //! and where does the first JPEG of an MJPEG stream end. No decoding.
 
+use crate::preprocess::ends_with_eoi;
+
 const SOI: [u8; 2] = [0xFF, 0xD8];
-const EOI: [u8; 2] = [0xFF, 0xD9];
 const SOI_MARKER: u8 = 0xD8;
 const EOI_MARKER: u8 = 0xD9;
 const SOS_MARKER: u8 = 0xDA;
@@ -17,8 +18,7 @@ pub(crate) fn check(jpeg: &[u8]) -> Result<(usize, usize), String> {
     if !jpeg.starts_with(&SOI) {
         return Err("no JPEG start-of-image marker".into());
     }
-    let end = jpeg.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    if !jpeg[..end].ends_with(&EOI) {
+    if !ends_with_eoi(jpeg) {
         return Err(format!(
             "truncated JPEG of {} bytes: no end-of-image marker",
             jpeg.len()
@@ -145,6 +145,8 @@ fn be16(buf: &[u8], pos: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const EOI: [u8; 2] = [0xFF, 0xD9];
 
     /// A minimal JPEG by structure (not decodable): SOI, APP0 that holds a
     /// fake `FF D9`, SOF0 of 3x2, SOS, entropy data with a stuffed byte and

@@ -117,7 +117,7 @@ fn needs_default_huffman_tables(jpeg: &[u8]) -> bool {
 /// True when the frame ends with the EOI marker, ignoring the zero padding
 /// some cameras append. A frame cut short (a USB hiccup) lacks it, and
 /// decoders would otherwise fill the missing part with grey.
-fn ends_with_eoi(jpeg: &[u8]) -> bool {
+pub(crate) fn ends_with_eoi(jpeg: &[u8]) -> bool {
     let end = jpeg.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
     jpeg[..end].ends_with(&[0xFF, 0xD9])
 }

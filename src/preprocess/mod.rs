@@ -9,6 +9,7 @@
 
 mod convert;
 
+pub(crate) use convert::ends_with_eoi;
 pub use convert::{grey_to_rgb, mjpeg_to_rgb, yuyv_to_rgb};
 
 use tract_core::prelude::Tensor;

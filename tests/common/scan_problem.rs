@@ -5,6 +5,17 @@ use fer_edge::scan::kernel::{selective_scan, ScanDims, ScanInputs, ScanKernel};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// Scan dimensions, positionally: batch, channels (K*Di), groups, state (N), length.
+pub fn dims(batch: usize, channels: usize, groups: usize, state: usize, len: usize) -> ScanDims {
+    ScanDims {
+        batch,
+        channels,
+        groups,
+        state,
+        len,
+    }
+}
+
 /// Where A and delta are drawn from; u, Bs, Cs, D and delta_bias are O(1).
 #[derive(Clone, Copy, Debug)]
 pub struct Ranges {
