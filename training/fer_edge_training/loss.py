@@ -114,9 +114,13 @@ def simota_assign(
 
 
 def yolox_loss(
-    levels: list[Tensor], targets: list[tuple[Tensor, Tensor]], size: int
+    levels: list[Tensor],
+    targets: list[tuple[Tensor, Tensor]],
+    size: int,
+    cls_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Loss of a batch. ``targets[b] = (boxes [k, 4] x1y1x2y2 pixels, labels [k])``."""
+    """Loss of a batch. ``targets[b] = (boxes [k, 4] x1y1x2y2 pixels, labels [k])``.
+    ``cls_weight`` scales the expression term against box and objectness."""
     raw, grids, strides = flatten_levels(levels, size)
     boxes = decode_boxes(raw, grids, strides)
     obj_target = torch.zeros_like(raw[..., 4])
@@ -144,7 +148,7 @@ def yolox_loss(
     loss_box = (sum(box_losses) if box_losses else zero) / norm
     loss_cls = (sum(cls_losses) if cls_losses else zero) / norm
     loss_obj = F.binary_cross_entropy_with_logits(raw[..., 4], obj_target, reduction="sum") / norm
-    total = BOX_WEIGHT * loss_box + loss_obj + loss_cls
+    total = BOX_WEIGHT * loss_box + loss_obj + cls_weight * loss_cls
     parts = {
         "box": float(loss_box.detach()),
         "obj": float(loss_obj.detach()),

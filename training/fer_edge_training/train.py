@@ -160,6 +160,20 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     ap.add_argument("--scan", default="native", help="training scan: native, fast or ref")
     ap.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    ap.add_argument(
+        "--init",
+        type=Path,
+        help="start from this checkpoint's EMA weights with a fresh schedule (fine-tuning)",
+    )
+    ap.add_argument(
+        "--balance",
+        type=float,
+        default=0.5,
+        help="class-balanced sampling power: 0 = data frequencies, 1 = every class equally",
+    )
+    ap.add_argument(
+        "--cls-weight", type=float, default=1.0, help="weight of the expression loss term"
+    )
     return ap.parse_args(argv)
 
 
@@ -177,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     train_faces = boxed_faces(splits["train"], boxes)
     val_faces = boxed_faces(splits["val"], boxes)
     backgrounds = load_backgrounds(args.backgrounds)
-    weights = class_balanced_weights([f.label for f in train_faces], len(CLASSES))
+    weights = class_balanced_weights(
+        [f.label for f in train_faces], len(CLASSES), power=args.balance
+    )
     counts = np.bincount([f.label for f in train_faces], minlength=len(CLASSES))
     print(
         f"{len(train_faces)} training faces ({dict(zip(CLASSES, counts.tolist(), strict=False))}), "
@@ -201,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     ema = Ema(model)
     start, best = 0, -1.0
     last = args.out / "last.pt"
+    if args.init and not (args.resume and last.exists()):
+        weights_from = torch.load(args.init, map_location=device, weights_only=True)["ema"]
+        model.load_state_dict(weights_from)
+        ema.model.load_state_dict(weights_from)
+        print(f"initialised from the EMA weights in {args.init}", file=sys.stderr)
     if args.resume and last.exists():
         state = torch.load(last, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -243,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                 train_faces, weights, backgrounds, args.size, rng, args.batch
             )
             targets = [(b.to(device), lab.to(device)) for b, lab in targets]
-            loss, parts = yolox_loss(model(to_input(images).to(device)), targets, args.size)
+            loss, parts = yolox_loss(
+                model(to_input(images).to(device)), targets, args.size, args.cls_weight
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 10.0)
