@@ -1,6 +1,8 @@
-//! The `fer-edge` command line: `detect`, `eval` and `bench`.
+//! The `fer-edge` command line: the service (`run`, `check-config`,
+//! `status`) and the tools (`detect`, `eval`, `bench`).
 
 use crate::annotate::{draw_faces, save_annotated};
+use crate::config::{Config, DEFAULT_CONFIG};
 use crate::dataset::{read_dataset, DatasetFormat};
 use crate::decode::DecodeOptions;
 use crate::detector::{Detector, StageTimings};
@@ -30,6 +32,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the kiosk service: capture, detect, track and signal until
+    /// SIGTERM/SIGINT (or the end of a file source).
+    Run(RunArgs),
+    /// Check a config file: parse it, name any bad key and its line, check
+    /// values and paths (without opening the camera, broker or pins).
+    CheckConfig(CheckConfigArgs),
+    /// Print the running service's counters (from its status file).
+    Status(StatusArgs),
     /// Detect faces and expressions in images; print one JSON line per image.
     Detect(DetectArgs),
     /// Measure accuracy on a labelled dataset: per-expression AP, mAP@0.5 and
@@ -66,6 +76,71 @@ impl ModelArgs {
         set_threads(self.thread_count());
         Ok(Model::load_on(&self.model, self.device)?)
     }
+}
+
+#[derive(Args, Debug)]
+struct ConfigArgs {
+    /// The config file; without it, /etc/fer-edge/config.toml if it exists,
+    /// else the built-in defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set capture.fps=5` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+impl ConfigArgs {
+    /// The config file named, or the default one if it exists.
+    fn path(&self) -> Option<PathBuf> {
+        self.config
+            .clone()
+            .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()))
+    }
+
+    /// The config, overridden and checked.
+    fn load(&self) -> anyhow::Result<(Config, String)> {
+        let (config, source) = match self.path() {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read config {}", path.display()))?;
+                (Config::parse(&text, &path)?, path)
+            }
+            None => (Config::default(), PathBuf::from("(built-in defaults)")),
+        };
+        let config = config.with_overrides(&self.overrides, &source)?;
+        config.check(&source)?;
+        Ok((config, source.display().to_string()))
+    }
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Overrides `detector.model`.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Overrides `detector.device`.
+    #[arg(long, value_enum)]
+    device: Option<Device>,
+    /// Overrides `detector.threads`.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct CheckConfigArgs {
+    /// The config file to check.
+    path: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The status file to read (default: the config's `service.status_file`).
+    #[arg(long)]
+    file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -119,10 +194,82 @@ struct BenchArgs {
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        Command::Run(args) => run_service(args),
+        Command::CheckConfig(args) => check_config(args),
+        Command::Status(args) => status(args),
         Command::Detect(args) => detect(args),
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
     }
+}
+
+fn run_service(args: RunArgs) -> anyhow::Result<i32> {
+    let mut overrides = args.config.overrides.clone();
+    if let Some(model) = &args.model {
+        overrides.push(format!("detector.model={:?}", model.display().to_string()));
+    }
+    if let Some(device) = args.device {
+        overrides.push(format!("detector.device=\"{device:?}\"").to_lowercase());
+    }
+    if let Some(threads) = args.threads {
+        overrides.push(format!("detector.threads={threads}"));
+    }
+    let config_args = ConfigArgs {
+        config: args.config.config,
+        overrides,
+    };
+    let (config, source) = config_args.load()?;
+    log::info!(
+        "fer-edge {} starting, config {source}",
+        env!("CARGO_PKG_VERSION")
+    );
+    crate::service::run(&config)?;
+    Ok(0)
+}
+
+fn check_config(args: CheckConfigArgs) -> anyhow::Result<i32> {
+    let config = Config::load(&args.path)?;
+    let sinks: Vec<&str> = [
+        (config.log.enabled, "log"),
+        (config.mqtt.enabled, "mqtt"),
+        (config.gpio.enabled, "gpio"),
+    ]
+    .iter()
+    .filter_map(|&(on, name)| on.then_some(name))
+    .collect();
+    println!(
+        "{}: OK (model {}, source {:?}, sinks: {}, snapshots {})",
+        args.path.display(),
+        config.detector.model.display(),
+        config.capture.source,
+        if sinks.is_empty() {
+            "none".into()
+        } else {
+            sinks.join(", ")
+        },
+        if config.snapshot.enabled { "on" } else { "off" }
+    );
+    Ok(0)
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<i32> {
+    let file = match args.file {
+        Some(file) => file,
+        None => args.config.load()?.0.service.status_file,
+    };
+    let status = crate::service::status::read(&file)?;
+    println!("{}", serde_json::to_string_pretty(&status)?);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let age = now - status.updated_at;
+    if status.state != "running" {
+        eprintln!("fer-edge status: the service has {}", status.state);
+        return Ok(1);
+    }
+    eprintln!("fer-edge status: updated {age:.0} s ago");
+    Ok(0)
 }
 
 #[derive(Serialize)]

@@ -11,7 +11,17 @@
 use tract_onnx::prelude::*;
 
 /// The `--device` setting.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// CUDA when this build has it and a GPU is usable, else the CPU.

@@ -8,6 +8,7 @@
 pub mod annotate;
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod dataset;
 pub mod decode;
 pub mod detector;
@@ -17,5 +18,6 @@ pub mod face;
 pub mod infer;
 pub mod preprocess;
 pub mod scan;
+pub mod service;
 pub mod signal;
 pub mod track;

@@ -10,10 +10,11 @@
 //! been seen for a while.
 
 use crate::face::{Expression, ExpressionScores, Face};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-/// How faces are associated and smoothed.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How faces are associated and smoothed: the `[tracker]` table.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TrackerConfig {
     /// Minimum IoU between a track's last box and a detection to match them.
     pub match_iou: f32,
@@ -21,6 +22,7 @@ pub struct TrackerConfig {
     /// false positives).
     pub min_hits: u32,
     /// Seconds without a match after which a track ends.
+    #[serde(rename = "lost_after_s")]
     pub lost_after: f64,
     /// Weight of the newest frame in the moving average of scores, in (0, 1].
     pub smoothing: f32,
@@ -38,6 +40,28 @@ impl Default for TrackerConfig {
             smoothing: 0.3,
             switch_margin: 0.1,
         }
+    }
+}
+
+impl TrackerConfig {
+    /// Checks the ranges; the message names the bad key.
+    pub fn check(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.match_iou) {
+            return Err(format!("match_iou {} is not in [0, 1]", self.match_iou));
+        }
+        if !(self.smoothing > 0.0 && self.smoothing <= 1.0) {
+            return Err(format!("smoothing {} is not in (0, 1]", self.smoothing));
+        }
+        if !(self.lost_after.is_finite() && self.lost_after > 0.0) {
+            return Err(format!(
+                "lost_after_s {} is not a positive time",
+                self.lost_after
+            ));
+        }
+        if !(self.switch_margin.is_finite() && self.switch_margin >= 0.0) {
+            return Err(format!("switch_margin {} is negative", self.switch_margin));
+        }
+        Ok(())
     }
 }
 

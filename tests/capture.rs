@@ -862,3 +862,72 @@ fn slow_consumer_gets_the_newest_frames_and_stale_ones_are_counted() {
         "{stats:?}"
     );
 }
+
+// ------------------------------------------------- the service: watchdog
+
+/// Gives one frame, then hangs in the "driver" for `hang`.
+struct HangingCamera {
+    delivered: bool,
+    hang: Duration,
+}
+
+impl FrameSource for HangingCamera {
+    fn next_frame(&mut self) -> Result<CapturedFrame, CaptureError> {
+        if self.delivered {
+            std::thread::sleep(self.hang);
+            return Err(CaptureError::Unavailable("hanging camera gave up".into()));
+        }
+        self.delivered = true;
+        Ok(CapturedFrame::raw(PixelFormat::Grey8, 2, 1, vec![1, 2], 0).unwrap())
+    }
+
+    fn describe(&self) -> String {
+        "hanging camera".into()
+    }
+}
+
+#[test]
+fn the_watchdog_sees_a_hung_camera_but_not_an_unplugged_one() {
+    let tolerance = Duration::from_millis(150);
+
+    // Unplugged: every open fails, with 300-600 ms between attempts; the
+    // capture thread is waiting, not stuck, the whole time.
+    let reconnect = ReconnectConfig {
+        initial_delay_ms: 300,
+        max_delay_ms: 600,
+    };
+    let opener = || {
+        Err(CaptureError::Unavailable(
+            "no camera at /dev/watchdog-test".into(),
+        ))
+    };
+    let mut unplugged = Capture::with_opener(opener, &reconnect).unwrap();
+    wait_until(|| unplugged.is_alive(tolerance), "the first open attempt");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        assert!(unplugged.is_alive(tolerance), "at {:?}", start.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unplugged.stop();
+    assert!(
+        !unplugged.is_alive(tolerance),
+        "a stopped capture is not alive"
+    );
+
+    // Hung: a frame, then a driver call that does not return for 1.5 s.
+    let hang = Duration::from_millis(1500);
+    let opener = move || {
+        Ok(Box::new(HangingCamera {
+            delivered: false,
+            hang,
+        }) as Box<dyn FrameSource>)
+    };
+    let mut hung = Capture::with_opener(opener, &ReconnectConfig::default()).unwrap();
+    hung.latest(Duration::from_secs(30)).expect("the one frame");
+    std::thread::sleep(tolerance + Duration::from_millis(300));
+    assert!(
+        !hung.is_alive(tolerance),
+        "a hung driver call must stop the pets"
+    );
+    hung.stop();
+}

@@ -1,7 +1,7 @@
 //! The `[capture]` configuration table and its checks.
 
 use super::{CaptureError, PixelFormat};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use std::time::Duration;
 /// initial_delay_ms = 250
 /// max_delay_ms = 5000
 /// ```
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// Where frames come from: `"v4l2"` (a camera, the default), `"image_dir"`
@@ -74,7 +74,7 @@ impl Default for CaptureConfig {
 
 /// The `[capture.reconnect]` table: capped exponential backoff between
 /// attempts to reopen a failed or missing source.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconnectConfig {
     /// Wait before the first retry, in milliseconds; each further failure
@@ -106,7 +106,7 @@ impl ReconnectConfig {
 }
 
 /// The kinds of frame source; see [`CaptureConfig::source`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     V4l2,
@@ -116,7 +116,7 @@ pub enum SourceKind {
 }
 
 /// The wanted pixel format; see [`CaptureConfig::format`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FormatPreference {
     Auto,

@@ -11,7 +11,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What went through a [`Capture`] so far. Once stopped,
 /// `frames` = frames taken + `dropped` + the one frame possibly left untaken.
@@ -41,7 +41,20 @@ struct Shared {
     corrupt: AtomicU64,
     reconnects: AtomicU64,
     stream_format: Mutex<Option<StreamFormat>>,
+    /// Until when the capture thread is known to be working: the time of
+    /// its last frame (good or corrupt) or open attempt, or the end of the
+    /// backoff delay it is sleeping through.
+    alive_until: Mutex<Option<Instant>>,
     stop: StopSignal,
+}
+
+impl Shared {
+    fn alive_until(&self, until: Instant) {
+        *self
+            .alive_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(until);
+    }
 }
 
 impl Capture {
@@ -104,6 +117,21 @@ impl Capture {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the capture thread showed signs of life within `tolerance`:
+    /// it read a frame (good or corrupt), tried to open the source, or is
+    /// waiting out a reconnect delay. False when it is stuck (a driver call
+    /// that never returns) or has finished. The service pets the systemd
+    /// watchdog only while this holds, so a stuck camera gets the service
+    /// restarted while an unplugged one is waited for.
+    pub fn is_alive(&self, tolerance: Duration) -> bool {
+        let until = *self
+            .shared
+            .alive_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        !self.is_finished() && until.is_some_and(|until| Instant::now() <= until + tolerance)
+    }
+
     /// True once no frame will come any more: a file source ended, the
     /// config proved unusable, or the capture was stopped.
     pub fn is_finished(&self) -> bool {
@@ -160,6 +188,7 @@ where
             backoff.reset();
         }
         let delay = backoff.next_delay();
+        shared.alive_until(Instant::now() + delay);
         log::warn!("capture: {error}; retrying in {delay:?}");
         if shared.stop.sleep(delay) {
             break;
@@ -173,6 +202,7 @@ fn read_until_failure<F>(opener: &mut F, shared: &Shared, after_failure: bool) -
 where
     F: FnMut() -> Result<Box<dyn FrameSource>, CaptureError>,
 {
+    shared.alive_until(Instant::now());
     let mut source = match opener() {
         Ok(source) => source,
         Err(error) => return end_of_round(error, "the source", false),
@@ -191,7 +221,9 @@ where
         .unwrap_or_else(PoisonError::into_inner) = stream_format;
     let mut delivered = false;
     while !shared.stop.is_set() {
-        match source.next_frame() {
+        let next = source.next_frame();
+        shared.alive_until(Instant::now());
+        match next {
             Ok(frame) => {
                 delivered = true;
                 shared.mailbox.put(frame);

@@ -50,6 +50,34 @@ pub struct Frame<'a> {
     pub data: &'a [u8],
 }
 
+/// Converts any frame to packed RGB8 in `rgb`; returns its width and height.
+pub fn frame_to_rgb(frame: &Frame, rgb: &mut Vec<u8>) -> Result<(usize, usize), PreprocessError> {
+    match frame.format {
+        PixelFormat::Rgb8 => {
+            check_rgb_len(frame)?;
+            rgb.clear();
+            rgb.extend_from_slice(frame.data);
+        }
+        PixelFormat::Grey8 => grey_to_rgb(frame.data, frame.width, frame.height, rgb)?,
+        PixelFormat::Yuyv => yuyv_to_rgb(frame.data, frame.width, frame.height, rgb)?,
+        PixelFormat::Mjpeg => return mjpeg_to_rgb(frame.data, rgb),
+    }
+    Ok((frame.width, frame.height))
+}
+
+fn check_rgb_len(frame: &Frame) -> Result<(), PreprocessError> {
+    let expected = frame.width * frame.height * 3;
+    if frame.data.len() != expected {
+        return Err(PreprocessError::BadFrame(format!(
+            "RGB frame has {} bytes, expected {expected} for {}x{}",
+            frame.data.len(),
+            frame.width,
+            frame.height
+        )));
+    }
+    Ok(())
+}
+
 /// How an image was placed into the network input: scaled by `scale` and put
 /// at the top-left corner. Maps boxes back to the source image.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -93,29 +121,11 @@ impl Preprocessor {
 
     /// Converts, letterboxes and normalises one frame into a `[1, 3, H, W]` tensor.
     pub fn run(&mut self, frame: &Frame) -> Result<(Tensor, Letterbox), PreprocessError> {
-        let (width, height) = match frame.format {
-            PixelFormat::Rgb8 => {
-                let expected = frame.width * frame.height * 3;
-                if frame.data.len() != expected {
-                    return Err(PreprocessError::BadFrame(format!(
-                        "RGB frame has {} bytes, expected {expected} for {}x{}",
-                        frame.data.len(),
-                        frame.width,
-                        frame.height
-                    )));
-                }
-                return self.letterbox(frame.data, frame.width, frame.height);
-            }
-            PixelFormat::Grey8 => {
-                grey_to_rgb(frame.data, frame.width, frame.height, &mut self.rgb)?;
-                (frame.width, frame.height)
-            }
-            PixelFormat::Yuyv => {
-                yuyv_to_rgb(frame.data, frame.width, frame.height, &mut self.rgb)?;
-                (frame.width, frame.height)
-            }
-            PixelFormat::Mjpeg => mjpeg_to_rgb(frame.data, &mut self.rgb)?,
-        };
+        if frame.format == PixelFormat::Rgb8 {
+            check_rgb_len(frame)?;
+            return self.letterbox(frame.data, frame.width, frame.height);
+        }
+        let (width, height) = frame_to_rgb(frame, &mut self.rgb)?;
         let rgb = std::mem::take(&mut self.rgb);
         let result = self.letterbox(&rgb, width, height);
         self.rgb = rgb;

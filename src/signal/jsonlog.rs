@@ -5,12 +5,12 @@
 use super::message::{Message, MessageBuilder, Topics};
 use super::{Sink, Stats};
 use crate::track::TrackEvent;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::io::{Stdout, Write};
 use std::time::Instant;
 
 /// The `[log]` table.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// Print every message (availability, events, state, stats) as a JSON

@@ -19,7 +19,7 @@ use super::message::Presence;
 use super::{Sink, Stats};
 use crate::face::Expression;
 use crate::track::TrackEvent;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -67,6 +67,12 @@ impl fmt::Display for PinSignal {
     }
 }
 
+impl Serialize for PinSignal {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for PinSignal {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = String::deserialize(deserializer)?;
@@ -75,7 +81,7 @@ impl<'de> Deserialize<'de> for PinSignal {
 }
 
 /// Which driver opens the pins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GpioBackend {
     /// rppal, Raspberry Pi only; lines are BCM GPIO numbers.
@@ -85,7 +91,7 @@ pub enum GpioBackend {
 }
 
 /// The `[gpio]` table.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GpioConfig {
     /// Drive output pins.
@@ -134,7 +140,8 @@ impl GpioConfig {
             .collect()
     }
 
-    fn check(&self) -> Result<(), GpioError> {
+    /// Checks the pin map without opening any pin.
+    pub fn check(&self) -> Result<(), GpioError> {
         if self.pins.is_empty() {
             return Err(GpioError::NoPins);
         }

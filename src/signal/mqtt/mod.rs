@@ -21,7 +21,7 @@ use outbox::Outbox;
 use rumqttc::{
     AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// The `[mqtt]` table.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// Publish to an MQTT broker.
@@ -95,7 +95,7 @@ impl Default for MqttConfig {
 }
 
 /// The `[mqtt.tls]` table.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// PEM file of the CA certificates to trust (the system bundle trusts
@@ -161,6 +161,26 @@ impl MqttConfig {
     /// The topics of this device (without discovery).
     pub fn topics(&self) -> Result<Topics, MqttError> {
         Ok(Topics::new(&self.prefix, &self.device_id())?)
+    }
+
+    /// Checks everything [`MqttSink::start`] checks (topics, QoS, buffer,
+    /// credentials, TLS files), without connecting.
+    pub fn check(&self) -> Result<(), MqttError> {
+        self.prepare().map(drop)
+    }
+
+    /// Topics, QoS and client options of this config, checked.
+    fn prepare(&self) -> Result<(Topics, QoS, MqttOptions), MqttError> {
+        let mut topics = self.topics()?;
+        if self.homeassistant_discovery {
+            topics = topics.with_discovery(&self.discovery_prefix)?;
+        }
+        if self.buffer == 0 {
+            return Err(MqttError::EmptyBuffer);
+        }
+        let qos = self.qos()?;
+        let options = self.client_options(&topics, qos)?;
+        Ok((topics, qos, options))
     }
 
     fn qos(&self) -> Result<QoS, MqttError> {
@@ -305,15 +325,7 @@ impl MqttSink {
     /// Checks `config` and starts connecting in the background; returns at
     /// once, whether or not the broker is reachable.
     pub fn start(config: &MqttConfig) -> Result<Self, MqttError> {
-        let mut topics = config.topics()?;
-        if config.homeassistant_discovery {
-            topics = topics.with_discovery(&config.discovery_prefix)?;
-        }
-        if config.buffer == 0 {
-            return Err(MqttError::EmptyBuffer);
-        }
-        let qos = config.qos()?;
-        let options = config.client_options(&topics, qos)?;
+        let (topics, qos, options) = config.prepare()?;
         let builder = MessageBuilder::new(topics);
         let shared = Arc::new(Shared {
             link: Mutex::new(Link {

@@ -1,0 +1,452 @@
+//! The service's one configuration file (`/etc/fer-edge/config.toml`).
+//!
+//! Every table has its defaults built in, so an empty file is a valid
+//! config (a camera at `/dev/video0`, JSON lines on stdout). Unknown keys
+//! are errors, at every level, so a typo cannot silently leave a default in
+//! place; a parse error names the key and its line. [`Config::check`] then
+//! checks what the types cannot (ranges, paths, topic names, pin maps)
+//! without touching the camera, the broker or the pins. `config.example.toml`
+//! at the top of the repository documents every key.
+
+use crate::capture::CaptureConfig;
+use crate::decode::DecodeOptions;
+use crate::device::Device;
+use crate::signal::{GpioConfig, LogConfig, MqttConfig};
+use crate::track::TrackerConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where the service looks for its config when none is named.
+pub const DEFAULT_CONFIG: &str = "/etc/fer-edge/config.toml";
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub detector: DetectorConfig,
+    pub capture: CaptureConfig,
+    pub tracker: TrackerConfig,
+    pub log: LogConfig,
+    pub mqtt: MqttConfig,
+    pub gpio: GpioConfig,
+    pub service: ServiceConfig,
+    pub snapshot: SnapshotConfig,
+}
+
+/// The `[detector]` table: the model and how it runs.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// The ONNX model (with `fer_edge::SelectiveScan` nodes).
+    pub model: PathBuf,
+    /// `auto`, `cpu` or `cuda`; `auto` takes a usable CUDA GPU when the
+    /// binary was built with the `cuda` feature.
+    pub device: Device,
+    /// Inference threads; 0 means one per core.
+    pub threads: usize,
+    /// Minimum face score (objectness x expression) to report.
+    pub confidence: f32,
+    /// IoU above which overlapping boxes of one expression are merged.
+    pub nms_iou: f32,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        let decode = DecodeOptions::default();
+        DetectorConfig {
+            model: PathBuf::from(crate::cli::DEFAULT_MODEL),
+            device: Device::Auto,
+            threads: 0,
+            confidence: decode.confidence,
+            nms_iou: decode.nms_iou,
+        }
+    }
+}
+
+impl DetectorConfig {
+    pub fn decode_options(&self) -> DecodeOptions {
+        DecodeOptions {
+            confidence: self.confidence,
+            nms_iou: self.nms_iou,
+        }
+    }
+
+    /// Threads to use: `threads`, or one per core.
+    pub fn thread_count(&self) -> usize {
+        if self.threads > 0 {
+            return self.threads;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// The `[service]` table: the main loop's housekeeping.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Seconds between counter reports (the `stats` topic and the status file).
+    pub stats_interval_s: f64,
+    /// Where the counters are written for `fer-edge status` (atomically, at
+    /// every report). Empty: not written.
+    pub status_file: PathBuf,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            stats_interval_s: 60.0,
+            status_file: PathBuf::from("/run/fer-edge/status.json"),
+        }
+    }
+}
+
+/// The `[snapshot]` table. Off by default: frames never leave the device and
+/// are never written to disk unless this is turned on.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Save the frame, with boxes and labels drawn, when a face appears or
+    /// changes expression.
+    pub enabled: bool,
+    /// Directory of the snapshots (PNG).
+    pub dir: PathBuf,
+    /// At most one snapshot per this many seconds.
+    pub min_interval_s: f64,
+    /// Snapshots kept; the oldest are deleted beyond this.
+    pub keep: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            enabled: false,
+            dir: PathBuf::from("/var/lib/fer-edge/snapshots"),
+            min_interval_s: 10.0,
+            keep: 100,
+        }
+    }
+}
+
+/// Why a config cannot be used. The message names the file, and the key
+/// (with its line, for parse errors).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Config::parse(&text, path)?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    /// Parses `text` (the contents of `path`, named in errors) without the
+    /// semantic checks of [`Config::check`].
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Applies `key=value` overrides (dotted keys, TOML values; a value that
+    /// is not TOML is taken as a string), e.g. `capture.fps=5` or
+    /// `mqtt.host=broker.local`.
+    pub fn with_overrides(self, overrides: &[String], path: &Path) -> Result<Config, ConfigError> {
+        if overrides.is_empty() {
+            return Ok(self);
+        }
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        let mut table = toml::Table::try_from(&self).map_err(|e| parse_error(e.to_string()))?;
+        for entry in overrides {
+            let (key, value) = entry
+                .split_once('=')
+                .ok_or_else(|| parse_error(format!("--set {entry:?}: expected KEY=VALUE")))?;
+            let value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_string()));
+            let mut parts: Vec<&str> = key.trim().split('.').collect();
+            let last = parts.pop().unwrap_or_default();
+            let mut cursor = &mut table;
+            for part in parts {
+                cursor = cursor
+                    .entry(part)
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| parse_error(format!("--set {key}: `{part}` is not a table")))?;
+            }
+            cursor.insert(last.to_string(), value);
+        }
+        Config::deserialize(table).map_err(|e| parse_error(format!("--set: {e}")))
+    }
+
+    /// Checks what the types cannot, without opening devices or connections.
+    pub fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let detector = &self.detector;
+        if !(0.0..=1.0).contains(&detector.confidence) {
+            return Err(invalid(
+                "detector.confidence",
+                format!("{} is not in [0, 1]", detector.confidence),
+            ));
+        }
+        if !(0.0..=1.0).contains(&detector.nms_iou) {
+            return Err(invalid(
+                "detector.nms_iou",
+                format!("{} is not in [0, 1]", detector.nms_iou),
+            ));
+        }
+        if !detector.model.is_file() {
+            return Err(invalid(
+                "detector.model",
+                format!("{} is not a file", detector.model.display()),
+            ));
+        }
+        self.capture
+            .check()
+            .map_err(|e| invalid("capture", e.to_string()))?;
+        self.tracker
+            .check()
+            .map_err(|message| invalid("tracker", message))?;
+        // The log sink uses the MQTT topic names even when MQTT is off.
+        let mqtt_checked = if self.mqtt.enabled {
+            self.mqtt.check()
+        } else {
+            self.mqtt.topics().map(drop)
+        };
+        mqtt_checked.map_err(|e| invalid("mqtt", e.to_string()))?;
+        if self.gpio.enabled {
+            self.gpio
+                .check()
+                .map_err(|e| invalid("gpio", e.to_string()))?;
+        }
+        if !(self.service.stats_interval_s.is_finite() && self.service.stats_interval_s > 0.0) {
+            return Err(invalid(
+                "service.stats_interval_s",
+                format!("{} is not a positive time", self.service.stats_interval_s),
+            ));
+        }
+        let snapshot = &self.snapshot;
+        if snapshot.enabled
+            && !(snapshot.min_interval_s.is_finite() && snapshot.min_interval_s >= 0.0)
+        {
+            return Err(invalid(
+                "snapshot.min_interval_s",
+                format!("{} is not a time", snapshot.min_interval_s),
+            ));
+        }
+        if snapshot.enabled && snapshot.keep == 0 {
+            return Err(invalid("snapshot.keep", "must keep at least one".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATH: &str = "config.toml";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new(PATH))
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named_with_its_line() {
+        let err = parse("[mqtt]\nenabled = true\nhots = \"broker\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("hots"), "{err}");
+        assert!(err.contains(PATH), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_in_nested_tables() {
+        for text in [
+            "[capture.reconnect]\ninitial_delay = 5\n",
+            "[mqtt.tls]\nca = \"/x\"\n",
+            "[tracker]\nlost_after = 2.0\n",
+            "[snapshot]\nenable = true\n",
+            "unknown_table_key = 1\n",
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains("unknown field"), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_type_is_named() {
+        let err = parse("[detector]\nthreads = \"two\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("threads"), "{err}");
+    }
+
+    #[test]
+    fn overrides_replace_values_and_unknown_ones_are_named() {
+        let config = parse("[capture]\nfps = 15.0\n").unwrap();
+        let overridden = config
+            .clone()
+            .with_overrides(
+                &[
+                    "capture.fps=5".into(),
+                    "mqtt.host=broker.local".into(),
+                    "mqtt.enabled=true".into(),
+                ],
+                Path::new(PATH),
+            )
+            .unwrap();
+        assert_eq!(overridden.capture.fps, 5.0);
+        assert_eq!(overridden.mqtt.host, "broker.local");
+        assert!(overridden.mqtt.enabled);
+        let err = config
+            .with_overrides(&["capture.fsp=5".into()], Path::new(PATH))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fsp"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let mut config = Config::default();
+        config.detector.model = PathBuf::from("Cargo.toml");
+        config.detector.confidence = 1.5;
+        let err = config.check(Path::new(PATH)).unwrap_err().to_string();
+        assert!(err.contains("detector.confidence"), "{err}");
+
+        config.detector.confidence = 0.3;
+        config.tracker.smoothing = 0.0;
+        let err = config.check(Path::new(PATH)).unwrap_err().to_string();
+        assert!(err.contains("tracker"), "{err}");
+
+        config.tracker = TrackerConfig::default();
+        config.gpio.enabled = true;
+        let err = config.check(Path::new(PATH)).unwrap_err().to_string();
+        assert!(err.contains("gpio") && err.contains("pins"), "{err}");
+
+        config.gpio.enabled = false;
+        config.mqtt.enabled = true;
+        config.mqtt.password = Some("secret".into());
+        let err = config.check(Path::new(PATH)).unwrap_err().to_string();
+        assert!(err.contains("mqtt") && err.contains("username"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_model_is_named() {
+        let mut config = Config::default();
+        config.detector.model = PathBuf::from("models/no-such-model.onnx");
+        let err = config.check(Path::new(PATH)).unwrap_err().to_string();
+        assert!(
+            err.contains("detector.model") && err.contains("no-such-model"),
+            "{err}"
+        );
+    }
+
+    /// The key paths of a TOML table, e.g. `mqtt.tls.ca_file`.
+    fn key_paths(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let path = format!("{prefix}{key}");
+            match value {
+                toml::Value::Table(inner) if !path.ends_with(".pins") => {
+                    key_paths(inner, &format!("{path}."), out)
+                }
+                _ => out.push(path),
+            }
+        }
+    }
+
+    /// `config.example.toml` parses, its active keys are the defaults, and it
+    /// documents every key the binary knows (optional ones commented out as
+    /// `# key = value`).
+    #[test]
+    fn the_example_documents_every_key_with_its_default() {
+        let example = include_str!("../config.example.toml");
+        let active = parse(example).unwrap();
+        let mut expected = Config::default();
+        expected.detector.model = active.detector.model.clone();
+        assert_eq!(
+            active, expected,
+            "the example's active values must be the defaults"
+        );
+
+        let uncommented: String = example
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest.contains(" = ")
+                        && rest
+                            .split(" = ")
+                            .next()
+                            .unwrap()
+                            .trim()
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+                {
+                    rest
+                }
+                Some(rest) if rest.starts_with('[') && rest.ends_with(']') => rest,
+                _ => line,
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let documented: toml::Table = toml::from_str(&uncommented).unwrap();
+        parse(&uncommented).expect("every commented-out key is a valid key");
+        let mut documented_keys = Vec::new();
+        key_paths(&documented, "", &mut documented_keys);
+
+        let mut with_options = Config::default();
+        with_options.capture.path = Some("x".into());
+        with_options.mqtt.port = Some(1883);
+        with_options.mqtt.client_id = Some("x".into());
+        with_options.mqtt.device_id = Some("x".into());
+        with_options.mqtt.username = Some("x".into());
+        with_options.mqtt.password = Some("x".into());
+        with_options.mqtt.tls = Some(crate::signal::TlsConfig {
+            client_cert: Some("x".into()),
+            client_key: Some("x".into()),
+            ..Default::default()
+        });
+        let known: toml::Table = toml::from_str(&toml::to_string(&with_options).unwrap()).unwrap();
+        let mut known_keys = Vec::new();
+        key_paths(&known, "", &mut known_keys);
+        let missing: Vec<_> = known_keys
+            .iter()
+            .filter(|key| !documented_keys.contains(key))
+            .collect();
+        assert!(missing.is_empty(), "config.example.toml lacks {missing:?}");
+    }
+}

@@ -1,0 +1,292 @@
+//! The kiosk service, `fer-edge run`: capture -> detect -> track -> signal,
+//! until SIGTERM or SIGINT (or the end of a file source).
+//!
+//! The loop always takes the newest frame (the capture thread drops stale
+//! ones), runs the detector, feeds the tracker and hands its events to the
+//! sinks. Every `service.stats_interval_s` it reports the counters to the
+//! sinks and the status file. It pets the systemd watchdog only while the
+//! loop turns and the capture thread shows signs of life (frames, or
+//! reconnect attempts to a missing camera): a hung inference or a stuck
+//! camera driver gets the service restarted, an unplugged camera is waited
+//! for. On a stop signal it finishes the frame in hand, ends every track,
+//! publishes `offline`, returns the pins to their safe state and returns.
+
+pub mod snapshot;
+pub mod status;
+pub mod systemd;
+
+use crate::capture::{Capture, CaptureConfig, CapturedFrame, SourceKind};
+use crate::config::Config;
+use crate::detector::{DetectError, Detector};
+use crate::infer::{set_threads, Model};
+use crate::preprocess::Frame;
+use crate::signal::{build_sinks, Sink, Sinks, Stats};
+use crate::track::Tracker;
+use anyhow::Context;
+use snapshot::Snapshots;
+use status::Status;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use systemd::Systemd;
+
+/// How long the loop waits for a frame before doing its housekeeping.
+const FRAME_WAIT: Duration = Duration::from_millis(200);
+
+/// Runs the service with `config` until stopped; `Ok` on a clean stop.
+pub fn run(config: &Config) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install the SIGTERM/SIGINT handlers")?;
+    }
+    let mut systemd = Systemd::from_env();
+    set_threads(config.detector.thread_count());
+    let model = Model::load_on(&config.detector.model, config.detector.device)?;
+    log::info!(
+        "model {} ({}x{} input), device {:?}, {} threads",
+        model.path().display(),
+        model.input_size().1,
+        model.input_size().0,
+        config.detector.device,
+        config.detector.thread_count()
+    );
+    let detector = Detector::new(model, config.detector.decode_options());
+    let snapshots = if config.snapshot.enabled {
+        log::warn!(
+            "snapshots are on: frames with faces are written to {}",
+            config.snapshot.dir.display()
+        );
+        Some(Snapshots::new(&config.snapshot)?)
+    } else {
+        None
+    };
+    let sinks = build_sinks(&config.log, &config.mqtt, &config.gpio)?;
+    log::info!("signalling to: {}", sinks.names().join(", "));
+    let capture = Capture::start(&config.capture)?;
+    let mut service = Service {
+        config,
+        detector,
+        capture,
+        tracker: Tracker::new(config.tracker),
+        sinks,
+        snapshots,
+        stats: Stats::default(),
+        period: Period::new(Instant::now()),
+        started_at: unix_now(),
+        undecodable: 0,
+        status_failed: false,
+    };
+    systemd.ready(&format!("reading {}", source_name(&config.capture)));
+    let outcome = service.run_until(&stop, &mut systemd);
+    systemd.stopping();
+    service.shut_down();
+    outcome
+}
+
+struct Service<'a> {
+    config: &'a Config,
+    detector: Detector,
+    capture: Capture,
+    tracker: Tracker,
+    sinks: Sinks,
+    snapshots: Option<Snapshots>,
+    stats: Stats,
+    period: Period,
+    started_at: f64,
+    /// Frames the capture delivered but the detector could not decode
+    /// (counted with the capture's corrupt frames).
+    undecodable: u64,
+    /// The status file could not be written (warned once).
+    status_failed: bool,
+}
+
+/// Frames and inference time since the last report.
+struct Period {
+    start: Instant,
+    frames: u32,
+    inference: Duration,
+}
+
+impl Period {
+    fn new(start: Instant) -> Self {
+        Period {
+            start,
+            frames: 0,
+            inference: Duration::ZERO,
+        }
+    }
+}
+
+impl Service<'_> {
+    fn run_until(&mut self, stop: &AtomicBool, systemd: &mut Systemd) -> anyhow::Result<()> {
+        let interval = Duration::from_secs_f64(self.config.service.stats_interval_s);
+        // A camera blocks up to its frame timeout before it reports failure.
+        let capture_tolerance =
+            Duration::from_millis(self.config.capture.frame_timeout_ms) + Duration::from_secs(1);
+        let mut next_report = Instant::now() + interval;
+        let mut stalled = false;
+        while !stop.load(Ordering::Relaxed) {
+            let frame = self.capture.latest(FRAME_WAIT);
+            let now = Instant::now();
+            match &frame {
+                Some(frame) => self.process(frame, now)?,
+                None if self.capture.is_finished() => {
+                    log::info!("the source has no more frames; stopping");
+                    break;
+                }
+                // No frame: tracks still end on time.
+                None => {
+                    let events = self.tracker.update(&[], unix_now());
+                    self.sinks.events(&events, now);
+                }
+            }
+            self.sinks.tick(now);
+            if self.capture.is_alive(capture_tolerance) {
+                systemd.pet(now);
+                if stalled {
+                    stalled = false;
+                    systemd.status(&format!("reading {}", source_name(&self.config.capture)));
+                }
+            } else if !stalled {
+                stalled = true;
+                log::error!("capture: no sign of life from the source; the watchdog will fire");
+                systemd.status("capture stalled");
+            }
+            if now >= next_report {
+                self.report(now);
+                next_report = now + interval;
+            }
+        }
+        Ok(())
+    }
+
+    /// Detects, tracks and signals one frame. A frame that cannot be decoded
+    /// is skipped and counted; an inference failure stops the service.
+    fn process(&mut self, captured: &CapturedFrame, now: Instant) -> anyhow::Result<()> {
+        let frame = Frame {
+            format: captured.format,
+            width: captured.width,
+            height: captured.height,
+            data: &captured.data,
+        };
+        let (faces, timings) = match self.detector.detect_timed(&frame) {
+            Ok(result) => result,
+            Err(DetectError::Preprocess(e)) => {
+                self.undecodable += 1;
+                if self.undecodable.is_power_of_two() {
+                    log::warn!(
+                        "skipped undecodable frame ({} so far): {e}",
+                        self.undecodable
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e).context("inference failed"),
+        };
+        // Event times are wall-clock (Unix seconds) at capture.
+        let captured_at = unix_now() - now.duration_since(captured.captured_at).as_secs_f64();
+        let events = self.tracker.update(&faces, captured_at);
+        self.stats.frames += 1;
+        self.stats.count_events(&events);
+        self.period.frames += 1;
+        self.period.inference += timings.infer;
+        self.sinks.events(&events, now);
+        if let Some(snapshots) = &mut self.snapshots {
+            match snapshots.on_frame(&frame, &faces, &events, now) {
+                Ok(Some(path)) => log::info!("snapshot {}", path.display()),
+                Ok(None) => {}
+                Err(e) => log::warn!("snapshot failed: {e:#}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the counters and rewrites the status file.
+    fn report(&mut self, now: Instant) {
+        let elapsed = now.duration_since(self.period.start).as_secs_f32();
+        let capture = self.capture.stats();
+        self.stats.fps = if elapsed > 0.0 {
+            self.period.frames as f32 / elapsed
+        } else {
+            0.0
+        };
+        self.stats.inference_ms = if self.period.frames > 0 {
+            self.period.inference.as_secs_f32() * 1e3 / self.period.frames as f32
+        } else {
+            0.0
+        };
+        self.stats.dropped_frames = capture.dropped;
+        self.stats.corrupt_frames = capture.corrupt + self.undecodable;
+        self.stats.sink_dropped = self.sinks.dropped_by_sink();
+        self.sinks.stats(&self.stats);
+        self.write_status("running");
+        self.period = Period::new(now);
+    }
+
+    fn write_status(&mut self, state: &str) {
+        let path = &self.config.service.status_file;
+        if path.as_os_str().is_empty() || self.status_failed {
+            return;
+        }
+        let source = match self.capture.stream_format() {
+            Some(format) => format!("{} ({format})", source_name(&self.config.capture)),
+            None => source_name(&self.config.capture),
+        };
+        let status = Status {
+            state: state.into(),
+            pid: std::process::id(),
+            started_at: self.started_at,
+            updated_at: unix_now(),
+            model: self.detector.model().path().to_owned(),
+            device: format!("{:?}", self.config.detector.device).to_lowercase(),
+            source,
+            capture_alive: !self.capture.is_finished(),
+            faces_visible: self.tracker.visible(),
+            stats: serde_json::Value::Null,
+        }
+        .with_stats(&self.stats);
+        if let Err(e) = status::write(path, &status) {
+            log::warn!("status file disabled: {e:#}");
+            self.status_failed = true;
+        }
+    }
+
+    /// Ends every track, reports once more, and leaves the sinks safe.
+    fn shut_down(&mut self) {
+        let now = Instant::now();
+        let events = self.tracker.finish(unix_now());
+        self.sinks.events(&events, now);
+        self.capture.stop();
+        self.report(now);
+        self.write_status("stopped");
+        self.sinks.shutdown();
+        log::info!(
+            "stopped after {} frames, {} faces",
+            self.stats.frames,
+            self.stats.faces
+        );
+    }
+}
+
+/// The source, for logs and the status: `camera /dev/video0`, `image_dir x`.
+fn source_name(capture: &CaptureConfig) -> String {
+    match (capture.source, &capture.path) {
+        (SourceKind::V4l2, _) => format!("camera {}", capture.device.display()),
+        (kind, path) => {
+            let kind = serde_json::to_value(kind).unwrap_or_default();
+            let kind = kind.as_str().unwrap_or("file");
+            match path {
+                Some(path) => format!("{kind} {}", path.display()),
+                None => kind.to_string(),
+            }
+        }
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
