@@ -193,7 +193,7 @@ def _background(backgrounds, rng, width: int, height: int) -> np.ndarray:
     return _relight(np.asarray(im), rng, 1.0)
 
 
-def _face_mask(w: int, h: int, box, feather: float) -> np.ndarray:
+def face_mask(w: int, h: int, box, feather: float) -> np.ndarray:
     """Alpha in [0, 1] over a w x h crop: 1 on an ellipse around the face ``box`` (a bit
     larger than the box, so chin and forehead stay), fading to 0 over ``feather`` of its
     radius, and fading to 0 towards the crop's own edges so they never show."""
@@ -216,6 +216,23 @@ def _overlap(a, b) -> float:
     if iw <= 0 or ih <= 0:
         return 0.0
     return iw * ih / max((b[2] - b[0]) * (b[3] - b[1]), 1e-6)
+
+
+def blend(canvas: np.ndarray, pixels: np.ndarray, alpha: np.ndarray, x0: int, y0: int) -> bool:
+    """Blends ``pixels`` (float RGB) with ``alpha`` into ``canvas`` with its top-left
+    corner at (x0, y0), clipped to the canvas; False when nothing of it is inside."""
+    height, width = canvas.shape[:2]
+    ch, cw = pixels.shape[:2]
+    cx0, cy0 = max(0, -x0), max(0, -y0)
+    fx0, fy0 = max(0, x0), max(0, y0)
+    fx1, fy1 = min(width, x0 + cw), min(height, y0 + ch)
+    if fx1 <= fx0 or fy1 <= fy0:
+        return False
+    region = canvas[fy0:fy1, fx0:fx1].astype(np.float32)
+    src = pixels[cy0 : cy0 + fy1 - fy0, cx0 : cx0 + fx1 - fx0]
+    a = alpha[cy0 : cy0 + fy1 - fy0, cx0 : cx0 + fx1 - fx0]
+    canvas[fy0:fy1, fx0:fx1] = (src * a + region * (1 - a)).round().astype(np.uint8)
+    return True
 
 
 def _paste_face(canvas, face: BoxedFace, rng, placed: list, short_side: int):
@@ -254,17 +271,10 @@ def _paste_face(canvas, face: BoxedFace, rng, placed: list, short_side: int):
         return None
     pixels = np.asarray(crop.resize((cw, ch), Image.BILINEAR), dtype=np.float32)
     pixels = _relight(pixels.astype(np.uint8), rng, 0.5).astype(np.float32)
-    alpha = _face_mask(cw, ch, box_in_crop, rng.uniform(0.15, 0.35))[..., None]
+    alpha = face_mask(cw, ch, box_in_crop, rng.uniform(0.15, 0.35))[..., None]
     x0, y0 = int(round(ox)), int(round(oy))
-    cx0, cy0 = max(0, -x0), max(0, -y0)
-    fx0, fy0 = max(0, x0), max(0, y0)
-    fx1, fy1 = min(width, x0 + cw), min(height, y0 + ch)
-    if fx1 <= fx0 or fy1 <= fy0:
+    if not blend(canvas, pixels, alpha, x0, y0):
         return None
-    region = canvas[fy0:fy1, fx0:fx1].astype(np.float32)
-    src = pixels[cy0 : cy0 + fy1 - fy0, cx0 : cx0 + fx1 - fx0]
-    a = alpha[cy0 : cy0 + fy1 - fy0, cx0 : cx0 + fx1 - fx0]
-    canvas[fy0:fy1, fx0:fx1] = (src * a + region * (1 - a)).round().astype(np.uint8)
     shift = (x0 - ox, y0 - oy)
     return (
         max(0.0, box[0] + shift[0]),
