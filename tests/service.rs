@@ -6,7 +6,9 @@
 //! the last will when the process is killed, a clean `offline` on SIGTERM,
 //! and no event lost across a broker restart. The systemd notifications
 //! (READY, WATCHDOG, STOPPING) go to a socket the test listens on.
-//! Skipped, loudly, without mosquitto.
+//! Skipped, loudly, without mosquitto, and under qemu, where one frame of
+//! the network takes about 8 s (the aarch64 build runs the same code paths
+//! in tests/accuracy.rs and tests/signal_mqtt.rs).
 
 #[path = "common/broker.rs"]
 mod broker;
@@ -20,6 +22,19 @@ use std::time::{Duration, Instant};
 /// Frames of `samples/sequence`, and how the model sees them.
 const SEQUENCE: &str = "samples/sequence";
 const SEQUENCE_FRAMES: u64 = 38;
+
+/// Returns from the test, saying so on stderr, under qemu or without mosquitto.
+macro_rules! require_native_and_mosquitto {
+    () => {
+        if emulated() {
+            eprintln!(
+                "SKIPPED: the end-to-end service test runs natively only (8 s a frame under qemu)"
+            );
+            return;
+        }
+        require_mosquitto!();
+    };
+}
 
 /// The service, started with a config of its own.
 struct Service {
@@ -145,7 +160,7 @@ fn notifications(socket: &UnixDatagram) -> Vec<String> {
 
 #[test]
 fn a_recorded_sequence_gives_new_update_end_and_a_clean_exit() {
-    require_mosquitto!();
+    require_native_and_mosquitto!();
     let broker = Broker::start();
     let subscriber = Subscriber::connect(broker.port, "fer-edge/seq/#");
     let (mut service, notify) = Service::start_notified(broker.port, "seq", &[]);
@@ -192,7 +207,7 @@ fn a_recorded_sequence_gives_new_update_end_and_a_clean_exit() {
 
 #[test]
 fn sigterm_ends_the_tracks_and_publishes_offline_and_kill_leaves_the_last_will() {
-    require_mosquitto!();
+    require_native_and_mosquitto!();
     let broker = Broker::start();
     let subscriber = Subscriber::connect(broker.port, "fer-edge/stop/#");
 
@@ -225,7 +240,7 @@ fn sigterm_ends_the_tracks_and_publishes_offline_and_kill_leaves_the_last_will()
 
 #[test]
 fn no_event_is_lost_across_a_broker_restart() {
-    require_mosquitto!();
+    require_native_and_mosquitto!();
     let mut broker = Broker::start();
     // A persistent session: the broker keeps the subscription and queues
     // what arrives for it while the subscriber is away.

@@ -167,20 +167,7 @@ fn a_tracked_face_is_published_and_logged_alike() {
 /// qemu-user (the aarch64 tests on an x86_64 host, where the kernel cannot
 /// exec the binary itself) it goes through the test runner, or plain qemu.
 fn spawn_publisher_child(port: u16, device: &str) -> Child {
-    let exe = std::env::current_exe().unwrap();
-    let host_arch = std::fs::read_to_string("/proc/sys/kernel/arch").unwrap_or_default();
-    let emulated = !host_arch.trim().is_empty() && host_arch.trim() != std::env::consts::ARCH;
-    let mut command = if emulated {
-        let runner = std::env::var("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER")
-            .unwrap_or_else(|_| "qemu-aarch64 -L /usr/aarch64-linux-gnu".into());
-        let mut parts = runner.split_whitespace();
-        let mut command = Command::new(parts.next().unwrap());
-        command.args(parts).arg(&exe);
-        command
-    } else {
-        Command::new(&exe)
-    };
-    command
+    command_for(&std::env::current_exe().unwrap())
         .args(["--exact", "publisher_child", "--ignored", "--nocapture"])
         .env("FER_EDGE_TEST_CHILD_BROKER", format!("{port}/{device}"))
         .stdout(Stdio::null())
