@@ -12,8 +12,10 @@
 
 #[path = "common/broker.rs"]
 mod broker;
+mod common;
 
 use broker::*;
+use common::emulated;
 use serde_json::Value;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,12 +1,21 @@
 //! The GPIO sink on the recording backend: which pins change, when, at
-//! which level, for a sequence of track events and clock ticks; the hold
-//! time; active-low inversion; safe pins on shutdown and on drop.
+//! which level, for a sequence of track events and clock ticks, and for the
+//! recorded frame sequence `samples/sequence` run through the detector and
+//! tracker; the hold time; active-low inversion; safe pins on shutdown and
+//! on drop.
 
+mod common;
+
+use common::{emulated, repo};
+use fer_edge::decode::DecodeOptions;
+use fer_edge::detector::Detector;
 use fer_edge::face::{Expression, ExpressionScores};
+use fer_edge::infer::Model;
+use fer_edge::preprocess::{Frame, PixelFormat};
 use fer_edge::signal::gpio::recording::{PinChange, RecordingPins};
 use fer_edge::signal::gpio::{open_pins, GpioBackend, GpioConfig, Level, PinSignal};
 use fer_edge::signal::{GpioSink, Sink};
-use fer_edge::track::{EventKind, TrackEvent};
+use fer_edge::track::{EventKind, TrackEvent, Tracker, TrackerConfig};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -173,4 +182,75 @@ fn a_missing_gpio_chip_is_named_in_the_error() {
         error.contains("/dev/gpiochip-fer-edge-missing") && error.contains("[17, 27, 22]"),
         "{error}"
     );
+}
+
+/// `samples/sequence` at 10 fps: a face smiling (frames 0-9), the same face
+/// neutral (10-21), then no face (22-37). Through the shipped model, the
+/// default tracker and the sink: the pins a kiosk relay would see.
+#[test]
+fn pins_follow_the_recorded_sequence_through_detector_and_tracker() {
+    if emulated() {
+        eprintln!(
+            "SKIPPED: 38 frames of the network take 5 minutes under qemu; \
+             tests/accuracy.rs runs the aarch64 detector"
+        );
+        return;
+    }
+    use Expression::*;
+    use Level::*;
+    const NEUTRAL: u32 = 23;
+    let mut gpio = config(false);
+    gpio.pins.insert(PinSignal::Expression(Neutral), NEUTRAL);
+    let pins = RecordingPins::new();
+    let mut sink = GpioSink::new(&gpio, Box::new(pins.clone())).unwrap();
+    let model = Model::load(&repo("models/fer-yolo-mamba-nano.onnx")).unwrap();
+    let mut detector = Detector::new(model, DecodeOptions::default());
+    let mut tracker = Tracker::new(TrackerConfig::default());
+    let mut frames: Vec<_> = std::fs::read_dir(repo("samples/sequence"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    frames.sort();
+    assert_eq!(frames.len(), 38);
+    let t0 = Instant::now();
+    let mut at = t0;
+    for (i, path) in frames.iter().enumerate() {
+        let jpeg = std::fs::read(path).unwrap();
+        let frame = Frame {
+            format: PixelFormat::Mjpeg,
+            width: 0,
+            height: 0,
+            data: &jpeg,
+        };
+        let faces = detector.detect(&frame).unwrap();
+        at = t0 + Duration::from_millis(100 * i as u64);
+        sink.events(&tracker.update(&faces, 0.1 * i as f64), at);
+        sink.tick(at);
+    }
+    let changes = timeline(&pins.changes(), t0);
+    let levels = |line, level| {
+        changes
+            .iter()
+            .filter(|c| (c.1, c.2) == (line, level))
+            .map(|c| c.0)
+            .collect::<Vec<_>>()
+    };
+    // `new` on the third frame with the face (min_hits 3).
+    assert_eq!(levels(FACE_PRESENT, High), [200], "{changes:?}");
+    assert_eq!(levels(HAPPINESS, High), [200], "{changes:?}");
+    // Neutral a few frames after the switch at frame 10 (smoothing and
+    // hysteresis); happiness released at that moment (its hold long over).
+    let neutral_on = levels(NEUTRAL, High);
+    assert_eq!(neutral_on.len(), 1, "{changes:?}");
+    assert!((1000..=1500).contains(&neutral_on[0]), "{changes:?}");
+    assert_eq!(levels(HAPPINESS, Low), neutral_on, "{changes:?}");
+    // `end` once the face has been gone for lost_after_s (1 s) after frame 21.
+    let gone = levels(FACE_PRESENT, Low);
+    assert_eq!(gone.len(), 1, "{changes:?}");
+    assert!((3100..=3300).contains(&gone[0]), "{changes:?}");
+    assert_eq!(levels(NEUTRAL, Low), gone, "{changes:?}");
+    assert_eq!(changes.len(), 6, "{changes:?}");
+    assert!(gone[0] <= at.duration_since(t0).as_millis() as u64);
+    sink.shutdown();
+    assert!(final_levels(&pins.changes()).values().all(|&l| l == Low));
 }

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 #[path = "common/broker.rs"]
 mod broker;
+mod common;
 use broker::*;
+use common::command_for;
 
 fn sink_config(port: u16, device: &str) -> MqttConfig {
     MqttConfig {

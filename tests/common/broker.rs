@@ -6,7 +6,7 @@
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -282,27 +282,5 @@ pub fn wait_until(what: &str, condition: impl Fn() -> bool) {
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// True when this test runs under qemu-user (the host kernel's architecture
-/// is not the one this binary was built for).
-pub fn emulated() -> bool {
-    let host_arch = std::fs::read_to_string("/proc/sys/kernel/arch").unwrap_or_default();
-    !host_arch.trim().is_empty() && host_arch.trim() != std::env::consts::ARCH
-}
-
-/// A command running `exe`, a binary of this build's target: through the
-/// cargo runner (qemu) when emulated, since the host may not run it directly.
-pub fn command_for(exe: &Path) -> Command {
-    if emulated() {
-        let runner = std::env::var("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER")
-            .unwrap_or_else(|_| "qemu-aarch64 -L /usr/aarch64-linux-gnu".into());
-        let mut parts = runner.split_whitespace();
-        let mut command = Command::new(parts.next().unwrap());
-        command.args(parts).arg(exe);
-        command
-    } else {
-        Command::new(exe)
     }
 }

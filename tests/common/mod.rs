@@ -1,7 +1,9 @@
-//! Helpers shared by the integration tests: paths and a minimal `.npy` reader.
+//! Helpers shared by the integration tests: paths, a minimal `.npy` reader,
+//! and running binaries of the build target (under qemu when emulated).
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use tract_onnx::prelude::Tensor;
 
 /// A path relative to the repository root.
@@ -77,4 +79,26 @@ pub fn tolerance_ratio(got: &Tensor, want: &Tensor, atol: f32, rtol: f32) -> f32
         .zip(values(want))
         .map(|(g, w)| (g - w).abs() / (atol + rtol * w.abs()))
         .fold(0.0, f32::max)
+}
+
+/// True when this test runs under qemu-user (the host kernel's architecture
+/// is not the one this binary was built for).
+pub fn emulated() -> bool {
+    let host_arch = std::fs::read_to_string("/proc/sys/kernel/arch").unwrap_or_default();
+    !host_arch.trim().is_empty() && host_arch.trim() != std::env::consts::ARCH
+}
+
+/// A command running `exe`, a binary of this build's target: through the
+/// cargo runner (qemu) when emulated, since the host may not run it directly.
+pub fn command_for(exe: &Path) -> Command {
+    if emulated() {
+        let runner = std::env::var("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER")
+            .unwrap_or_else(|_| "qemu-aarch64 -L /usr/aarch64-linux-gnu".into());
+        let mut parts = runner.split_whitespace();
+        let mut command = Command::new(parts.next().unwrap());
+        command.args(parts).arg(exe);
+        command
+    } else {
+        Command::new(exe)
+    }
 }
