@@ -29,7 +29,15 @@ from PIL import Image
 
 from .data import read_facial_expressions, split_by_identity
 from .model import CLASSES
-from .synth import BoxedFace, blend, boxed_faces, face_mask, load_backgrounds, read_boxes
+from .synth import (
+    BoxedFace,
+    blend,
+    boxed_faces,
+    face_mask,
+    load_backgrounds,
+    open_face,
+    read_boxes,
+)
 from .train import DEFAULT_BOXES
 
 WIDTH, HEIGHT = 320, 240
@@ -46,13 +54,7 @@ def background() -> np.ndarray:
 
 def frame_with(face: BoxedFace, canvas: np.ndarray) -> np.ndarray:
     """``canvas`` with ``face`` pasted at the fixed place."""
-    with Image.open(face.path) as im:
-        crop = im.convert("RGB")
-    bx1, by1, bx2, by2 = face.box
-    if face.region is not None:
-        crop = crop.crop(face.region)
-        rx, ry = face.region[:2]
-        bx1, by1, bx2, by2 = bx1 - rx, by1 - ry, bx2 - rx, by2 - ry
+    crop, (bx1, by1, bx2, by2) = open_face(face)
     scale = FACE_WIDTH * HEIGHT / max(bx2 - bx1, 1.0)
     cw, ch = round(crop.width * scale), round(crop.height * scale)
     box = (bx1 * scale, by1 * scale, bx2 * scale, by2 * scale)

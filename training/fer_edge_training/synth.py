@@ -235,9 +235,9 @@ def blend(canvas: np.ndarray, pixels: np.ndarray, alpha: np.ndarray, x0: int, y0
     return True
 
 
-def _paste_face(canvas, face: BoxedFace, rng, placed: list, short_side: int):
-    """Pastes one face; returns its box in canvas pixels, or None when it found no place."""
-    height, width = canvas.shape[:2]
+def open_face(face: BoxedFace) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """The RGB image to paste for ``face`` (its ``region``, or the whole image) and the
+    face box in that image's pixels."""
     with Image.open(face.path) as im:
         crop = im.convert("RGB")
     bx1, by1, bx2, by2 = face.box
@@ -245,6 +245,13 @@ def _paste_face(canvas, face: BoxedFace, rng, placed: list, short_side: int):
         crop = crop.crop(face.region)
         rx, ry = face.region[:2]
         bx1, by1, bx2, by2 = bx1 - rx, by1 - ry, bx2 - rx, by2 - ry
+    return crop, (bx1, by1, bx2, by2)
+
+
+def _paste_face(canvas, face: BoxedFace, rng, placed: list, short_side: int):
+    """Pastes one face; returns its box in canvas pixels, or None when it found no place."""
+    height, width = canvas.shape[:2]
+    crop, (bx1, by1, bx2, by2) = open_face(face)
     if rng.random() < 0.5:
         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         bx1, bx2 = crop.width - bx2, crop.width - bx1
