@@ -231,6 +231,31 @@ SS_INLINE void scatter_rows(const typename VecT<T, W>::type* in, int64_t nv, int
   }
 }
 
+// Bs and Cs of batch item and group `bg`, transposed to [L, N], unless
+// they are the ones already in bt / ct.
+template <typename T>
+SS_INLINE void load_group_rows(const Params<T>& p, int64_t bg, int64_t N, int64_t* cur_bg,
+                               T* bt, T* ct) {
+  if (bg == *cur_bg) return;
+  transpose_nl(p.Bs + bg * N * p.L, bt, N, p.L);
+  transpose_nl(p.Cs + bg * N * p.L, ct, N, p.L);
+  *cur_bg = bg;
+}
+
+// A and D of channels c0 .. c0 + nv as lanes, and zero initial states.
+template <typename T, typename V>
+SS_INLINE void load_lane_params(const Params<T>& p, int64_t c0, int64_t nv, int64_t N, V* av,
+                                V* h, V* dv) {
+  *dv = vzero<V>();
+  for (int64_t n = 0; n < N; ++n) {
+    av[n] = vzero<V>();
+    h[n] = vzero<V>();
+    for (int64_t j = 0; j < nv; ++j) av[n][j] = p.A[(c0 + j) * N + n];
+  }
+  if (p.D)
+    for (int64_t j = 0; j < nv; ++j) (*dv)[j] = p.D[c0 + j];
+}
+
 template <typename T, int W, int NT>
 SS_INLINE void forward_tasks(const Params<T>& p, int64_t task0, int64_t task1) {
   typedef typename VecT<T, W>::type V;
@@ -243,11 +268,7 @@ SS_INLINE void forward_tasks(const Params<T>& p, int64_t task0, int64_t task1) {
   for (int64_t task = task0; task < task1; ++task) {
     const Task k = task_of(task, G, p.S, nblk);
     const int64_t bg = k.b * G + k.g;
-    if (bg != cur_bg) {
-      transpose_nl(p.Bs + bg * N * L, bt.data(), N, L);
-      transpose_nl(p.Cs + bg * N * L, ct.data(), N, L);
-      cur_bg = bg;
-    }
+    load_group_rows(p, bg, N, &cur_bg, bt.data(), ct.data());
     for (int64_t blk = k.blk0; blk < k.blk1; ++blk) {
       const int64_t c0 = k.g * Dg + blk * W;
       const int64_t nv = std::min<int64_t>(W, Dg - blk * W);
@@ -255,14 +276,8 @@ SS_INLINE void forward_tasks(const Params<T>& p, int64_t task0, int64_t task1) {
       gather_rows<T, W>(p.dt + row0, nv, L, dtb.data());
       gather_rows<T, W>(p.u + row0, nv, L, ub.data());
       V av[NT > 0 ? NT : kMaxN], h[NT > 0 ? NT : kMaxN];
-      V dv = vzero<V>();
-      for (int64_t n = 0; n < N; ++n) {
-        av[n] = vzero<V>();
-        h[n] = vzero<V>();
-        for (int64_t j = 0; j < nv; ++j) av[n][j] = p.A[(c0 + j) * N + n];
-      }
-      if (p.D)
-        for (int64_t j = 0; j < nv; ++j) dv[j] = p.D[c0 + j];
+      V dv;
+      load_lane_params<T, V>(p, c0, nv, N, av, h, &dv);
       for (int64_t t = 0; t < L; ++t) {
         const V d = dtb[t], uu = ub[t], x = d * uu;
         const T* bq = bt.data() + t * N;
@@ -295,11 +310,7 @@ SS_INLINE void backward_tasks(const Params<T>& p, int64_t task0, int64_t task1) 
   for (int64_t task = task0; task < task1; ++task) {
     const Task k = task_of(task, G, p.S, nblk);
     const int64_t bg = k.b * G + k.g;
-    if (bg != cur_bg) {
-      transpose_nl(p.Bs + bg * N * L, bt.data(), N, L);
-      transpose_nl(p.Cs + bg * N * L, ct.data(), N, L);
-      cur_bg = bg;
-    }
+    load_group_rows(p, bg, N, &cur_bg, bt.data(), ct.data());
     for (int64_t i = 0; i < L * N; ++i) {
       dbp[i] = vzero<V>();
       dcp[i] = vzero<V>();
@@ -313,14 +324,8 @@ SS_INLINE void backward_tasks(const Params<T>& p, int64_t task0, int64_t task1) 
       gather_rows<T, W>(p.u + row0, nv, L, ub.data());
       gather_rows<T, W>(p.gy + row0, nv, L, gyb.data());
       V av[NT > 0 ? NT : kMaxN], h[NT > 0 ? NT : kMaxN];
-      V dv = vzero<V>();
-      for (int64_t n = 0; n < N; ++n) {
-        av[n] = vzero<V>();
-        h[n] = vzero<V>();
-        for (int64_t j = 0; j < nv; ++j) av[n][j] = p.A[(c0 + j) * N + n];
-      }
-      if (p.D)
-        for (int64_t j = 0; j < nv; ++j) dv[j] = p.D[c0 + j];
+      V dv;
+      load_lane_params<T, V>(p, c0, nv, N, av, h, &dv);
 
       // 1. recompute the states; dCs needs only gy and h, so it is done here
       for (int64_t t = 0; t < L; ++t) {
