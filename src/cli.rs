@@ -323,13 +323,7 @@ fn detect_image(
     let mut image = image::open(path)
         .with_context(|| format!("cannot decode image {}", path.display()))?
         .into_rgb8();
-    let frame = Frame {
-        format: PixelFormat::Rgb8,
-        width: image.width() as usize,
-        height: image.height() as usize,
-        data: image.as_raw(),
-    };
-    let faces = detector.detect(&frame)?;
+    let faces = detector.detect_rgb(&image)?;
     if let Some(dir) = annotate {
         draw_faces(&mut image, &faces);
         let written = save_annotated(&image, dir, path)?;

@@ -4,7 +4,7 @@
 use crate::decode::{decode, DecodeError, DecodeOptions};
 use crate::face::Face;
 use crate::infer::{Model, ModelError};
-use crate::preprocess::{Frame, PreprocessError, Preprocessor};
+use crate::preprocess::{Frame, PixelFormat, PreprocessError, Preprocessor};
 use std::time::{Duration, Instant};
 
 /// Any failure while detecting faces in one frame.
@@ -62,6 +62,16 @@ impl Detector {
     /// Faces in `frame`, highest score first.
     pub fn detect(&mut self, frame: &Frame) -> Result<Vec<Face>, DetectError> {
         self.detect_timed(frame).map(|(faces, _)| faces)
+    }
+
+    /// Faces in a decoded RGB image (a photo, a dataset image).
+    pub fn detect_rgb(&mut self, image: &image::RgbImage) -> Result<Vec<Face>, DetectError> {
+        self.detect(&Frame {
+            format: PixelFormat::Rgb8,
+            width: image.width() as usize,
+            height: image.height() as usize,
+            data: image.as_raw(),
+        })
     }
 
     /// Faces in `frame` and the time each stage took.

@@ -20,7 +20,6 @@ use fer_edge::decode::DecodeOptions;
 use fer_edge::detector::Detector;
 use fer_edge::evaluate::{evaluate, format_report};
 use fer_edge::infer::Model;
-use fer_edge::preprocess::{Frame, PixelFormat};
 
 /// Allowed drop below the recorded figures (absolute, on a 0..1 scale).
 const MARGIN: f64 = 0.02;
@@ -68,13 +67,7 @@ fn shipped_model_keeps_its_recorded_accuracy_on_held_out_faces() {
         .iter()
         .map(|image| {
             let rgb = image::open(&image.path).unwrap().into_rgb8();
-            let frame = Frame {
-                format: PixelFormat::Rgb8,
-                width: rgb.width() as usize,
-                height: rgb.height() as usize,
-                data: rgb.as_raw(),
-            };
-            detector.detect(&frame).unwrap()
+            detector.detect_rgb(&rgb).unwrap()
         })
         .collect();
     let labels: Vec<_> = images.into_iter().map(|i| i.faces).collect();
