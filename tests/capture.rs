@@ -17,7 +17,6 @@ use fer_edge::capture::{
     Interval, PixelFormat, ReconnectConfig, SourceKind,
 };
 use fer_edge::preprocess::{grey_to_rgb, mjpeg_to_rgb, yuyv_to_rgb};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -76,12 +75,6 @@ fn assert_all_pixels_near(rgb: &[u8], expected: [u8; 3], tolerance: i32, what: &
             );
         }
     }
-}
-
-/// Writes to the real stderr, past the test harness's output capture, so
-/// that what is not tested is seen in every run.
-fn say_loudly(message: &str) {
-    let _ = writeln!(std::io::stderr(), "\n*** {message} ***\n");
 }
 
 // ------------------------------------------------------------ negotiation
@@ -640,8 +633,8 @@ fn missing_files_and_bad_configs_name_the_problem() {
 
 #[test]
 fn missing_camera_is_a_clear_error_and_the_service_keeps_retrying() {
-    say_loudly(
-        "NOT COVERED: V4L2 streaming, format setting and driver quirks need a camera; \
+    common::skip(
+        "streams_from_a_real_camera (V4L2 streaming, format setting, driver quirks) needs a camera; \
          run `cargo test --release --test capture -- --ignored` on a device with one",
     );
     let config = CaptureConfig {

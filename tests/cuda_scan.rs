@@ -21,6 +21,7 @@ use tract_core::internal::*;
 use tract_gpu::fact::DeviceTypedFactExt;
 use tract_gpu::sync::{DeviceSync, DeviceSyncKind};
 
+mod common;
 #[path = "common/scan_problem.rs"]
 mod scan_problem;
 use scan_problem::{dims, Problem, SLOW, STIFF, TYPICAL};
@@ -262,7 +263,9 @@ fn kernel_source_run_on_the_cpu_matches_the_reference_bit_for_bit() {
     let emulation = match CpuEmulation::build() {
         Ok(emulation) => emulation,
         Err(why) => {
-            eprintln!("\n**** SKIPPED: the CUDA kernel's CPU emulation needs a C++ compiler: {why} ****\n");
+            common::skip(&format!(
+                "the CUDA kernel's CPU emulation needs a C++ compiler: {why}"
+            ));
             return;
         }
     };
@@ -442,10 +445,10 @@ fn one_scan_model(problem: &Problem) -> TractResult<TypedModel> {
 #[test]
 fn gpu_scan_matches_the_reference() -> TractResult<()> {
     if let Err(cause) = tract_cuda::utils::ensure_cuda_runtime_dependencies("CUDA libraries") {
-        eprintln!(
-            "\n**** SKIPPED gpu_scan_matches_the_reference: no usable CUDA GPU here ({cause:#}). \
-             Run `cargo test --release --features cuda --test cuda_scan` on a Jetson. ****\n"
-        );
+        common::skip(&format!(
+            "gpu_scan_matches_the_reference: no usable CUDA GPU here ({cause:#}). \
+             Run `cargo test --release --features cuda --test cuda_scan` on a Jetson."
+        ));
         return Ok(());
     }
     for (seed, (dims, softplus)) in [
@@ -493,7 +496,7 @@ fn gpu_scan_matches_the_reference() -> TractResult<()> {
 #[test]
 fn cuda_device_without_a_gpu_is_an_error_and_auto_falls_back_to_the_cpu() -> TractResult<()> {
     if tract_cuda::utils::ensure_cuda_runtime_dependencies("CUDA libraries").is_ok() {
-        eprintln!("\n**** SKIPPED: this machine has a usable CUDA GPU ****\n");
+        common::skip("this machine has a usable CUDA GPU");
         return Ok(());
     }
     let problem = Problem::random(dims(1, 8, 2, 4, 5), true, TYPICAL, 7);

@@ -29,9 +29,7 @@ const SEQUENCE_FRAMES: u64 = 38;
 macro_rules! require_native_and_mosquitto {
     () => {
         if emulated() {
-            eprintln!(
-                "SKIPPED: the end-to-end service test runs natively only (8 s a frame under qemu)"
-            );
+            common::skip("the end-to-end service test runs natively only (8 s a frame under qemu)");
             return;
         }
         require_mosquitto!();

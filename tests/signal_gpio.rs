@@ -190,9 +190,9 @@ fn a_missing_gpio_chip_is_named_in_the_error() {
 #[test]
 fn pins_follow_the_recorded_sequence_through_detector_and_tracker() {
     if emulated() {
-        eprintln!(
-            "SKIPPED: 38 frames of the network take 5 minutes under qemu; \
-             tests/accuracy.rs runs the aarch64 detector"
+        common::skip(
+            "38 frames of the network take 5 minutes under qemu; \
+             tests/accuracy.rs runs the aarch64 detector",
         );
         return;
     }

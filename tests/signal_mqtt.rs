@@ -410,7 +410,7 @@ fn tls_with_a_client_certificate_and_a_password() {
     require_mosquitto!();
     let dir = TempDir::new();
     if !make_certificates(&dir) {
-        eprintln!("SKIPPED: openssl is not installed");
+        common::skip("openssl is not installed");
         return;
     }
     let passwords = dir.file("passwords");

@@ -21,10 +21,10 @@ pub const WAIT: Duration = Duration::from_secs(15);
 macro_rules! require_mosquitto {
     () => {
         if !std::path::Path::new($crate::broker::MOSQUITTO).exists() {
-            eprintln!(
-                "SKIPPED: {} is not installed (apt-get install mosquitto)",
+            $crate::common::skip(&format!(
+                "{} is not installed (apt-get install mosquitto)",
                 $crate::broker::MOSQUITTO
-            );
+            ));
             return;
         }
     };
