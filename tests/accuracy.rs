@@ -1,7 +1,7 @@
-//! On-device accuracy: the shipped model on the held-out test set
-//! (`tests/data/heldout`, identities never seen in training; see its README)
-//! through the same code path as `fer-edge eval`. It must reach the figures
-//! recorded in `models/fer-yolo-mamba-nano.metrics.json` (which
+//! On-device accuracy: the shipped models (f32 and int8) on the held-out test
+//! set (`tests/data/heldout`, identities never seen in training; see its
+//! README) through the same code path as `fer-edge eval`. Each must reach the
+//! figures recorded beside it in `models/<model>.metrics.json` (which
 //! `models/MODEL_CARD.md` reports) minus a small margin: f32 rounding differs
 //! between x86_64 and aarch64 kernels and moves a few scores near a
 //! threshold, which moves AP by far less than the margin.
@@ -38,9 +38,20 @@ struct Recorded {
 }
 
 #[test]
-fn shipped_model_keeps_its_recorded_accuracy_on_held_out_faces() {
+fn f32_model_keeps_its_recorded_accuracy_on_held_out_faces() {
+    keeps_its_recorded_accuracy("fer-yolo-mamba-nano");
+}
+
+#[test]
+fn int8_model_keeps_its_recorded_accuracy_on_held_out_faces() {
+    keeps_its_recorded_accuracy("fer-yolo-mamba-nano-int8");
+}
+
+/// Runs `models/<stem>.onnx` on the held-out set and compares with
+/// `models/<stem>.metrics.json`.
+fn keeps_its_recorded_accuracy(stem: &str) {
     let recorded: Recorded = serde_json::from_str(
-        &std::fs::read_to_string(repo("models/fer-yolo-mamba-nano.metrics.json")).unwrap(),
+        &std::fs::read_to_string(repo(&format!("models/{stem}.metrics.json"))).unwrap(),
     )
     .unwrap();
     let (file, recorded, at_least) = if cfg!(target_arch = "x86_64") {
@@ -48,7 +59,7 @@ fn shipped_model_keeps_its_recorded_accuracy_on_held_out_faces() {
     } else {
         ("quick.txt", recorded.quick, 12)
     };
-    println!("held-out set: tests/data/heldout/{file}");
+    println!("{stem} on the held-out set tests/data/heldout/{file}");
     let images = read_dataset(
         &repo(&format!("tests/data/heldout/{file}")),
         DatasetFormat::Lines,
@@ -60,7 +71,7 @@ fn shipped_model_keeps_its_recorded_accuracy_on_held_out_faces() {
         ..DecodeOptions::default()
     };
     let mut detector = Detector::new(
-        Model::load(&repo("models/fer-yolo-mamba-nano.onnx")).unwrap(),
+        Model::load(&repo(&format!("models/{stem}.onnx"))).unwrap(),
         options,
     );
     let detections: Vec<_> = images
