@@ -22,7 +22,9 @@ echo "== Rust tests, aarch64 under qemu -cpu cortex-a72 (Raspberry Pi 4)"
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu" \
     cargo test --release --target aarch64-unknown-linux-gnu
 # The Pi 5 CPU picks other tract kernels: rerun what depends on the CPU
-# (scan kernels, the whole network, on-device accuracy), not the I/O tests.
+# (scan kernels, the whole network, on-device accuracy of the f32 and int8
+# models: the A76 has the dot-product instructions tract's int8 kernels use), not
+# the I/O tests.
 echo "== Rust tests, aarch64 under qemu -cpu cortex-a76 (Raspberry Pi 5): kernels, network, accuracy"
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu" \
     cargo test --release --target aarch64-unknown-linux-gnu --test scan_kernels --test runtime --test accuracy

@@ -194,7 +194,11 @@ fn a_recorded_sequence_gives_new_update_end_and_a_clean_exit() {
 
     let status = service.status();
     assert_eq!(status["state"], "stopped");
-    assert_eq!(status["stats"]["frames"], SEQUENCE_FRAMES);
+    // Every frame was processed, or dropped for a newer one when the
+    // machine was too slow for 10 fps.
+    let frames = status["stats"]["frames"].as_u64().unwrap();
+    let dropped = status["stats"]["dropped_frames"].as_u64().unwrap();
+    assert_eq!(frames + dropped, SEQUENCE_FRAMES, "{status}");
     assert_eq!(status["stats"]["faces"], 1);
     assert_eq!(status["stats"]["expressions"]["neutral"], 1);
     assert_eq!(status["stats"]["sink_dropped"]["mqtt"], 0);
