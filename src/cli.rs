@@ -153,9 +153,13 @@ struct DetectArgs {
     /// Minimum face score to report.
     #[arg(long, default_value_t = DecodeOptions::default().confidence)]
     confidence: f32,
-    /// IoU above which overlapping boxes of one expression are merged.
+    /// IoU above which overlapping boxes are merged into one face.
     #[arg(long, default_value_t = DecodeOptions::default().nms_iou)]
     nms_iou: f32,
+    /// Merge overlapping boxes only when they have the same expression (the
+    /// YOLO convention; a face may then be reported once per expression).
+    #[arg(long)]
+    per_class_nms: bool,
     /// Images (JPEG or PNG).
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -288,6 +292,7 @@ fn detect(args: DetectArgs) -> anyhow::Result<i32> {
     let options = DecodeOptions {
         confidence: args.confidence,
         nms_iou: args.nms_iou,
+        class_agnostic: !args.per_class_nms,
     };
     let mut detector = Detector::new(args.model.load()?, options);
     let mut failures = 0;
@@ -334,10 +339,7 @@ fn detect_image(
 
 fn eval(args: EvalArgs) -> anyhow::Result<i32> {
     let images = read_dataset(&args.dataset, args.format)?;
-    let options = DecodeOptions {
-        confidence: args.confidence,
-        ..DecodeOptions::default()
-    };
+    let options = DecodeOptions::for_evaluation(args.confidence);
     let mut detector = Detector::new(args.model.load()?, options);
     let detections = images
         .iter()

@@ -46,7 +46,7 @@ pub struct DetectorConfig {
     pub threads: usize,
     /// Minimum face score (objectness x expression) to report.
     pub confidence: f32,
-    /// IoU above which overlapping boxes of one expression are merged.
+    /// IoU above which overlapping boxes are merged into one face.
     pub nms_iou: f32,
 }
 
@@ -68,6 +68,7 @@ impl DetectorConfig {
         DecodeOptions {
             confidence: self.confidence,
             nms_iou: self.nms_iou,
+            class_agnostic: true,
         }
     }
 

@@ -20,15 +20,36 @@ pub const CELL_CHANNELS: usize = 5 + Expression::COUNT;
 pub struct DecodeOptions {
     /// Minimum score (objectness x class) of a kept face.
     pub confidence: f32,
-    /// IoU above which the lower-scored of two same-expression boxes is dropped.
+    /// IoU above which the lower-scored of two overlapping boxes is dropped.
     pub nms_iou: f32,
+    /// Suppress overlapping boxes whatever their expressions (one box per
+    /// face, its `scores` holding every expression: what `detect` and the
+    /// service report), instead of only boxes of the same expression (the
+    /// YOLO convention, which `eval` uses so AP is computed per class).
+    pub class_agnostic: bool,
 }
 
 impl Default for DecodeOptions {
+    /// The shipped model's scores (objectness x expression) rarely exceed
+    /// 0.4; on the held-out set, 0.15 with class-agnostic NMS finds 96% of
+    /// the faces at 98% precision (0.3 found 41%).
     fn default() -> Self {
         DecodeOptions {
-            confidence: 0.3,
+            confidence: 0.15,
             nms_iou: 0.45,
+            class_agnostic: true,
+        }
+    }
+}
+
+impl DecodeOptions {
+    /// The options of `fer-edge eval`: every candidate down to `confidence`
+    /// and per-expression NMS, as VOC/COCO-style AP expects.
+    pub fn for_evaluation(confidence: f32) -> Self {
+        DecodeOptions {
+            confidence,
+            class_agnostic: false,
+            ..DecodeOptions::default()
         }
     }
 }
@@ -68,7 +89,7 @@ pub fn decode(
             &mut candidates,
         )?;
     }
-    let mut faces = non_max_suppression(candidates, options.nms_iou);
+    let mut faces = non_max_suppression(candidates, options.nms_iou, options.class_agnostic);
     for face in &mut faces {
         face.bbox = letterbox.to_source(face.bbox);
     }
@@ -152,13 +173,14 @@ fn decode_level(
 /// Greedy per-class NMS: highest score first (ties keep the earlier
 /// candidate), dropping boxes of the same expression that overlap a kept one
 /// by more than `iou`.
-pub fn non_max_suppression(mut candidates: Vec<Face>, iou: f32) -> Vec<Face> {
+pub fn non_max_suppression(mut candidates: Vec<Face>, iou: f32, class_agnostic: bool) -> Vec<Face> {
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept: Vec<Face> = Vec::new();
     for face in candidates {
-        let suppressed = kept
-            .iter()
-            .any(|k| k.expression == face.expression && Face::iou(&k.bbox, &face.bbox) > iou);
+        let suppressed = kept.iter().any(|k| {
+            (class_agnostic || k.expression == face.expression)
+                && Face::iou(&k.bbox, &face.bbox) > iou
+        });
         if !suppressed {
             kept.push(face);
         }
@@ -209,16 +231,26 @@ mod tests {
     }
 
     #[test]
-    fn nms_is_per_class() {
+    fn nms_is_per_class_for_evaluation_and_per_face_by_default() {
         // Two heavily overlapping boxes of one class and one of another class.
         let t = map(&[
             (0, [0.5, 0.5, 0.0, 0.0], 6.0, 4, 6.0),
             (1, [-0.45, 0.5, 0.0, 0.0], 5.0, 4, 5.0),
             (2, [0.5, -0.5, 0.0, 0.0], 5.0, 6, 5.0),
         ]);
-        let faces = decode(&[t], (32, 32), &IDENTITY, &DecodeOptions::default()).unwrap();
-        let labels: Vec<_> = faces.iter().map(|f| f.expression).collect();
-        assert_eq!(labels, [Expression::Neutral, Expression::Surprise]);
+        let labels = |options: &DecodeOptions| -> Vec<_> {
+            decode(std::slice::from_ref(&t), (32, 32), &IDENTITY, options)
+                .unwrap()
+                .iter()
+                .map(|f| f.expression)
+                .collect()
+        };
+        let per_class = DecodeOptions::for_evaluation(DecodeOptions::default().confidence);
+        assert_eq!(
+            labels(&per_class),
+            [Expression::Neutral, Expression::Surprise]
+        );
+        assert_eq!(labels(&DecodeOptions::default()), [Expression::Neutral]);
     }
 
     #[test]
@@ -239,7 +271,7 @@ mod tests {
 
     #[test]
     fn low_scores_are_dropped() {
-        let t = map(&[(0, [0.0; 4], 0.0, 0, 0.0)]); // 0.5 * 0.5 = 0.25 < 0.3
+        let t = map(&[(0, [0.0; 4], -1.0, 0, 0.0)]); // 0.27 * 0.5 = 0.13 < 0.15
         let faces = decode(&[t], (32, 32), &IDENTITY, &DecodeOptions::default()).unwrap();
         assert!(faces.is_empty());
     }

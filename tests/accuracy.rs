@@ -66,10 +66,7 @@ fn keeps_its_recorded_accuracy(stem: &str) {
     )
     .unwrap();
     assert!(images.len() >= at_least, "held-out set is incomplete");
-    let options = DecodeOptions {
-        confidence: 0.01,
-        ..DecodeOptions::default()
-    };
+    let options = DecodeOptions::for_evaluation(0.01);
     let mut detector = Detector::new(
         Model::load(&repo(&format!("models/{stem}.onnx"))).unwrap(),
         options,

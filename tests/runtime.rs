@@ -81,6 +81,7 @@ fn decoding_gives_the_golden_boxes() {
     let options = DecodeOptions {
         confidence: golden["conf"].as_f64().unwrap() as f32,
         nms_iou: golden["iou"].as_f64().unwrap() as f32,
+        class_agnostic: false,
     };
     let faces = decode(&outputs, model.input_size(), &letterbox, &options).unwrap();
     let want = golden["detections"].as_array().unwrap();

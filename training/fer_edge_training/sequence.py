@@ -9,9 +9,9 @@ The frames are 320x240 JPEGs on a public-domain scikit-image photo: ``--first`` 
 the person showing ``--from`` (happiness), ``--second`` frames of the same person showing
 ``--to`` (neutral), with the face at the same place, then ``--empty`` frames without
 anyone. People of the ``test`` split (never seen in training) with both expressions are
-tried in turn; the first whose two frames the model labels right, each with a single face,
-as ``fer-edge detect`` reports them, is written: the test asserts the service's events,
-not the model's accuracy, which ``tests/accuracy.rs`` covers. Rerun this after retraining
+tried; of those whose two frames the model labels right, each with a single face, as
+``fer-edge detect`` reports them, the one with the highest lower score is written: the
+test asserts the service's events, not the model's accuracy, which ``tests/accuracy.rs`` covers. Rerun this after retraining
 if the end-to-end test says the sequence no longer gives ``update``.
 """
 
@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not right:
         raise SystemExit(f"no test-split person of {len(people)} is labelled right in both frames")
-    (person, a, b, _), seen_a, seen_b = right[0]
+    # The clearest case: the highest lower score of the two frames.
+    (person, a, b, _), seen_a, seen_b = max(
+        right, key=lambda r: min(r[1][0]["score"], r[2][0]["score"])
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("frame_*.jpg"):
         old.unlink()
