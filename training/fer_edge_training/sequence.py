@@ -11,8 +11,9 @@ the person showing ``--from`` (happiness), ``--second`` frames of the same perso
 anyone. People of the ``test`` split (never seen in training) with both expressions are
 tried; of those whose two frames the model labels right, each with a single face, as
 ``fer-edge detect`` reports them, the one with the highest lower score is written: the
-test asserts the service's events, not the model's accuracy, which ``tests/accuracy.rs`` covers. Rerun this after retraining
-if the end-to-end test says the sequence no longer gives ``update``.
+test asserts the service's events, not the model's accuracy, which ``tests/accuracy.rs``
+covers. Rerun this after retraining if the end-to-end test says the sequence no longer
+gives ``update``.
 """
 
 from __future__ import annotations
