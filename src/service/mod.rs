@@ -121,9 +121,17 @@ impl Period {
 impl Service<'_> {
     fn run_until(&mut self, stop: &AtomicBool, systemd: &mut Systemd) -> anyhow::Result<()> {
         let interval = Duration::from_secs_f64(self.config.service.stats_interval_s);
-        // A camera blocks up to its frame timeout before it reports failure.
-        let capture_tolerance =
-            Duration::from_millis(self.config.capture.frame_timeout_ms) + Duration::from_secs(1);
+        // A camera blocks up to its frame timeout before it reports failure;
+        // a paced file source sleeps a frame interval between frames.
+        let capture = &self.config.capture;
+        let frame_interval = if capture.fps > 0.0 {
+            Duration::from_secs_f64(1.0 / capture.fps)
+        } else {
+            Duration::ZERO
+        };
+        let capture_tolerance = Duration::from_millis(capture.frame_timeout_ms)
+            + frame_interval
+            + Duration::from_secs(1);
         let mut next_report = Instant::now() + interval;
         let mut stalled = false;
         while !stop.load(Ordering::Relaxed) {
