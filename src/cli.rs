@@ -97,18 +97,17 @@ impl ConfigArgs {
             .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()))
     }
 
-    /// The config, overridden and checked.
+    /// The config, overridden and checked, and where it came from.
     fn load(&self) -> anyhow::Result<(Config, String)> {
-        let (config, source) = match self.path() {
-            Some(path) => {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read config {}", path.display()))?;
-                (Config::parse(&text, &path)?, path)
-            }
-            None => (Config::default(), PathBuf::from("(built-in defaults)")),
-        };
-        let config = config.with_overrides(&self.overrides, &source)?;
-        config.check(&source)?;
+        if let Some(path) = self.path() {
+            return Ok((
+                Config::load(&path, &self.overrides)?,
+                path.display().to_string(),
+            ));
+        }
+        let source = Path::new("(built-in defaults)");
+        let config = Config::default().with_overrides(&self.overrides, source)?;
+        config.check(source)?;
         Ok((config, source.display().to_string()))
     }
 }
@@ -232,7 +231,7 @@ fn run_service(args: RunArgs) -> anyhow::Result<i32> {
 }
 
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<i32> {
-    let config = Config::load(&args.path)?;
+    let config = Config::load(&args.path, &[])?;
     let sinks: Vec<&str> = [
         (config.log.enabled, "log"),
         (config.mqtt.enabled, "mqtt"),
@@ -242,10 +241,10 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<i32> {
     .filter_map(|&(on, name)| on.then_some(name))
     .collect();
     println!(
-        "{}: OK (model {}, source {:?}, sinks: {}, snapshots {})",
+        "{}: OK (model {}, source {}, sinks: {}, snapshots {})",
         args.path.display(),
         config.detector.model.display(),
-        config.capture.source,
+        crate::service::source_name(&config.capture),
         if sinks.is_empty() {
             "none".into()
         } else {

@@ -132,7 +132,7 @@ impl Default for SnapshotConfig {
 /// (with its line, for parse errors).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -148,13 +148,14 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads, parses and checks the file at `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads and parses the file at `path`, applies `overrides` (see
+    /// [`Config::with_overrides`]) and checks the result.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let config = Config::parse(&text, path)?;
+        let config = Config::parse(&text, path)?.with_overrides(overrides, path)?;
         config.check(path)?;
         Ok(config)
     }

@@ -278,7 +278,7 @@ impl Service<'_> {
 }
 
 /// The source, for logs and the status: `camera /dev/video0`, `image_dir x`.
-fn source_name(capture: &CaptureConfig) -> String {
+pub fn source_name(capture: &CaptureConfig) -> String {
     match (capture.source, &capture.path) {
         (SourceKind::V4l2, _) => format!("camera {}", capture.device.display()),
         (kind, path) => {
