@@ -378,6 +378,12 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_demo_config_of_the_readme_is_valid() {
+        let demo = Config::load(Path::new("samples/demo.toml"), &[]).unwrap();
+        assert_eq!(demo.capture.path.as_deref(), Some(Path::new("samples/sequence")));
+    }
+
     /// The key paths of a TOML table, e.g. `mqtt.tls.ca_file`.
     fn key_paths(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
         for (key, value) in table {
