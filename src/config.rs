@@ -381,7 +381,10 @@ mod tests {
     #[test]
     fn the_demo_config_of_the_readme_is_valid() {
         let demo = Config::load(Path::new("samples/demo.toml"), &[]).unwrap();
-        assert_eq!(demo.capture.path.as_deref(), Some(Path::new("samples/sequence")));
+        assert_eq!(
+            demo.capture.path.as_deref(),
+            Some(Path::new("samples/sequence"))
+        );
     }
 
     /// The key paths of a TOML table, e.g. `mqtt.tls.ca_file`.
