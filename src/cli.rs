@@ -97,17 +97,21 @@ impl ConfigArgs {
             .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()))
     }
 
-    /// The config, overridden and checked, and where it came from.
-    fn load(&self) -> anyhow::Result<(Config, String)> {
-        if let Some(path) = self.path() {
-            return Ok((
-                Config::load(&path, &self.overrides)?,
-                path.display().to_string(),
-            ));
-        }
-        let source = Path::new("(built-in defaults)");
-        let config = Config::default().with_overrides(&self.overrides, source)?;
-        config.check(source)?;
+    /// The config with the `--set` overrides, then `adjust` (other flags)
+    /// applied, checked; and where it came from.
+    fn load(&self, adjust: impl FnOnce(&mut Config)) -> anyhow::Result<(Config, String)> {
+        let (mut config, source) = match self.path() {
+            Some(path) => (Config::read(&path, &self.overrides)?, path),
+            None => {
+                let source = PathBuf::from("(built-in defaults)");
+                (
+                    Config::default().with_overrides(&self.overrides, &source)?,
+                    source,
+                )
+            }
+        };
+        adjust(&mut config);
+        config.check(&source)?;
         Ok((config, source.display().to_string()))
     }
 }
@@ -207,21 +211,18 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn run_service(args: RunArgs) -> anyhow::Result<i32> {
-    let mut overrides = args.config.overrides.clone();
-    if let Some(model) = &args.model {
-        overrides.push(format!("detector.model={:?}", model.display().to_string()));
-    }
-    if let Some(device) = args.device {
-        overrides.push(format!("detector.device=\"{device:?}\"").to_lowercase());
-    }
-    if let Some(threads) = args.threads {
-        overrides.push(format!("detector.threads={threads}"));
-    }
-    let config_args = ConfigArgs {
-        config: args.config.config,
-        overrides,
-    };
-    let (config, source) = config_args.load()?;
+    let (config, source) = args.config.load(|config| {
+        let detector = &mut config.detector;
+        if let Some(model) = args.model {
+            detector.model = model;
+        }
+        if let Some(device) = args.device {
+            detector.device = device;
+        }
+        if let Some(threads) = args.threads {
+            detector.threads = threads;
+        }
+    })?;
     log::info!(
         "fer-edge {} starting, config {source}",
         env!("CARGO_PKG_VERSION")
@@ -258,7 +259,7 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<i32> {
 fn status(args: StatusArgs) -> anyhow::Result<i32> {
     let file = match args.file {
         Some(file) => file,
-        None => args.config.load()?.0.service.status_file,
+        None => args.config.load(|_| {})?.0.service.status_file,
     };
     let status = crate::service::status::read(&file)?;
     println!("{}", serde_json::to_string_pretty(&status)?);

@@ -151,13 +151,18 @@ impl Config {
     /// Reads and parses the file at `path`, applies `overrides` (see
     /// [`Config::with_overrides`]) and checks the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
+        let config = Config::read(path, overrides)?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] without the final [`Config::check`].
+    pub fn read(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let config = Config::parse(&text, path)?.with_overrides(overrides, path)?;
-        config.check(path)?;
-        Ok(config)
+        Config::parse(&text, path)?.with_overrides(overrides, path)
     }
 
     /// Parses `text` (the contents of `path`, named in errors) without the

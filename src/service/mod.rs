@@ -162,7 +162,7 @@ impl Service<'_> {
                 systemd.status("capture stalled");
             }
             if now >= next_report {
-                self.report(now);
+                self.report(now, "running");
                 next_report = now + interval;
             }
         }
@@ -210,8 +210,8 @@ impl Service<'_> {
         Ok(())
     }
 
-    /// Publishes the counters and rewrites the status file.
-    fn report(&mut self, now: Instant) {
+    /// Publishes the counters and rewrites the status file with `state`.
+    fn report(&mut self, now: Instant, state: &str) {
         let elapsed = now.duration_since(self.period.start).as_secs_f32();
         let capture = self.capture.stats();
         self.stats.fps = if elapsed > 0.0 {
@@ -228,7 +228,7 @@ impl Service<'_> {
         self.stats.corrupt_frames = capture.corrupt + self.undecodable;
         self.stats.sink_dropped = self.sinks.dropped_by_sink();
         self.sinks.stats(&self.stats);
-        self.write_status("running");
+        self.write_status(state);
         self.period = Period::new(now);
     }
 
@@ -266,8 +266,7 @@ impl Service<'_> {
         let events = self.tracker.finish(unix_now());
         self.sinks.events(&events, now);
         self.capture.stop();
-        self.report(now);
-        self.write_status("stopped");
+        self.report(now, "stopped");
         self.sinks.shutdown();
         log::info!(
             "stopped after {} frames, {} faces",
