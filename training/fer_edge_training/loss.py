@@ -7,7 +7,9 @@ its ``dynamic_k`` cheapest cells among those near it (SimOTA, Ge et al. 2021: co
 class cost + 3 * -log IoU, candidates inside the box or within 2.5 strides of its
 centre, ``dynamic_k`` = the summed IoU of its 10 best candidates). Losses: ``1 - IoU^2``
 on assigned boxes (weight 5), objectness BCE on every cell, class BCE on assigned cells
-against ``one-hot * IoU``; all divided by the number of assigned cells.
+against ``one-hot * IoU``; all divided by the number of assigned cells. Labels are class
+indices ``[k]`` or soft targets ``[k, C]`` (distillation: :meth:`~fer_edge_training.synth.
+BoxedFace.target`), which then replace the one-hot in the class cost and loss.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ def decode_boxes(raw: Tensor, grids: Tensor, strides: Tensor) -> Tensor:
     return torch.cat([centre - size / 2, centre + size / 2], -1)
 
 
+def class_targets(gt_labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """``[k, C]`` targets: soft labels as they are, class indices one-hot."""
+    if gt_labels.is_floating_point():
+        return gt_labels.to(dtype)
+    return F.one_hot(gt_labels, num_classes).to(dtype)
+
+
 def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
     """IoU of every box of ``a [M, 4]`` with every box of ``b [N, 4]`` -> ``[M, N]``."""
     lt = torch.maximum(a[:, None, :2], b[None, :, :2])
@@ -85,14 +94,15 @@ def simota_assign(
     in_centre = ((centres[None] - gt_centre[:, None]).abs() < radius[..., None]).all(-1)
     candidate = (in_box | in_centre).any(0)
     if not candidate.any():
-        return torch.zeros(num_cells, dtype=torch.bool, device=pred_boxes.device), gt_labels[:0]
+        empty = torch.zeros(0, dtype=torch.long, device=pred_boxes.device)
+        return torch.zeros(num_cells, dtype=torch.bool, device=pred_boxes.device), empty
     cand_idx = candidate.nonzero().squeeze(1)
     ious = pairwise_iou(gt_boxes, pred_boxes[cand_idx])
     probs = (cls_logits[cand_idx].sigmoid() * obj_logits[cand_idx, None].sigmoid()).sqrt()
-    onehot = F.one_hot(gt_labels, cls_logits.shape[1]).to(probs.dtype)
+    wanted = class_targets(gt_labels, cls_logits.shape[1], probs.dtype)
     cls_cost = F.binary_cross_entropy(
         probs[None].expand(len(gt_boxes), -1, -1).clamp(1e-6, 1 - 1e-6),
-        onehot[:, None].expand(-1, len(cand_idx), -1),
+        wanted[:, None].expand(-1, len(cand_idx), -1),
         reduction="none",
     ).sum(-1)
     both = (in_box & in_centre)[:, cand_idx]
@@ -119,7 +129,8 @@ def yolox_loss(
     size: int,
     cls_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Loss of a batch. ``targets[b] = (boxes [k, 4] x1y1x2y2 pixels, labels [k])``.
+    """Loss of a batch. ``targets[b] = (boxes [k, 4] x1y1x2y2 pixels, labels [k] or
+    soft targets [k, C])``.
     ``cls_weight`` scales the expression term against box and objectness."""
     raw, grids, strides = flatten_levels(levels, size)
     boxes = decode_boxes(raw, grids, strides)
@@ -138,7 +149,7 @@ def yolox_loss(
         obj_target[b, fg] = 1.0
         iou = pairwise_iou(boxes[b, fg], gt_boxes[matched]).diagonal()
         box_losses.append((1.0 - iou**2).sum())
-        cls_target = F.one_hot(gt_labels[matched], raw.shape[-1] - 5).to(raw.dtype)
+        cls_target = class_targets(gt_labels, raw.shape[-1] - 5, raw.dtype)[matched]
         cls_target = cls_target * iou.detach().clamp(min=0)[:, None]
         cls_losses.append(
             F.binary_cross_entropy_with_logits(raw[b, fg, 5:], cls_target, reduction="sum")

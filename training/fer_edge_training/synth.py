@@ -7,9 +7,11 @@ on a scene. :func:`compose_frame` builds such frames:
 * a real background photo (scikit-image's bundled public-domain / CC0 photos by default,
   or any folder of face-free photos), randomly cropped, scaled, flipped and re-lit;
 * 1 to 6 face crops pasted at random scales (face width from 8% to 70% of the frame's
-  short side) and positions, each through a feathered elliptical mask around the face
-  (so no crop leaves a hard rectangular edge the detector could learn instead of the
-  face), placed so no pasted crop hides much of an earlier face;
+  short side) and positions, or, in :data:`CLOSE_UP_FRAMES` of the frames, one face close
+  to the camera (60% to 100% of the short side: someone standing at the kiosk, and the
+  framing of the tight crops users test with); each through a feathered elliptical mask
+  around the face (so no crop leaves a hard rectangular edge the detector could learn
+  instead of the face), placed so no pasted crop hides much of an earlier face;
 * a camera-like aspect ratio (1:1, 4:3, 16:9 or a 3:4 portrait kiosk), letterboxed into the
   square network input exactly as the runtime does it (top-left, grey 128 padding);
 * photometric jitter, and the whole frame turned grey for a share of frames (most source
@@ -24,13 +26,14 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from .data import FaceCrop
+from .model import CLASSES
 from .preprocess import PAD_VALUE
 
 #: scikit-image sample photos with no person in them and a public-domain or CC0 licence
@@ -48,12 +51,18 @@ SKIMAGE_BACKGROUNDS = (
     "page.png",
 )
 
+#: Expression classes.
+NUM_CLASSES = len(CLASSES)
 #: Frame aspect ratios (width / height) a kiosk camera delivers, with their frequency.
 ASPECTS = ((4 / 3, 0.4), (16 / 9, 0.25), (1.0, 0.2), (3 / 4, 0.15))
 #: How many faces a frame holds, with their frequency.
 FACE_COUNTS = ((1, 0.3), (2, 0.25), (3, 0.2), (4, 0.15), (6, 0.1))
 #: Face width as a fraction of the frame's short side: log-uniform in this range.
 FACE_SCALE = (0.08, 0.7)
+#: Share of frames holding one face close to the camera, at :data:`CLOSE_UP_SCALE`.
+CLOSE_UP_FRAMES = 0.2
+#: Face width as a fraction of the frame's short side in a close-up: uniform in this range.
+CLOSE_UP_SCALE = (0.6, 1.0)
 #: Share of frames turned to grey.
 GREY_FRAMES = 0.3
 
@@ -61,12 +70,22 @@ GREY_FRAMES = 0.3
 @dataclass(frozen=True)
 class BoxedFace:
     """A labelled face: its image, its box in the image's pixels, and the part of the image
-    to paste (``region``, x1 y1 x2 y2 pixels; None: the whole image, for tight crops)."""
+    to paste (``region``, x1 y1 x2 y2 pixels; None: the whole image, for tight crops), and
+    optionally a teacher's probabilities for its expression (:mod:`~fer_edge_training.teacher`)."""
 
     path: Path
     label: int
     box: tuple[float, float, float, float]
     region: tuple[int, int, int, int] | None = None
+    teacher: np.ndarray | None = field(default=None, compare=False)
+
+    def target(self, num_classes: int, soft: float) -> np.ndarray:
+        """The expression target: ``(1 - soft) * one-hot + soft * teacher`` (the one-hot
+        alone when the face has no teacher probabilities)."""
+        onehot = np.eye(num_classes, dtype=np.float32)[self.label]
+        if self.teacher is None:
+            return onehot
+        return (1 - soft) * onehot + soft * self.teacher.astype(np.float32)
 
 
 def faces_from_images(images, context: float = 0.5) -> list[BoxedFace]:
@@ -248,15 +267,18 @@ def open_face(face: BoxedFace) -> tuple[Image.Image, tuple[float, float, float, 
     return crop, (bx1, by1, bx2, by2)
 
 
-def _paste_face(canvas, face: BoxedFace, rng, placed: list, short_side: int):
-    """Pastes one face; returns its box in canvas pixels, or None when it found no place."""
+def _paste_face(canvas, face: BoxedFace, rng, placed: list, relative_width: float):
+    """Pastes one face, its width ``relative_width`` of the canvas's short side (less if
+    its box would not fit); returns its box in canvas pixels, or None when it found no
+    place."""
     height, width = canvas.shape[:2]
     crop, (bx1, by1, bx2, by2) = open_face(face)
     if rng.random() < 0.5:
         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         bx1, bx2 = crop.width - bx2, crop.width - bx1
-    face_w = math.exp(rng.uniform(*np.log(FACE_SCALE))) * short_side
+    face_w = relative_width * min(width, height)
     scale = face_w / max(bx2 - bx1, 1.0)
+    scale = min(scale, 0.98 * width / max(bx2 - bx1, 1.0), 0.98 * height / max(by2 - by1, 1.0))
     cw, ch = max(2, round(crop.width * scale)), max(2, round(crop.height * scale))
     box_in_crop = (bx1 * scale, by1 * scale, bx2 * scale, by2 * scale)
     if box_in_crop[2] - box_in_crop[0] > width or box_in_crop[3] - box_in_crop[1] > height:
@@ -298,24 +320,31 @@ def compose_frame(
     size: int,
     rng: np.random.Generator,
     letterbox: bool = True,
+    soft: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One frame: ``image [size, size, 3] uint8`` (letterboxed like the runtime when
     ``letterbox``, else the camera-shaped frame itself), ``boxes [k, 4]`` float32
-    (x1, y1, x2, y2 in the returned image's pixels) and ``labels [k]`` int64."""
+    (x1, y1, x2, y2 in the returned image's pixels) and ``labels [k]`` int64, or, with
+    ``soft``, the expression targets ``[k, C]`` float32 of :meth:`BoxedFace.target`."""
     aspect = _choice(rng, ASPECTS)
     if aspect >= 1:
         width, height = size, max(8, round(size / aspect))
     else:
         width, height = max(8, round(size * aspect)), size
     canvas = _background(backgrounds, rng, width, height)
-    count = int(_choice(rng, FACE_COUNTS))
+    close_up = rng.random() < CLOSE_UP_FRAMES
+    count = 1 if close_up else int(_choice(rng, FACE_COUNTS))
     placed, labels = [], []
     for _ in range(count):
         face = faces[rng.choice(len(faces), p=weights)]
-        box = _paste_face(canvas, face, rng, placed, min(width, height))
+        if close_up:
+            relative_width = rng.uniform(*CLOSE_UP_SCALE)
+        else:
+            relative_width = math.exp(rng.uniform(*np.log(FACE_SCALE)))
+        box = _paste_face(canvas, face, rng, placed, relative_width)
         if box is not None:
             placed.append(box)
-            labels.append(face.label)
+            labels.append(face.label if soft is None else face.target(NUM_CLASSES, soft))
     if rng.random() < GREY_FRAMES:
         grey = canvas.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
         canvas = np.repeat(grey.round().astype(np.uint8)[..., None], 3, axis=2)
@@ -327,4 +356,6 @@ def compose_frame(
         framed[:height, :width] = canvas
         canvas = framed
     boxes = np.asarray(placed, np.float32).reshape(-1, 4)
+    if soft is not None:
+        return canvas, boxes, np.asarray(labels, np.float32).reshape(-1, NUM_CLASSES)
     return canvas, boxes, np.asarray(labels, np.int64)

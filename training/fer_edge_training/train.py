@@ -7,6 +7,8 @@ What it does:
 * reads the labelled crops (:mod:`fer_edge_training.data`) and their face boxes
   (``data/facial_expressions_boxes.csv``), splits them by identity with ``--seed`` and
   writes the split files to ``<out>/splits`` (the shipped ones are in ``data/splits``);
+* with ``--teacher`` (:mod:`fer_edge_training.teacher`), trains the expression head on
+  ``(1 - soft) * one-hot + soft * teacher`` instead of the one-hot label (``--soft``);
 * draws each batch of frames afresh from the training faces (class-balanced sampling,
   :func:`~fer_edge_training.synth.class_balanced_weights`), seeded by the iteration, so a
   resumed run sees the same frames it would have seen without the interruption;
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -46,6 +49,7 @@ from .model import CLASSES, build_model, param_groups
 from .preprocess import MEAN, STD
 from .scan import set_scan_impl
 from .synth import boxed_faces, class_balanced_weights, compose_frame, load_backgrounds, read_boxes
+from .teacher import read_teacher
 
 HERE = Path(__file__).resolve().parents[1]
 DEFAULT_BOXES = HERE / "data" / "facial_expressions_boxes.csv"
@@ -60,8 +64,10 @@ def to_input(images: np.ndarray) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()
 
 
-def compose_batch(faces, weights, backgrounds, size, rng, count):
-    frames = [compose_frame(faces, weights, backgrounds, size, rng) for _ in range(count)]
+def compose_batch(faces, weights, backgrounds, size, rng, count, soft=None):
+    frames = [
+        compose_frame(faces, weights, backgrounds, size, rng, soft=soft) for _ in range(count)
+    ]
     images = np.stack([f[0] for f in frames])
     targets = [(torch.from_numpy(b), torch.from_numpy(lab)) for _, b, lab in frames]
     return images, targets
@@ -174,6 +180,15 @@ def parse_args(argv):
     ap.add_argument(
         "--cls-weight", type=float, default=1.0, help="weight of the expression loss term"
     )
+    ap.add_argument(
+        "--teacher", type=Path, help="teacher probabilities CSV (fer_edge_training.teacher)"
+    )
+    ap.add_argument(
+        "--soft",
+        type=float,
+        default=0.5,
+        help="with --teacher: share of the teacher in the expression target (0 = hard labels)",
+    )
     return ap.parse_args(argv)
 
 
@@ -190,6 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     boxes = read_boxes(args.boxes)
     train_faces = boxed_faces(splits["train"], boxes)
     val_faces = boxed_faces(splits["val"], boxes)
+    soft = None
+    if args.teacher:
+        teacher = read_teacher(args.teacher)
+        train_faces = [
+            dataclasses.replace(f, teacher=teacher.get(f.path.name)) for f in train_faces
+        ]
+        taught = sum(f.teacher is not None for f in train_faces)
+        print(f"teacher: {args.teacher}, {taught} faces, soft {args.soft}", file=sys.stderr)
+        soft = args.soft
     backgrounds = load_backgrounds(args.backgrounds)
     weights = class_balanced_weights(
         [f.label for f in train_faces], len(CLASSES), power=args.balance
@@ -261,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 group["lr"] = lr
             rng = np.random.default_rng([args.seed, 0, it])
             images, targets = compose_batch(
-                train_faces, weights, backgrounds, args.size, rng, args.batch
+                train_faces, weights, backgrounds, args.size, rng, args.batch, soft
             )
             targets = [(b.to(device), lab.to(device)) for b, lab in targets]
             loss, parts = yolox_loss(

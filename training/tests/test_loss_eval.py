@@ -106,3 +106,21 @@ def test_evaluate_perfect_and_imperfect():
     assert report.ap[1] == 0.0
     assert report.matched == 2 and report.correct == 1
     assert report.confusion[1, 0] == 1 and report.confusion[0, 0] == 1
+
+
+def test_soft_targets_equal_to_one_hot_give_the_index_loss_and_pull_towards_the_teacher():
+    size = 128
+    gt = [(10.0, 10.0, 40.0, 44.0), (70.0, 60.0, 120.0, 120.0)]
+    labels = [3, 5]
+    levels = levels_for(size, gt, labels)
+    hard = [(torch.tensor(gt), torch.tensor(labels))]
+    one_hot = [(torch.tensor(gt), torch.eye(7)[labels])]
+    l_hard, _ = yolox_loss(levels, hard, size)
+    l_one_hot, _ = yolox_loss(levels, one_hot, size)
+    assert torch.allclose(l_hard, l_one_hot)
+    # half the target on a class the maps call impossible: the class loss must rise
+    teacher = torch.eye(7)[[0, 1]]
+    soft = [(torch.tensor(gt), 0.5 * torch.eye(7)[labels] + 0.5 * teacher)]
+    _, parts_soft = yolox_loss(levels, soft, size)
+    _, parts_hard = yolox_loss(levels, hard, size)
+    assert parts_soft["cls"] > parts_hard["cls"] + 1.0

@@ -1,5 +1,6 @@
 """Composed training frames: real crops on real backgrounds, boxes where the faces are."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from PIL import Image
 from fer_edge_training.data import read_facial_expressions
 from fer_edge_training.datasets import LabelledImage
 from fer_edge_training.synth import (
+    CLOSE_UP_SCALE,
     boxed_faces,
     class_balanced_weights,
     compose_frame,
@@ -59,6 +61,26 @@ def test_frames_hold_the_pasted_faces(real_faces):
     a = compose_frame(real_faces, None, backgrounds, 96, np.random.default_rng([1, 2]))
     b = compose_frame(real_faces, None, backgrounds, 96, np.random.default_rng([1, 2]))
     assert (a[0] == b[0]).all() and (a[1] == b[1]).all()
+
+
+def test_close_ups_and_soft_targets(real_faces):
+    """Some frames hold one face filling most of the frame (a person at the kiosk, and the
+    framing of tight crops); with ``soft`` the labels are teacher mixtures."""
+    backgrounds = load_backgrounds()
+    rng = np.random.default_rng(5)
+    teacher = np.full(7, 1 / 7, np.float32)
+    taught = [dataclasses.replace(f, teacher=teacher) for f in real_faces]
+    widest = []
+    for _ in range(60):
+        img, boxes, targets = compose_frame(
+            taught, None, backgrounds, 160, rng, letterbox=False, soft=0.3
+        )
+        assert targets.shape == (len(boxes), 7) and targets.dtype == np.float32
+        np.testing.assert_allclose(targets.sum(1), 1.0, rtol=1e-5)
+        assert np.isclose(targets.max(1), 0.7 + 0.3 / 7).all()
+        if len(boxes) == 1:
+            widest.append(float(boxes[0, 2] - boxes[0, 0]) / min(img.shape[:2]))
+    assert max(widest, default=0) >= CLOSE_UP_SCALE[0] * 0.9, widest
 
 
 def test_face_pixels_are_inside_the_box(real_faces):
