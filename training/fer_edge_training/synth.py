@@ -267,15 +267,19 @@ def open_face(face: BoxedFace) -> tuple[Image.Image, tuple[float, float, float, 
     return crop, (bx1, by1, bx2, by2)
 
 
-def _paste_face(canvas, face: BoxedFace, rng, placed: list, relative_width: float):
-    """Pastes one face, its width ``relative_width`` of the canvas's short side (less if
-    its box would not fit); returns its box in canvas pixels, or None when it found no
-    place."""
+def _paste_face(canvas, face: BoxedFace, rng, placed: list, close_up: bool):
+    """Pastes one face at a random scale (:data:`FACE_SCALE`, or :data:`CLOSE_UP_SCALE`
+    for a ``close_up``; less if its box would not fit); returns its box in canvas pixels,
+    or None when it found no place."""
     height, width = canvas.shape[:2]
     crop, (bx1, by1, bx2, by2) = open_face(face)
     if rng.random() < 0.5:
         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         bx1, bx2 = crop.width - bx2, crop.width - bx1
+    if close_up:
+        relative_width = rng.uniform(*CLOSE_UP_SCALE)
+    else:
+        relative_width = math.exp(rng.uniform(*np.log(FACE_SCALE)))
     face_w = relative_width * min(width, height)
     scale = face_w / max(bx2 - bx1, 1.0)
     scale = min(scale, 0.98 * width / max(bx2 - bx1, 1.0), 0.98 * height / max(by2 - by1, 1.0))
@@ -321,27 +325,26 @@ def compose_frame(
     rng: np.random.Generator,
     letterbox: bool = True,
     soft: float | None = None,
+    close_ups: float = CLOSE_UP_FRAMES,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One frame: ``image [size, size, 3] uint8`` (letterboxed like the runtime when
     ``letterbox``, else the camera-shaped frame itself), ``boxes [k, 4]`` float32
     (x1, y1, x2, y2 in the returned image's pixels) and ``labels [k]`` int64, or, with
-    ``soft``, the expression targets ``[k, C]`` float32 of :meth:`BoxedFace.target`."""
+    ``soft``, the expression targets ``[k, C]`` float32 of :meth:`BoxedFace.target`.
+    ``close_ups``: share of close-up frames."""
     aspect = _choice(rng, ASPECTS)
     if aspect >= 1:
         width, height = size, max(8, round(size / aspect))
     else:
         width, height = max(8, round(size * aspect)), size
     canvas = _background(backgrounds, rng, width, height)
-    close_up = rng.random() < CLOSE_UP_FRAMES
+    # no draw when close-ups are off: frames stay those of runs made before they existed
+    close_up = close_ups > 0 and rng.random() < close_ups
     count = 1 if close_up else int(_choice(rng, FACE_COUNTS))
     placed, labels = [], []
     for _ in range(count):
         face = faces[rng.choice(len(faces), p=weights)]
-        if close_up:
-            relative_width = rng.uniform(*CLOSE_UP_SCALE)
-        else:
-            relative_width = math.exp(rng.uniform(*np.log(FACE_SCALE)))
-        box = _paste_face(canvas, face, rng, placed, relative_width)
+        box = _paste_face(canvas, face, rng, placed, close_up)
         if box is not None:
             placed.append(box)
             labels.append(face.label if soft is None else face.target(NUM_CLASSES, soft))

@@ -23,7 +23,14 @@ from PIL import Image
 
 from .data import read_facial_expressions, split_by_identity
 from .datasets import LabelledImage, write_lines
-from .synth import boxed_faces, class_balanced_weights, compose_frame, load_backgrounds, read_boxes
+from .synth import (
+    CLOSE_UP_FRAMES,
+    boxed_faces,
+    class_balanced_weights,
+    compose_frame,
+    load_backgrounds,
+    read_boxes,
+)
 from .train import DEFAULT_BOXES
 
 
@@ -36,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--seed", type=int, default=0, help="split seed (as in training)")
     ap.add_argument("--split", default="test", choices=("val", "test"))
+    ap.add_argument(
+        "--close-ups", type=float, default=CLOSE_UP_FRAMES, help="share of close-up frames"
+    )
     args = ap.parse_args(argv)
 
     crops, _ = read_facial_expressions(args.data)
@@ -48,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     images = []
     for i in range(args.frames):
         frame, boxes, labels = compose_frame(
-            faces, weights, backgrounds, args.size, rng, letterbox=False
+            faces, weights, backgrounds, args.size, rng, letterbox=False, close_ups=args.close_ups
         )
         path = images_dir / f"{args.split}_{i:04d}.jpg"
         Image.fromarray(frame).save(path, quality=90)

@@ -48,7 +48,14 @@ from .loss import yolox_loss
 from .model import CLASSES, build_model, param_groups
 from .preprocess import MEAN, STD
 from .scan import set_scan_impl
-from .synth import boxed_faces, class_balanced_weights, compose_frame, load_backgrounds, read_boxes
+from .synth import (
+    CLOSE_UP_FRAMES,
+    boxed_faces,
+    class_balanced_weights,
+    compose_frame,
+    load_backgrounds,
+    read_boxes,
+)
 from .teacher import read_teacher
 
 HERE = Path(__file__).resolve().parents[1]
@@ -64,9 +71,10 @@ def to_input(images: np.ndarray) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()
 
 
-def compose_batch(faces, weights, backgrounds, size, rng, count, soft=None):
+def compose_batch(faces, weights, backgrounds, size, rng, count, soft, close_ups):
     frames = [
-        compose_frame(faces, weights, backgrounds, size, rng, soft=soft) for _ in range(count)
+        compose_frame(faces, weights, backgrounds, size, rng, soft=soft, close_ups=close_ups)
+        for _ in range(count)
     ]
     images = np.stack([f[0] for f in frames])
     targets = [(torch.from_numpy(b), torch.from_numpy(lab)) for _, b, lab in frames]
@@ -181,6 +189,17 @@ def parse_args(argv):
         "--cls-weight", type=float, default=1.0, help="weight of the expression loss term"
     )
     ap.add_argument(
+        "--close-ups",
+        type=float,
+        default=CLOSE_UP_FRAMES,
+        help="share of frames with one face close to the camera (0: none, as before 2026-11)",
+    )
+    ap.add_argument(
+        "--stop-at",
+        type=int,
+        help="stop (and checkpoint) after this iteration, keeping the --iters schedule",
+    )
+    ap.add_argument(
         "--teacher", type=Path, help="teacher probabilities CSV (fer_edge_training.teacher)"
     )
     ap.add_argument(
@@ -228,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     val_rng = np.random.default_rng([args.seed, 1])
     val_frames = [
-        compose_frame(val_faces, None, backgrounds, args.size, val_rng)
+        compose_frame(val_faces, None, backgrounds, args.size, val_rng, close_ups=args.close_ups)
         for _ in range(args.val_frames)
     ]
 
@@ -274,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     # from a script ignore SIGINT, so SIGTERM is how they are stopped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     metrics = open(args.out / "metrics.jsonl", "a", encoding="utf-8")
-    bar = tqdm(range(start, args.iters), initial=start, total=args.iters, dynamic_ncols=True)
+    end = min(args.iters, args.stop_at or args.iters)
+    bar = tqdm(range(start, end), initial=start, total=args.iters, dynamic_ncols=True)
     it = start
     try:
         model.train()
@@ -285,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 group["lr"] = lr
             rng = np.random.default_rng([args.seed, 0, it])
             images, targets = compose_batch(
-                train_faces, weights, backgrounds, args.size, rng, args.batch, soft
+                train_faces, weights, backgrounds, args.size, rng, args.batch, soft, args.close_ups
             )
             targets = [(b.to(device), lab.to(device)) for b, lab in targets]
             loss, parts = yolox_loss(
@@ -336,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         metrics.close()
+    if end < args.iters:
+        checkpoint(end)
+        print(f"stopped at iteration {end} (--stop-at); --resume continues", file=sys.stderr)
     print(
         f"done: best validation mAP50 {best:.4f}; weights in {args.out / 'best.pt'}",
         file=sys.stderr,
