@@ -6,7 +6,7 @@
 //! between x86_64 and aarch64 kernels and moves a few scores near a
 //! threshold, which moves AP by far less than the margin.
 //!
-//! On x86_64 it runs the whole set (271 faces, seconds). Elsewhere (aarch64
+//! On x86_64 it runs the whole set (259 faces, seconds). Elsewhere (aarch64
 //! under qemu in CI, about 60x slower) it runs `quick.txt`, the first 12
 //! frames, held to their own recorded figures (`quick` in the metrics file);
 //! on a real board `fer-edge eval --dataset tests/data/heldout/labels.txt`
