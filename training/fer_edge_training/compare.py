@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from PIL import Image
 
 from .data import read_facial_expressions, split_by_identity
 from .model import CLASSES
-from .peers import FaceApiExpressionNet, FerMiniXception
+from .peers import FaceApiExpressionNet, FerMiniXception, add_weights_argument
 from .synth import read_boxes
 
 #: A fer-edge detection answers for a face when its IoU with the face's box reaches this.
@@ -180,20 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, required=True, help="facial_expressions root")
     ap.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="MTCNN face boxes CSV")
     ap.add_argument("--seed", type=int, default=0, help="split seed (as in training)")
-    ap.add_argument(
-        "--fer-weights",
-        type=Path,
-        default=os.environ.get("FER_WEIGHTS"),
-        required="FER_WEIGHTS" not in os.environ,
-        help="fer's emotion_model.hdf5 (default: $FER_WEIGHTS)",
-    )
-    ap.add_argument(
-        "--face-api-weights",
-        type=Path,
-        default=os.environ.get("FACE_API_WEIGHTS"),
-        required="FACE_API_WEIGHTS" not in os.environ,
-        help="face-api's model/ folder (default: $FACE_API_WEIGHTS)",
-    )
+    add_weights_argument(ap, "fer-weights", "FER_WEIGHTS", "fer's emotion_model.hdf5")
+    add_weights_argument(ap, "face-api-weights", "FACE_API_WEIGHTS", "face-api's model/ folder")
     ap.add_argument("--fer-edge", type=Path, required=True, help="fer-edge binary")
     ap.add_argument("--model", type=Path, required=True, help="fer-edge ONNX model")
     ap.add_argument("--limit", type=int, help="only the first N held-out faces")

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,18 @@ from .model import CLASSES
 FER_CLASSES = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
 #: face-api's output classes (``FACE_EXPRESSION_LABELS``), named as in CLASSES.
 FACE_API_CLASSES = ("neutral", "happiness", "sadness", "anger", "fear", "disgust", "surprise")
+
+
+def add_weights_argument(parser, flag: str, env: str, what: str) -> None:
+    """``--<flag>``: a peer's weight file or folder, defaulting to ``$<env>``; required
+    when that variable is not set."""
+    parser.add_argument(
+        f"--{flag}",
+        type=Path,
+        default=os.environ.get(env),
+        required=env not in os.environ,
+        help=f"{what} (default: ${env})",
+    )
 
 
 def to_our_order(probabilities: np.ndarray, names: tuple[str, ...]) -> np.ndarray:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .data import read_facial_expressions
 from .model import CLASSES
-from .peers import FaceApiExpressionNet
+from .peers import FaceApiExpressionNet, add_weights_argument
 from .synth import read_boxes
 
 HERE = Path(__file__).resolve().parents[1]
@@ -58,13 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="facial_expressions root")
     ap.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="MTCNN face boxes CSV")
-    ap.add_argument(
-        "--face-api-weights",
-        type=Path,
-        default=os.environ.get("FACE_API_WEIGHTS"),
-        required="FACE_API_WEIGHTS" not in os.environ,
-        help="face-api's model/ folder (default: $FACE_API_WEIGHTS)",
-    )
+    add_weights_argument(ap, "face-api-weights", "FACE_API_WEIGHTS", "face-api's model/ folder")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="CSV to write")
     args = ap.parse_args(argv)
 
