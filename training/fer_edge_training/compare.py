@@ -40,7 +40,7 @@ from PIL import Image
 from .data import read_facial_expressions, split_by_identity
 from .model import CLASSES
 from .peers import FaceApiExpressionNet, FerMiniXception, add_weights_argument
-from .synth import read_boxes
+from .synth import in_pixels, read_boxes
 
 #: A fer-edge detection answers for a face when its IoU with the face's box reaches this.
 MATCH_IOU = 0.3
@@ -147,9 +147,7 @@ def held_out_faces(data: Path, boxes_csv: Path, seed: int) -> tuple[list[HeldOut
             continue
         with Image.open(crop.path) as im:
             w, h = im.size
-        faces.append(
-            HeldOutFace(crop.path, crop.label, (box[0] * w, box[1] * h, box[2] * w, box[3] * h))
-        )
+        faces.append(HeldOutFace(crop.path, crop.label, in_pixels(box, w, h)))
     return faces, skipped
 
 

@@ -86,7 +86,7 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def read_facial_expressions_boxed(root: Path, boxes_csv: Path) -> list[LabelledImage]:
     """Crops of the facial_expressions layout that have a face box in ``boxes_csv``."""
-    from .synth import read_boxes
+    from .synth import in_pixels, read_boxes
 
     boxes = read_boxes(boxes_csv)
     crops, _ = read_facial_expressions(root)
@@ -96,7 +96,7 @@ def read_facial_expressions_boxed(root: Path, boxes_csv: Path) -> list[LabelledI
         if box is None:
             continue
         w, h = _image_size(crop.path)
-        out.append(_one(crop.path, (box[0] * w, box[1] * h, box[2] * w, box[3] * h), crop.label))
+        out.append(_one(crop.path, in_pixels(box, w, h), crop.label))
     return out
 
 

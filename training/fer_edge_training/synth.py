@@ -128,6 +128,12 @@ def read_boxes(csv_path: str | Path) -> dict[str, tuple[float, float, float, flo
     return boxes
 
 
+def in_pixels(box, width: float, height: float) -> tuple[float, float, float, float]:
+    """A normalised box of :func:`read_boxes` in the pixels of a ``width`` x ``height``
+    image."""
+    return (box[0] * width, box[1] * height, box[2] * width, box[3] * height)
+
+
 def boxed_faces(crops: list[FaceCrop], boxes: dict) -> list[BoxedFace]:
     """The crops that have a face box, with the box in the crop's own pixels."""
     faces = []
@@ -137,9 +143,7 @@ def boxed_faces(crops: list[FaceCrop], boxes: dict) -> list[BoxedFace]:
             continue
         with Image.open(crop.path) as im:
             w, h = im.size
-        faces.append(
-            BoxedFace(crop.path, crop.label, (box[0] * w, box[1] * h, box[2] * w, box[3] * h))
-        )
+        faces.append(BoxedFace(crop.path, crop.label, in_pixels(box, w, h)))
     return faces
 
 
@@ -285,8 +289,6 @@ def _paste_face(canvas, face: BoxedFace, rng, placed: list, close_up: bool):
     scale = min(scale, 0.98 * width / max(bx2 - bx1, 1.0), 0.98 * height / max(by2 - by1, 1.0))
     cw, ch = max(2, round(crop.width * scale)), max(2, round(crop.height * scale))
     box_in_crop = (bx1 * scale, by1 * scale, bx2 * scale, by2 * scale)
-    if box_in_crop[2] - box_in_crop[0] > width or box_in_crop[3] - box_in_crop[1] > height:
-        return None
     for _ in range(10):
         # the face box inside the frame; the rest of the crop may leave it
         ox = rng.uniform(-box_in_crop[0], width - box_in_crop[2])

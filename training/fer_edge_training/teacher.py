@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .data import read_facial_expressions
 from .model import CLASSES
 from .peers import FaceApiExpressionNet, add_weights_argument
-from .synth import read_boxes
+from .synth import in_pixels, read_boxes
 
 HERE = Path(__file__).resolve().parents[1]
 DEFAULT_BOXES = HERE / "data" / "facial_expressions_boxes.csv"
@@ -73,9 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         with Image.open(crop.path) as im:
             image = np.asarray(im.convert("RGB"))
         h, w = image.shape[:2]
-        pixels = (box[0] * w, box[1] * h, box[2] * w, box[3] * h)
         with torch.inference_mode():
-            p = teacher.predict(teacher.face_region(image, pixels))
+            p = teacher.predict(teacher.face_region(image, in_pixels(box, w, h)))
         rows.append([crop.path.name] + [f"{v:.4f}" for v in p])
     tmp = args.out.with_name(args.out.name + ".partial")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
