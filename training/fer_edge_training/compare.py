@@ -135,12 +135,14 @@ def verdict(fer_edge: Scores, peers: dict[str, Scores]) -> str:
     return "; ".join(parts)
 
 
-def held_out_faces(data: Path, boxes_csv: Path, seed: int) -> tuple[list[HeldOutFace], int]:
-    """The test split's faces that have an MTCNN box, and how many have none."""
+def held_out_faces(
+    data: Path, boxes_csv: Path, seed: int, split: str = "test"
+) -> tuple[list[HeldOutFace], int]:
+    """The faces of ``split`` that have an MTCNN box, and how many have none."""
     crops, _ = read_facial_expressions(data)
     boxes = read_boxes(boxes_csv)
     faces, skipped = [], 0
-    for crop in split_by_identity(crops, seed)["test"]:
+    for crop in split_by_identity(crops, seed)[split]:
         box = boxes.get(crop.path.name)
         if box is None:
             skipped += 1

@@ -33,9 +33,10 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (np.float32(1.0) / (np.float32(1.0) + np.exp(-x))).astype(np.float32)
 
 
-def decode_candidates(levels: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """All cells of all levels: ``boxes [M, 4]`` (x1, y1, x2, y2), ``scores [M, 7]``."""
-    all_boxes, all_scores = [], []
+def decode_cells(levels: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """All cells of all levels: ``boxes [M, 4]`` (x1, y1, x2, y2) and their raw
+    ``logits [M, 1 + 7]`` (objectness, then the expressions)."""
+    all_boxes, all_logits = [], []
     for raw in levels:
         raw = np.asarray(raw, dtype=np.float32)
         if raw.ndim == 4:
@@ -56,13 +57,23 @@ def decode_candidates(levels: list[np.ndarray], size: int) -> tuple[np.ndarray, 
         bh = np.exp(raw[3]) * stride_y
         half = np.float32(0.5)
         boxes = np.stack([cx - bw * half, cy - bh * half, cx + bw * half, cy + bh * half], -1)
-        scores = _sigmoid(raw[4])[None] * _sigmoid(raw[5:])  # [7, h, w]
         all_boxes.append(boxes.reshape(-1, 4))
-        all_scores.append(scores.reshape(NUM_CLASSES, -1).T)
+        all_logits.append(raw[4:].reshape(1 + NUM_CLASSES, -1).T)
     return (
         np.concatenate(all_boxes).astype(np.float32),
-        np.concatenate(all_scores).astype(np.float32),
+        np.concatenate(all_logits).astype(np.float32),
     )
+
+
+def cell_scores(logits: np.ndarray) -> np.ndarray:
+    """``[M, 1 + 7]`` logits -> ``[M, 7]`` scores ``sigmoid(obj) * sigmoid(cls)``."""
+    return _sigmoid(logits[:, :1]) * _sigmoid(logits[:, 1:])
+
+
+def decode_candidates(levels: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """All cells of all levels: ``boxes [M, 4]`` (x1, y1, x2, y2), ``scores [M, 7]``."""
+    boxes, logits = decode_cells(levels, size)
+    return boxes, cell_scores(logits)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,0 +1,156 @@
+"""Per-expression logit offsets for the faces a deployment sees (post-hoc logit adjustment).
+
+    python -m fer_edge_training.calibrate --data ../../shared/data/facial_expressions \\
+        --checkpoint ../runs/kd3/best.pt --out ../runs/kd3/calibrated.pt
+
+Training draws the rare expressions far more often than they occur (``train --balance``),
+so the trained classifier's prior is much flatter than that of the faces in front of a
+camera, which are mostly neutral or happy. This fits one offset per expression, added to
+that expression's logit (logit adjustment, Menon et al. 2021, with the offsets fitted
+rather than derived from class counts), on the ``val`` split's faces at their natural
+frequencies, and folds the offsets into the biases of the classification convs: the
+exported model and the runtime need nothing new.
+
+The faces are seen as :mod:`.compare` sees the test split: each whole image letterboxed;
+a face's answer is its highest-scoring cell (score >= :data:`.compare.FER_EDGE_CONFIDENCE`)
+whose box has IoU >= :data:`.compare.MATCH_IOU` with the face's MTCNN box. (The runtime's
+NMS only drops that cell for a better one that overlaps it and misses the face box.) The
+offsets maximise ``accuracy + WEIGHT x balanced accuracy`` by coordinate ascent over
+:data:`GRID`: accuracy at the natural frequencies, without giving up the rare expressions.
+The offsets, and the figures before and after, are written beside ``--out`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .compare import (
+    DEFAULT_BOXES,
+    FER_EDGE_CONFIDENCE,
+    MATCH_IOU,
+    HeldOutFace,
+    held_out_faces,
+    score,
+)
+from .decode import cell_scores, decode_cells, iou
+from .export import build
+from .model import CLASSES
+from .preprocess import load_rgb, preprocess
+
+#: Weight of balanced accuracy in the fitted objective.
+WEIGHT = 0.5
+#: Offsets tried for each expression.
+GRID = np.arange(-2.0, 2.0001, 0.25, dtype=np.float32)
+#: Passes of coordinate ascent over the expressions.
+ROUNDS = 3
+#: State-dict keys of the classification convs' biases (one per head level).
+CLS_BIAS = re.compile(r"^head\.cls_preds\.\d+\.bias$")
+
+
+def face_cells(model: torch.nn.Module, faces: list[HeldOutFace], size: int) -> list[np.ndarray]:
+    """For each face, the raw logits ``[k, 1 + 7]`` of the cells whose box overlaps it."""
+    cells = []
+    for face in faces:
+        image = load_rgb(str(face.path))
+        x, r = preprocess(image, size)
+        with torch.no_grad():
+            levels = [level.numpy() for level in model(torch.from_numpy(x))]
+        boxes, logits = decode_cells(levels, size)
+        overlap = iou(np.asarray(face.box, dtype=np.float32) * np.float32(r), boxes)
+        cells.append(logits[overlap >= MATCH_IOU])
+    return cells
+
+
+def answer(cells: np.ndarray, offsets: np.ndarray) -> int | None:
+    """The expression given to a face with ``offsets`` added to the expression logits."""
+    scores = cell_scores(cells + np.concatenate([[0.0], offsets]).astype(np.float32))
+    best = scores.max(axis=1, initial=0.0)
+    if not (best >= FER_EDGE_CONFIDENCE).any():
+        return None
+    return int(scores[int(best.argmax())].argmax())
+
+
+def objective(labels: list[int], cells: list[np.ndarray], offsets: np.ndarray) -> float:
+    """``accuracy + WEIGHT x balanced accuracy`` of the answers with ``offsets``."""
+    s = score(labels, [answer(c, offsets) for c in cells])
+    return s.accuracy + WEIGHT * s.balanced_accuracy
+
+
+def fit_offsets(labels: list[int], cells: list[np.ndarray]) -> np.ndarray:
+    """Coordinate ascent of :func:`objective` over :data:`GRID`, from zero offsets; a
+    change is kept only when it strictly improves the objective."""
+    offsets = np.zeros(len(CLASSES), dtype=np.float32)
+    best = objective(labels, cells, offsets)
+    for _ in range(ROUNDS):
+        improved = False
+        for c in range(len(CLASSES)):
+            for value in GRID:
+                trial = offsets.copy()
+                trial[c] = value
+                got = objective(labels, cells, trial)
+                if got > best + 1e-9:
+                    best, offsets, improved = got, trial, True
+        if not improved:
+            break
+    return offsets
+
+
+def with_offsets(state: dict[str, torch.Tensor], offsets: np.ndarray) -> dict[str, torch.Tensor]:
+    """A copy of the state dict with ``offsets`` added to every classification bias."""
+    keys = [k for k in state if CLS_BIAS.match(k)]
+    if not keys:
+        raise ValueError("state dict has no head.cls_preds.<level>.bias")
+    out = dict(state)
+    for key in keys:
+        out[key] = state[key] + torch.as_tensor(offsets, dtype=state[key].dtype)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="facial_expressions root")
+    ap.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="MTCNN face boxes CSV")
+    ap.add_argument("--seed", type=int, default=0, help="split seed (as in training)")
+    ap.add_argument("--checkpoint", type=Path, required=True, help="trained checkpoint (.pt)")
+    ap.add_argument("--out", type=Path, required=True, help="calibrated checkpoint to write")
+    ap.add_argument("--variant", default="nano")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = build(args.variant, 0, str(args.checkpoint), args.size)
+    faces, skipped = held_out_faces(args.data, args.boxes, args.seed, split="val")
+    labels = [f.label for f in faces]
+    cells = face_cells(model, faces, args.size)
+    offsets = fit_offsets(labels, cells)
+    zero = np.zeros_like(offsets)
+    before = score(labels, [answer(c, zero) for c in cells])
+    after = score(labels, [answer(c, offsets) for c in cells])
+
+    state = with_offsets(model.state_dict(), offsets)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_name(args.out.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(args.out)
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "faces": len(faces),
+        "skipped_no_box": skipped,
+        "offsets": {name: float(v) for name, v in zip(CLASSES, offsets, strict=True)},
+        "before": {"accuracy": before.accuracy, "balanced_accuracy": before.balanced_accuracy},
+        "after": {"accuracy": after.accuracy, "balanced_accuracy": after.balanced_accuracy},
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Logit adjustment: a face's answer under offsets, the fit, and the folding into the model."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fer_edge_training.calibrate import answer, face_cells, fit_offsets, with_offsets
+from fer_edge_training.compare import HeldOutFace
+from fer_edge_training.export import build
+
+NEUTRAL, HAPPY = 4, 3
+
+
+def cells(obj: float, expression_logits: list[float]) -> np.ndarray:
+    return np.array([[obj, *expression_logits]], dtype=np.float32)
+
+
+def test_answer_takes_the_best_cell_and_applies_the_offsets():
+    two = np.concatenate([cells(3.0, [0, 0, 0, 2.0, 1.5, 0, 0]), cells(-3.0, [5.0] + [0] * 6)])
+    assert answer(two, np.zeros(7, np.float32)) == HAPPY
+    shift = np.zeros(7, np.float32)
+    shift[NEUTRAL] = 1.0
+    assert answer(two, shift) == NEUTRAL
+    assert answer(cells(-6.0, [0.0] * 7), np.zeros(7, np.float32)) is None
+    assert answer(np.zeros((0, 8), np.float32), np.zeros(7, np.float32)) is None
+
+
+def test_fit_recovers_a_classifier_biased_against_neutral():
+    """Neutral faces whose neutral logit is 0.5 under happiness's: the fit must raise
+    neutral (or lower happiness) until they are right, while happy faces stay right."""
+    rng = np.random.default_rng(0)
+    labels, face = [], []
+    for i in range(200):
+        z = rng.normal(-3.0, 0.2, 7).astype(np.float32)
+        if i % 2:
+            labels.append(HAPPY)
+            z[HAPPY] = 2.0
+        else:
+            labels.append(NEUTRAL)
+            z[NEUTRAL], z[HAPPY] = 1.0, 1.5
+        face.append(cells(2.0, list(z)))
+    zero = np.zeros(7, np.float32)
+    assert np.mean([answer(c, zero) == t for c, t in zip(face, labels, strict=True)]) == 0.5
+    offsets = fit_offsets(labels, face)
+    assert offsets[NEUTRAL] - offsets[HAPPY] > 0.5
+    assert all(answer(c, offsets) == t for c, t in zip(face, labels, strict=True))
+
+
+def test_offsets_fold_into_the_models_expression_logits(tmp_path):
+    """The calibrated state dict gives the same boxes and objectness, and expression
+    logits shifted by exactly the offsets, at every level."""
+    model = build("nano", seed=3, size=64)
+    x = torch.randn(1, 3, 64, 64)
+    offsets = np.array([0.5, -1, 0, 0.25, 1.5, -0.75, 2], dtype=np.float32)
+    calibrated = build("nano", seed=3, size=64)
+    calibrated.load_state_dict(with_offsets(model.state_dict(), offsets))
+    with torch.no_grad():
+        for a, b in zip(model(x), calibrated(x), strict=True):
+            torch.testing.assert_close(b[:, :5], a[:, :5])
+            shift = torch.from_numpy(offsets)[None, :, None, None]
+            torch.testing.assert_close(b[:, 5:], a[:, 5:] + shift)
+    with pytest.raises(ValueError, match="cls_preds"):
+        with_offsets({"w": torch.zeros(1)}, offsets)
+
+
+def test_face_cells_keeps_only_cells_overlapping_the_face(tmp_path):
+    """A face box over the whole image overlaps some cells of an untrained model; a box
+    in a corner, a tenth of the image wide, overlaps far fewer."""
+    model = build("nano", seed=3, size=64)
+    path = tmp_path / "face.png"
+    Image.fromarray(np.full((80, 80, 3), 128, np.uint8)).save(path)
+    whole = HeldOutFace(path, NEUTRAL, (0.0, 0.0, 80.0, 80.0))
+    corner = HeldOutFace(path, NEUTRAL, (0.0, 0.0, 8.0, 8.0))
+    got_whole, got_corner = face_cells(model, [whole, corner], 64)
+    assert got_whole.shape[1] == 8 and got_corner.shape[1] == 8
+    assert len(got_corner) < len(got_whole)
