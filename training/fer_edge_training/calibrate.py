@@ -46,9 +46,13 @@ from .preprocess import load_rgb, preprocess
 #: Weight of balanced accuracy in the fitted objective.
 WEIGHT = 0.5
 #: Offsets tried for each expression.
-GRID = np.arange(-2.0, 2.0001, 0.25, dtype=np.float32)
+GRID = np.arange(-3.0, 3.0001, 0.25, dtype=np.float32)
 #: Passes of coordinate ascent over the expressions.
 ROUNDS = 3
+#: Expressions with fewer validation faces than this keep offset 0: too few to fit (a
+#: class absent from the split would otherwise be pushed to the grid's minimum and never
+#: predicted again).
+MIN_FACES = 20
 #: State-dict keys of the classification convs' biases (one per head level).
 CLS_BIAS = re.compile(r"^head\.cls_preds\.\d+\.bias$")
 
@@ -83,13 +87,15 @@ def objective(labels: list[int], cells: list[np.ndarray], offsets: np.ndarray) -
 
 
 def fit_offsets(labels: list[int], cells: list[np.ndarray]) -> np.ndarray:
-    """Coordinate ascent of :func:`objective` over :data:`GRID`, from zero offsets; a
-    change is kept only when it strictly improves the objective."""
+    """Coordinate ascent of :func:`objective` over :data:`GRID`, from zero offsets, for
+    the expressions with at least :data:`MIN_FACES` faces; a change is kept only when it
+    strictly improves the objective."""
     offsets = np.zeros(len(CLASSES), dtype=np.float32)
+    fitted = [c for c in range(len(CLASSES)) if labels.count(c) >= MIN_FACES]
     best = objective(labels, cells, offsets)
     for _ in range(ROUNDS):
         improved = False
-        for c in range(len(CLASSES)):
+        for c in fitted:
             for value in GRID:
                 trial = offsets.copy()
                 trial[c] = value

@@ -9,7 +9,7 @@ from fer_edge_training.calibrate import answer, face_cells, fit_offsets, with_of
 from fer_edge_training.compare import HeldOutFace
 from fer_edge_training.export import build
 
-NEUTRAL, HAPPY = 4, 3
+FEAR, HAPPY, NEUTRAL = 2, 3, 4
 
 
 def cells(obj: float, expression_logits: list[float]) -> np.ndarray:
@@ -41,10 +41,31 @@ def test_fit_recovers_a_classifier_biased_against_neutral():
             z[NEUTRAL], z[HAPPY] = 1.0, 1.5
         face.append(cells(2.0, list(z)))
     zero = np.zeros(7, np.float32)
-    assert np.mean([answer(c, zero) == t for c, t in zip(face, labels, strict=True)]) == 0.5
+    assert sum(answer(c, zero) == t for c, t in zip(face, labels, strict=True)) == 100
     offsets = fit_offsets(labels, face)
     assert offsets[NEUTRAL] - offsets[HAPPY] > 0.5
     assert all(answer(c, offsets) == t for c, t in zip(face, labels, strict=True))
+
+
+def test_an_expression_without_faces_is_not_fitted():
+    """Fear has no face here (as in the real validation split) and wins 10 neutral
+    faces: lowering fear would fix them for free, and stop the model from ever saying
+    fear. It keeps offset 0; raising neutral instead would cost 100 happy faces."""
+    labels, face = [], []
+    for i in range(200):
+        z = np.full(7, -3.0, np.float32)
+        if i < 100:
+            labels.append(HAPPY)
+            z[HAPPY], z[NEUTRAL] = 1.5, 1.0
+        else:
+            labels.append(NEUTRAL)
+            z[NEUTRAL] = 1.0
+            if i < 110:
+                z[FEAR] = 1.5
+        face.append(cells(2.0, list(z)))
+    offsets = fit_offsets(labels, face)
+    assert offsets[FEAR] == 0.0
+    assert [answer(c, offsets) for c in face[100:110]] == [FEAR] * 10
 
 
 def test_offsets_fold_into_the_models_expression_logits(tmp_path):
