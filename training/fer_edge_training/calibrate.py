@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from .compare import (
-    DEFAULT_BOXES,
     FER_EDGE_CONFIDENCE,
     MATCH_IOU,
     HeldOutFace,
+    add_face_arguments,
     held_out_faces,
     score,
 )
@@ -120,9 +120,7 @@ def with_offsets(state: dict[str, torch.Tensor], offsets: np.ndarray) -> dict[st
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="facial_expressions root")
-    ap.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="MTCNN face boxes CSV")
-    ap.add_argument("--seed", type=int, default=0, help="split seed (as in training)")
+    add_face_arguments(ap)
     ap.add_argument("--checkpoint", type=Path, required=True, help="trained checkpoint (.pt)")
     ap.add_argument("--out", type=Path, required=True, help="calibrated checkpoint to write")
     ap.add_argument("--variant", default="nano")

