@@ -30,9 +30,9 @@ pub struct DecodeOptions {
 }
 
 impl Default for DecodeOptions {
-    /// The shipped model's scores (objectness x expression) are low except
-    /// for close faces; on the held-out set, 0.15 with class-agnostic NMS
-    /// finds 95% of the faces at 97% precision (0.3 finds 70%).
+    /// The shipped model's scores (objectness x expression) are low for some
+    /// faces; on the held-out set, 0.15 with class-agnostic NMS finds 97% of
+    /// the faces at 95% precision (0.3 finds 90%).
     fn default() -> Self {
         DecodeOptions {
             confidence: 0.15,
