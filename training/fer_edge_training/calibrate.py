@@ -1,7 +1,7 @@
 """Per-expression logit offsets for the faces a deployment sees (post-hoc logit adjustment).
 
     python -m fer_edge_training.calibrate --data ../../shared/data/facial_expressions \\
-        --checkpoint ../runs/kd3/best.pt --out ../runs/kd3/calibrated.pt
+        --checkpoint ../runs/kd3/last.pt --out ../runs/kd3/calibrated.pt
 
 Training draws the rare expressions far more often than they occur (``train --balance``),
 so the trained classifier's prior is much flatter than that of the faces in front of a

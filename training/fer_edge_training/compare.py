@@ -22,13 +22,15 @@ counted). Every model is asked about the same faces, in one run:
 
 Reported per model, as a markdown table (stdout, and ``--out``): accuracy, balanced
 accuracy (mean recall over the classes that have faces), recall per class, misses, and the
-number of faces per class.
+number of faces per class; then fer-edge against the most accurate peer on the same faces:
+McNemar's exact test and a 95% interval of the accuracy difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +137,25 @@ def verdict(fer_edge: Scores, peers: dict[str, Scores]) -> str:
     return "; ".join(parts)
 
 
+def paired_test(labels: list[int], ours: list, theirs: list) -> tuple[int, int, float]:
+    """McNemar's exact test of two models on the same faces: (faces only ``ours`` gets
+    right, faces only ``theirs`` gets right, two-sided p-value of that split under "equally
+    accurate", i.e. a fair coin over the faces where they disagree on being right)."""
+    only_ours = sum(o == t and h != t for o, h, t in zip(ours, theirs, labels, strict=True))
+    only_theirs = sum(h == t and o != t for o, h, t in zip(ours, theirs, labels, strict=True))
+    n = only_ours + only_theirs
+    tail = sum(math.comb(n, k) for k in range(min(only_ours, only_theirs) + 1)) / 2**n
+    return only_ours, only_theirs, min(1.0, 2 * tail)
+
+
+def difference_interval(only_ours: int, only_theirs: int, faces: int) -> tuple[float, float]:
+    """95% interval (normal approximation, paired) of accuracy(ours) - accuracy(theirs)
+    from the counts of :func:`paired_test` over ``faces`` faces."""
+    d = (only_ours - only_theirs) / faces
+    se = math.sqrt(only_ours + only_theirs - faces * d * d) / faces
+    return d - 1.96 * se, d + 1.96 * se
+
+
 def held_out_faces(
     data: Path, boxes_csv: Path, seed: int, split: str = "test"
 ) -> tuple[list[HeldOutFace], int]:
@@ -216,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     fer_edge_name = f"fer-edge ({args.model.name})"
     results = {fer_edge_name: score(labels, ours)}
     results.update({name: score(labels, preds) for name, preds in peer_predictions.items()})
+    best_peer = max(peer_predictions, key=lambda name: results[name].accuracy)
+    only_ours, only_theirs, p = paired_test(labels, ours, peer_predictions[best_peer])
+    low, high = difference_interval(only_ours, only_theirs, len(labels))
     report = "\n\n".join(
         [
             f"Held-out faces: {len(faces)} (test split, seed {args.seed}, "
@@ -229,6 +253,10 @@ def main(argv: list[str] | None = None) -> None:
             verdict(
                 results[fer_edge_name], {k: v for k, v in results.items() if k != fer_edge_name}
             ),
+            f"Paired against {best_peer} (McNemar, exact): only fer-edge right on {only_ours} "
+            f"faces, only {best_peer} on {only_theirs}; p = {p:.3g}; accuracy difference "
+            f"{(only_ours - only_theirs) / len(labels):+.3f} (95% interval {low:+.3f} to "
+            f"{high:+.3f}).",
         ]
     )
     print(report)

@@ -202,6 +202,25 @@ def test_scores_count_misses_wrong_and_balance_over_present_classes():
     assert "goal NOT met" in compare.verdict(s, {"b": compare.score(labels, labels)})
 
 
+def test_paired_test_counts_disagreements_and_gives_the_exact_p_value():
+    labels = [0] * 12
+    ours = [0] * 10 + [1, 1]  # right on the first 10
+    theirs = [1] * 10 + [0, 0]  # right on the last 2
+    only_ours, only_theirs, p = compare.paired_test(labels, ours, theirs)
+    assert (only_ours, only_theirs) == (10, 2)
+    # P(X <= 2 | n = 12, 1/2) = (1 + 12 + 66) / 4096, doubled.
+    assert p == pytest.approx(2 * 79 / 4096)
+    assert compare.paired_test(labels, ours, ours)[2] == 1.0
+    assert compare.paired_test([0, 0], [0, None], [None, 0]) == (1, 1, 1.0)
+    # 12 faces, 10 vs 2: d = 8/12, se = sqrt(12 - 12 d^2) / 12.
+    low, high = compare.difference_interval(10, 2, 12)
+    se = (12 - 12 * (8 / 12) ** 2) ** 0.5 / 12
+    assert (low, high) == pytest.approx((8 / 12 - 1.96 * se, 8 / 12 + 1.96 * se))
+    assert compare.difference_interval(5, 5, 100) == pytest.approx(
+        (-0.0196 * 10**0.5, 0.0196 * 10**0.5)
+    )
+
+
 def test_fer_edge_detections_batches_calls(tmp_path, monkeypatch):
     """A stand-in binary answering ``detect --model M --confidence C IMAGE...``."""
     fake = tmp_path / "fer-edge"
