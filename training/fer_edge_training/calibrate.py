@@ -33,7 +33,6 @@ import torch
 from .compare import (
     FER_EDGE_CONFIDENCE,
     MATCH_IOU,
-    HeldOutFace,
     add_face_arguments,
     held_out_faces,
     score,
@@ -42,6 +41,7 @@ from .decode import cell_scores, decode_cells, iou
 from .export import build
 from .model import CLASSES
 from .preprocess import load_rgb, preprocess
+from .synth import BoxedFace
 
 #: Weight of balanced accuracy in the fitted objective.
 WEIGHT = 0.5
@@ -57,7 +57,7 @@ MIN_FACES = 20
 CLS_BIAS = re.compile(r"^head\.cls_preds\.\d+\.bias$")
 
 
-def face_cells(model: torch.nn.Module, faces: list[HeldOutFace], size: int) -> list[np.ndarray]:
+def face_cells(model: torch.nn.Module, faces: list[BoxedFace], size: int) -> list[np.ndarray]:
     """For each face, the raw logits ``[k, 1 + 7]`` of the cells whose box overlaps it."""
     cells = []
     for face in faces:

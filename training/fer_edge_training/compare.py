@@ -42,7 +42,7 @@ from PIL import Image
 from .data import read_facial_expressions, split_by_identity
 from .model import CLASSES
 from .peers import FaceApiExpressionNet, FerMiniXception, add_weights_argument
-from .synth import in_pixels, read_boxes
+from .synth import BoxedFace, boxed_faces, read_boxes
 
 #: A fer-edge detection answers for a face when its IoU with the face's box reaches this.
 MATCH_IOU = 0.3
@@ -51,15 +51,6 @@ FER_EDGE_CONFIDENCE = 0.05
 #: Images per ``fer-edge detect`` call.
 BATCH = 64
 DEFAULT_BOXES = Path(__file__).resolve().parents[1] / "data" / "facial_expressions_boxes.csv"
-
-
-@dataclass(frozen=True)
-class HeldOutFace:
-    """A held-out image, its expression and its MTCNN box in the image's pixels."""
-
-    path: Path
-    label: int
-    box: tuple[float, float, float, float]
 
 
 @dataclass
@@ -148,30 +139,22 @@ def paired_test(labels: list[int], ours: list, theirs: list) -> tuple[int, int, 
     return only_ours, only_theirs, min(1.0, 2 * tail)
 
 
-def difference_interval(only_ours: int, only_theirs: int, faces: int) -> tuple[float, float]:
-    """95% interval (normal approximation, paired) of accuracy(ours) - accuracy(theirs)
-    from the counts of :func:`paired_test` over ``faces`` faces."""
+def accuracy_difference(only_ours: int, only_theirs: int, faces: int) -> tuple[float, float, float]:
+    """accuracy(ours) - accuracy(theirs) from the counts of :func:`paired_test` over
+    ``faces`` faces, and its 95% interval (normal approximation, paired)."""
     d = (only_ours - only_theirs) / faces
     se = math.sqrt(only_ours + only_theirs - faces * d * d) / faces
-    return d - 1.96 * se, d + 1.96 * se
+    return d, d - 1.96 * se, d + 1.96 * se
 
 
 def held_out_faces(
     data: Path, boxes_csv: Path, seed: int, split: str = "test"
-) -> tuple[list[HeldOutFace], int]:
+) -> tuple[list[BoxedFace], int]:
     """The faces of ``split`` that have an MTCNN box, and how many have none."""
     crops, _ = read_facial_expressions(data)
-    boxes = read_boxes(boxes_csv)
-    faces, skipped = [], 0
-    for crop in split_by_identity(crops, seed)[split]:
-        box = boxes.get(crop.path.name)
-        if box is None:
-            skipped += 1
-            continue
-        with Image.open(crop.path) as im:
-            w, h = im.size
-        faces.append(HeldOutFace(crop.path, crop.label, in_pixels(box, w, h)))
-    return faces, skipped
+    chosen = split_by_identity(crops, seed)[split]
+    faces = boxed_faces(chosen, read_boxes(boxes_csv))
+    return faces, len(chosen) - len(faces)
 
 
 def add_face_arguments(ap: argparse.ArgumentParser) -> None:
@@ -239,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     results.update({name: score(labels, preds) for name, preds in peer_predictions.items()})
     best_peer = max(peer_predictions, key=lambda name: results[name].accuracy)
     only_ours, only_theirs, p = paired_test(labels, ours, peer_predictions[best_peer])
-    low, high = difference_interval(only_ours, only_theirs, len(labels))
+    difference, low, high = accuracy_difference(only_ours, only_theirs, len(labels))
     report = "\n\n".join(
         [
             f"Held-out faces: {len(faces)} (test split, seed {args.seed}, "
@@ -255,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
             ),
             f"Paired against {best_peer} (McNemar, exact): only fer-edge right on {only_ours} "
             f"faces, only {best_peer} on {only_theirs}; p = {p:.3g}; accuracy difference "
-            f"{(only_ours - only_theirs) / len(labels):+.3f} (95% interval {low:+.3f} to "
+            f"{difference:+.3f} (95% interval {low:+.3f} to "
             f"{high:+.3f}).",
         ]
     )

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from fer_edge_training.calibrate import answer, face_cells, fit_offsets, with_offsets
-from fer_edge_training.compare import HeldOutFace
 from fer_edge_training.export import build
+from fer_edge_training.synth import BoxedFace
 
 FEAR, HAPPY, NEUTRAL = 2, 3, 4
 
@@ -91,8 +91,8 @@ def test_face_cells_keeps_only_cells_overlapping_the_face(tmp_path):
     model = build("nano", seed=3, size=64)
     path = tmp_path / "face.png"
     Image.fromarray(np.full((80, 80, 3), 128, np.uint8)).save(path)
-    whole = HeldOutFace(path, NEUTRAL, (0.0, 0.0, 80.0, 80.0))
-    corner = HeldOutFace(path, NEUTRAL, (0.0, 0.0, 8.0, 8.0))
+    whole = BoxedFace(path, NEUTRAL, (0.0, 0.0, 80.0, 80.0))
+    corner = BoxedFace(path, NEUTRAL, (0.0, 0.0, 8.0, 8.0))
     got_whole, got_corner = face_cells(model, [whole, corner], 64)
     assert got_whole.shape[1] == 8 and got_corner.shape[1] == 8
     assert len(got_corner) < len(got_whole)

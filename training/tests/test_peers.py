@@ -213,10 +213,10 @@ def test_paired_test_counts_disagreements_and_gives_the_exact_p_value():
     assert compare.paired_test(labels, ours, ours)[2] == 1.0
     assert compare.paired_test([0, 0], [0, None], [None, 0]) == (1, 1, 1.0)
     # 12 faces, 10 vs 2: d = 8/12, se = sqrt(12 - 12 d^2) / 12.
-    low, high = compare.difference_interval(10, 2, 12)
+    d, low, high = compare.accuracy_difference(10, 2, 12)
     se = (12 - 12 * (8 / 12) ** 2) ** 0.5 / 12
-    assert (low, high) == pytest.approx((8 / 12 - 1.96 * se, 8 / 12 + 1.96 * se))
-    assert compare.difference_interval(5, 5, 100) == pytest.approx(
+    assert (d, low, high) == pytest.approx((8 / 12, 8 / 12 - 1.96 * se, 8 / 12 + 1.96 * se))
+    assert compare.accuracy_difference(5, 5, 100)[1:] == pytest.approx(
         (-0.0196 * 10**0.5, 0.0196 * 10**0.5)
     )
 
