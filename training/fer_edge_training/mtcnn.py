@@ -16,9 +16,11 @@ API: :func:`detect_faces` on an ``HxWx3`` (or ``HxW`` grey) uint8 array returns 
 clipped to the image.
 
 CLI: ``python -m fer_edge_training.mtcnn --root DIR --out CSV`` runs over
-``DIR/images/*.jpg`` (a ``muxspace/facial_expressions`` clone layout) and writes one row
-per image: ``image,x1,y1,x2,y2,score,faces`` (the best face, box clipped to the image;
-empty box fields and ``faces=0`` when nothing is found).
+``DIR/images/*.jpg`` (a ``muxspace/facial_expressions`` clone layout; ``--pattern`` for
+others, e.g. ``*/*.jpg`` for LFW's ``images/<Name>/``) and writes one row per image:
+``image,x1,y1,x2,y2,score,faces,width,height`` (the best face, box clipped to the image;
+empty box fields and ``faces=0`` when nothing is found; ``image`` is the path below
+``images/``). With ``--all-faces`` every face found gets a row of its own, best first.
 """
 
 from __future__ import annotations
@@ -307,9 +309,17 @@ def _fmt(v: float) -> str:
     return f"{v:.1f}"
 
 
-def run(root: Path, out: Path, limit: int | None = None, every: int = 500) -> dict[str, float]:
-    """Detect faces in ``root/images/*.jpg`` (sorted) and write the CSV atomically."""
-    paths = sorted((root / "images").glob("*.jpg"))
+def run(
+    root: Path,
+    out: Path,
+    limit: int | None = None,
+    every: int = 500,
+    pattern: str = "*.jpg",
+    all_faces: bool = False,
+) -> dict[str, float]:
+    """Detect faces in ``root/images/<pattern>`` (sorted) and write the CSV atomically:
+    the best face of each image, or with ``all_faces`` a row for every face."""
+    paths = sorted((root / "images").glob(pattern))
     if limit is not None:
         paths = paths[:limit]
     if not paths:
@@ -325,15 +335,16 @@ def run(root: Path, out: Path, limit: int | None = None, every: int = 500) -> di
                 rgb = _load_rgb(path)
                 faces = detect_faces(rgb)
                 hh, ww = rgb.shape[:2]
-                if faces:
-                    x1, y1, x2, y2, s = faces[0]
+                name = path.relative_to(root / "images").as_posix()
+                for x1, y1, x2, y2, s in faces if all_faces else faces[:1]:
                     box = [min(max(x1, 0.0), ww), min(max(y1, 0.0), hh)]
                     box += [min(max(x2, 0.0), ww), min(max(y2, 0.0), hh)]
-                    wr.writerow([path.name, *map(_fmt, box), f"{s:.4f}", len(faces), ww, hh])
+                    wr.writerow([name, *map(_fmt, box), f"{s:.4f}", len(faces), ww, hh])
+                if faces:
                     n_face += 1
-                    score_sum += s
+                    score_sum += faces[0][4]
                 else:
-                    wr.writerow([path.name, "", "", "", "", "", 0, ww, hh])
+                    wr.writerow([name, "", "", "", "", "", 0, ww, hh])
                 if i % every == 0 or i == len(paths):
                     dt = time.monotonic() - t0
                     rate = i / dt if dt > 0 else float("inf")
@@ -362,13 +373,17 @@ def run(root: Path, out: Path, limit: int | None = None, every: int = 500) -> di
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--root", type=Path, required=True, help="facial_expressions clone")
+    ap.add_argument("--root", type=Path, required=True, help="folder holding images/")
     ap.add_argument("--out", type=Path, required=True, help="CSV to write")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images")
+    ap.add_argument("--pattern", default="*.jpg", help="images below ROOT/images/ (glob)")
+    ap.add_argument("--all-faces", action="store_true", help="a row for every face found")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    stats = run(args.root, args.out, limit=args.limit)
+    stats = run(
+        args.root, args.out, limit=args.limit, pattern=args.pattern, all_faces=args.all_faces
+    )
     print(
         f"wrote {args.out}: {stats['with_face']:.0f}/{stats['images']:.0f} images with a face "
         f"({stats['no_face']:.0f} without), mean score {stats['mean_score']:.4f}, "
