@@ -1,0 +1,64 @@
+"""Back from ONNX: the exported weights load into the PyTorch model, which then computes
+what the ONNX model computes, in eval mode and, after the BatchNorm re-estimation, in
+training mode too."""
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fer_edge_training.from_onnx import load_onnx_weights, reestimate_norms
+
+
+@pytest.fixture(scope="module")
+def onnx_file(exported_nano, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "nano64.onnx"
+    onnx.save(exported_nano[1], str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(onnx_file):
+    return load_onnx_weights(onnx_file, "nano", 64)
+
+
+def smooth_images(count, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.interpolate(torch.randn(count, 3, 8, 8, generator=g), size=size)
+    return x * 0.8
+
+
+def test_loaded_weights_compute_what_the_exported_model_computes(exported_nano, loaded):
+    model = copy.deepcopy(loaded)
+    x = smooth_images(2)
+    with torch.no_grad():
+        ours = [lv.numpy() for lv in model(x)]
+        want = [lv.numpy() for lv in exported_nano[0].eval()(x)]
+    for a, b in zip(ours, want, strict=True):
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+
+
+def test_reestimated_norms_keep_eval_and_make_training_mode_agree(loaded):
+    model = copy.deepcopy(loaded)
+    images = smooth_images(8, seed=1)
+    with torch.no_grad():
+        before = model.eval()(images)
+        # (training mode updates the running statistics: on a copy)
+        train_mode_before = copy.deepcopy(model).train()(images)[0]
+        reestimate_norms(model, images)
+        after = model.eval()(images)
+        train_mode_after = copy.deepcopy(model).train()(images)[0]
+    for a, b in zip(after, before, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max()))
+    # identity BatchNorms normalise by batch statistics in training mode: far off;
+    # re-estimated ones see the statistics they were fitted to: close
+    scale = float(before[0].abs().max())
+    assert float((train_mode_before - before[0]).abs().max()) > 0.1 * scale
+    assert float((train_mode_after - before[0]).abs().max()) < 0.02 * scale
+
+
+def test_a_model_of_another_variant_is_refused(onnx_file):
+    with pytest.raises((ValueError, RuntimeError)):
+        load_onnx_weights(onnx_file, "s", 64)
