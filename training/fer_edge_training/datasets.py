@@ -86,7 +86,7 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def read_facial_expressions_boxed(root: Path, boxes_csv: Path) -> list[LabelledImage]:
     """Crops of the facial_expressions layout that have a face box in ``boxes_csv``."""
-    from .synth import in_pixels, read_boxes
+    from .photos import in_pixels, read_boxes
 
     boxes = read_boxes(boxes_csv)
     crops, _ = read_facial_expressions(root)

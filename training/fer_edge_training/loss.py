@@ -8,8 +8,10 @@ class cost + 3 * -log IoU, candidates inside the box or within 2.5 strides of it
 centre, ``dynamic_k`` = the summed IoU of its 10 best candidates). Losses: ``1 - IoU^2``
 on assigned boxes (weight 5), objectness BCE on every cell, class BCE on assigned cells
 against ``one-hot * IoU``; all divided by the number of assigned cells. Labels are class
-indices ``[k]`` or soft targets ``[k, C]`` (distillation: :meth:`~fer_edge_training.synth.
-BoxedFace.target`), which then replace the one-hot in the class cost and loss.
+indices ``[k]`` or soft targets ``[k, C]`` (FER+'s vote distributions, a teacher's
+probabilities), which then replace the one-hot in the class cost and loss. A soft
+target row of NaN is a face without an expression label: it is assigned cells and trains
+box and objectness, but adds no class cost or class loss.
 """
 
 from __future__ import annotations
@@ -100,11 +102,13 @@ def simota_assign(
     ious = pairwise_iou(gt_boxes, pred_boxes[cand_idx])
     probs = (cls_logits[cand_idx].sigmoid() * obj_logits[cand_idx, None].sigmoid()).sqrt()
     wanted = class_targets(gt_labels, cls_logits.shape[1], probs.dtype)
+    unlabelled = wanted.isnan().any(1)
     cls_cost = F.binary_cross_entropy(
         probs[None].expand(len(gt_boxes), -1, -1).clamp(1e-6, 1 - 1e-6),
-        wanted[:, None].expand(-1, len(cand_idx), -1),
+        wanted.nan_to_num(0.0)[:, None].expand(-1, len(cand_idx), -1),
         reduction="none",
     ).sum(-1)
+    cls_cost[unlabelled] = 0.0
     both = (in_box & in_centre)[:, cand_idx]
     cost = cls_cost + 3.0 * -torch.log(ious + 1e-8) + 1e5 * (~both).to(cls_cost.dtype)
     top = min(10, len(cand_idx))
@@ -151,8 +155,11 @@ def yolox_loss(
         box_losses.append((1.0 - iou**2).sum())
         cls_target = class_targets(gt_labels, raw.shape[-1] - 5, raw.dtype)[matched]
         cls_target = cls_target * iou.detach().clamp(min=0)[:, None]
+        labelled = ~cls_target.isnan().any(1)
         cls_losses.append(
-            F.binary_cross_entropy_with_logits(raw[b, fg, 5:], cls_target, reduction="sum")
+            F.binary_cross_entropy_with_logits(
+                raw[b, fg, 5:][labelled], cls_target[labelled], reduction="sum"
+            )
         )
     norm = max(num_fg, 1)
     zero = raw.sum() * 0

@@ -1,16 +1,17 @@
 """Post-training int8 quantization of the convolutions, for tract's quantized kernels.
 
     python -m fer_edge_training.quantize --data ../../shared/data/facial_expressions \\
+        --lfw ../../shared/data/lfw --ferplus ../../shared/data/ferplus \\
         --model ../models/fer-yolo-mamba-nano.onnx \\
         --output ../models/fer-yolo-mamba-nano-int8.onnx --calibration-frames 64
 
 What it does:
 
-1. Calibration frames: kiosk-like frames composed (:func:`~fer_edge_training.synth.
-   compose_frame`, camera-shaped, ``--frame-size`` px on the long side like the held-out
-   set) from the faces of the ``train`` split of
-   :func:`~fer_edge_training.data.split_by_identity` only (the ``test`` identities are
-   what ``tests/data/heldout`` measures), turned into the network input by
+1. Calibration frames: camera-like frames composed as for training (:func:`~fer_edge_
+   training.mosaic.compose_frame`, camera-shaped, ``--frame-size`` px on the long side
+   like the held-out set) from the training photos only (LFW's training identities and
+   FER+'s train split; the test photos are what ``tests/data/heldout`` measures), turned
+   into the network input by
    :func:`fer_edge_training.preprocess.preprocess`, the runtime's own preprocessing, at
    the input size read from the model.
 2. Activation ranges (:func:`calibrate`): onnxruntime cannot run
@@ -414,32 +415,22 @@ def input_spec(model: onnx.ModelProto) -> tuple[str, list[int]]:
 
 
 def training_frames(
-    data: Path,
-    boxes: Path,
-    frame_size: int,
-    seed: int = 0,
-    balance: float = 0.5,
+    args: argparse.Namespace, frame_size: int, seed: int = 0, balance: float = 0.5
 ) -> Iterator[np.ndarray]:
-    """Endless kiosk-like uint8 RGB frames (camera-shaped, ``frame_size`` px on the long
-    side) composed from the faces of the ``train`` split (split seed ``seed``)."""
-    from .data import read_facial_expressions, split_by_identity
-    from .model import CLASSES
-    from .synth import (
-        boxed_faces,
-        class_balanced_weights,
-        compose_frame,
-        load_backgrounds,
-        read_boxes,
-    )
+    """Endless camera-like uint8 RGB frames (camera-shaped, ``frame_size`` px on the long
+    side) composed from the training photos (paths of
+    :func:`~fer_edge_training.compare.add_face_arguments`)."""
+    from .ferplus import read_ferplus
+    from .mosaic import Sources, compose_frame
+    from .photos import ferplus_photos, lfw_photos
 
-    crops, _ = read_facial_expressions(data)
-    faces = boxed_faces(split_by_identity(crops, seed)["train"], read_boxes(boxes))
-    weights = class_balanced_weights([f.label for f in faces], len(CLASSES), power=balance)
-    backgrounds = load_backgrounds()
+    lfw = lfw_photos(args.lfw, args.data, args.lfw_boxes, args.splits)["train"]
+    ferplus = ferplus_photos(read_ferplus(args.ferplus)[0]["train"])
+    sources = Sources(lfw, ferplus, power=balance)
     # stream 3: training uses [seed, 0, it], validation [seed, 1], the held-out set [seed, 2]
     rng = np.random.default_rng([seed, 3])
     while True:
-        frame, _, _ = compose_frame(faces, weights, backgrounds, frame_size, rng, letterbox=False)
+        frame, _, _ = compose_frame(sources, frame_size, rng, letterbox=False)
         yield frame
 
 
@@ -465,18 +456,17 @@ def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .compare import add_face_arguments
     from .export import check_and_save
-    from .train import DEFAULT_BOXES
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="facial_expressions clone")
-    ap.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="face boxes CSV")
+    add_face_arguments(ap)
     ap.add_argument("--model", type=Path, required=True, help="f32 ONNX model")
     ap.add_argument("--output", type=Path, required=True, help="int8 ONNX model to write")
     ap.add_argument("--calibration-frames", type=int, default=64)
     ap.add_argument("--check-frames", type=int, default=4, help="frames for the ORT check")
     ap.add_argument("--frame-size", type=int, default=320, help="long side of the frames")
-    ap.add_argument("--seed", type=int, default=0, help="split seed (as in training)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the calibration frames")
     ap.add_argument(
         "--percentile", type=float, help="range from per-frame percentiles (default: min/max)"
     )
@@ -509,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
 
-    frames = training_frames(args.data, args.boxes, args.frame_size, args.seed)
+    frames = training_frames(args, args.frame_size, args.seed)
     feeds = [
         {input_name: network_input(next(frames), shape)} for _ in range(args.calibration_frames)
     ]
@@ -517,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     ranges = calibrate(twin, feeds, names, args.percentile, args.threads)
     method = "min/max" if args.percentile is None else f"{args.percentile} percentile"
     print(
-        f"calibrated {len(names)} values on {len(feeds)} train-split frames ({method}) "
+        f"calibrated {len(names)} values on {len(feeds)} training frames ({method}) "
         f"in {time.monotonic() - t0:.0f} s",
         file=sys.stderr,
     )

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from .data import read_facial_expressions
 from .model import CLASSES
 from .peers import FaceApiExpressionNet, add_weights_argument
-from .synth import in_pixels, read_boxes
+from .photos import in_pixels, read_boxes
 
 HERE = Path(__file__).resolve().parents[1]
 DEFAULT_BOXES = HERE / "data" / "facial_expressions_boxes.csv"

@@ -1,17 +1,19 @@
-"""Train FER-YOLO-Mamba on composed kiosk frames (see :mod:`fer_edge_training.synth`).
+"""Train FER-YOLO-Mamba on frames made of real photos (see :mod:`fer_edge_training.mosaic`).
 
-    python -m fer_edge_training.train --data ../../shared/data/facial_expressions --out runs/nano224
+    python -m fer_edge_training.train --data ../../shared/data/facial_expressions \
+        --lfw ../../shared/data/lfw --ferplus ../../shared/data/ferplus --out runs/v2
 
 What it does:
 
-* reads the labelled crops (:mod:`fer_edge_training.data`) and their face boxes
-  (``data/facial_expressions_boxes.csv``), splits them by identity with ``--seed`` and
-  writes the split files to ``<out>/splits`` (the shipped ones are in ``data/splits``);
-* with ``--teacher`` (:mod:`fer_edge_training.teacher`), trains the expression head on
-  ``(1 - soft) * one-hot + soft * teacher`` instead of the one-hot label (``--soft``);
-* draws each batch of frames afresh from the training faces (class-balanced sampling,
-  :func:`~fer_edge_training.synth.class_balanced_weights`), seeded by the iteration, so a
-  resumed run sees the same frames it would have seen without the interruption;
+* reads LFW's whole photos with every face boxed and the centre face labelled by
+  ``facial_expressions``' legend, split by the identities of ``data/splits``
+  (:func:`~fer_edge_training.photos.lfw_photos`), and FER+'s faces with their vote
+  distributions, split as FER+ splits them (:mod:`fer_edge_training.ferplus`);
+* with ``--teacher`` (:mod:`fer_edge_training.teacher`), trains the LFW faces' expression
+  on ``(1 - soft) * one-hot + soft * teacher`` instead of the one-hot label (``--soft``);
+* draws each batch of frames afresh from the training photos (class-balanced sampling,
+  ``--balance``), seeded by the iteration, so a resumed run sees the same frames it would
+  have seen without the interruption;
 * AdamW, linear warm-up then cosine decay, an exponential moving average (EMA) of the
   weights, which is what gets evaluated and exported;
 * every ``--eval-every`` iterations: mAP@0.5 and expression accuracy of the EMA model on
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -41,25 +42,17 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import read_facial_expressions, split_by_identity, write_splits
 from .decode import decode
 from .evaluate import Report, evaluate
+from .ferplus import read_ferplus
 from .loss import yolox_loss
 from .model import CLASSES, build_model, param_groups
+from .mosaic import Sources, compose_frame, labels_of
+from .photos import LFW_BOXES, SPLITS_DIR, ferplus_photos, lfw_photos
 from .preprocess import MEAN, STD
 from .scan import set_scan_impl
-from .synth import (
-    CLOSE_UP_FRAMES,
-    boxed_faces,
-    class_balanced_weights,
-    compose_frame,
-    load_backgrounds,
-    read_boxes,
-)
 from .teacher import read_teacher
 
-HERE = Path(__file__).resolve().parents[1]
-DEFAULT_BOXES = HERE / "data" / "facial_expressions_boxes.csv"
 #: Prior probability of a face (and of a class) in a cell at initialisation (YOLOX/RetinaNet).
 PRIOR = 0.01
 
@@ -71,14 +64,23 @@ def to_input(images: np.ndarray) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()
 
 
-def compose_batch(faces, weights, backgrounds, size, rng, count, soft, close_ups):
-    frames = [
-        compose_frame(faces, weights, backgrounds, size, rng, soft=soft, close_ups=close_ups)
-        for _ in range(count)
-    ]
+def compose_batch(sources: Sources, size: int, rng, count: int):
+    frames = [compose_frame(sources, size, rng) for _ in range(count)]
     images = np.stack([f[0] for f in frames])
-    targets = [(torch.from_numpy(b), torch.from_numpy(lab)) for _, b, lab in frames]
+    targets = [(torch.from_numpy(b), torch.from_numpy(t)) for _, b, t in frames]
     return images, targets
+
+
+def validation_frames(sources: Sources, size: int, count: int, seed: int):
+    """``count`` fixed frames of the validation photos, as ``(image, boxes, labels)`` with
+    the labelled faces only (the expression AP needs a class for every face)."""
+    rng = np.random.default_rng([seed, 1])
+    frames = []
+    for _ in range(count):
+        image, boxes, targets = compose_frame(sources, size, rng)
+        labels = labels_of(targets)
+        frames.append((image, boxes[labels >= 0], labels[labels >= 0]))
+    return frames
 
 
 def init_head_priors(model: nn.Module) -> None:
@@ -159,12 +161,22 @@ def report_line(report: Report) -> str:
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="facial_expressions clone")
-    ap.add_argument("--boxes", type=Path, default=DEFAULT_BOXES, help="face boxes CSV")
-    ap.add_argument("--backgrounds", type=Path, nargs="*", help="folders of face-free photos")
+    ap.add_argument(
+        "--data", type=Path, required=True, help="facial_expressions clone (legend labels)"
+    )
+    ap.add_argument("--lfw", type=Path, required=True, help="LFW whole photos")
+    ap.add_argument("--lfw-boxes", type=Path, default=LFW_BOXES, help="LFW face boxes CSV")
+    ap.add_argument("--splits", type=Path, default=SPLITS_DIR, help="identity split files")
+    ap.add_argument("--ferplus", type=Path, required=True, help="FER+ (fer2013new.csv + images)")
     ap.add_argument("--out", type=Path, required=True, help="run directory")
     ap.add_argument("--variant", default="nano")
-    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--size", type=int, default=224, help="input size of validation and export")
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        help="multi-scale training: each batch at one of these sizes (default: --size)",
+    )
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--iters", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -192,12 +204,6 @@ def parse_args(argv):
         "--cls-weight", type=float, default=1.0, help="weight of the expression loss term"
     )
     ap.add_argument(
-        "--close-ups",
-        type=float,
-        default=CLOSE_UP_FRAMES,
-        help="share of frames with one face close to the camera (0: none, as before 2026-11)",
-    )
-    ap.add_argument(
         "--ema-ramp",
         type=float,
         default=2000,
@@ -215,7 +221,7 @@ def parse_args(argv):
         "--soft",
         type=float,
         default=0.5,
-        help="with --teacher: share of the teacher in the expression target (0 = hard labels)",
+        help="with --teacher: share of the teacher in LFW faces' targets (0 = hard labels)",
     )
     return ap.parse_args(argv)
 
@@ -227,38 +233,24 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    crops, dropped = read_facial_expressions(args.data)
-    splits = split_by_identity(crops, args.seed)
-    write_splits(splits, args.data, args.out / "splits")
-    boxes = read_boxes(args.boxes)
-    train_faces = boxed_faces(splits["train"], boxes)
-    val_faces = boxed_faces(splits["val"], boxes)
-    soft = None
-    if args.teacher:
-        teacher = read_teacher(args.teacher)
-        train_faces = [
-            dataclasses.replace(f, teacher=teacher.get(f.path.name)) for f in train_faces
-        ]
-        taught = sum(f.teacher is not None for f in train_faces)
-        print(f"teacher: {args.teacher}, {taught} faces, soft {args.soft}", file=sys.stderr)
-        soft = args.soft
-    backgrounds = load_backgrounds(args.backgrounds)
-    weights = class_balanced_weights(
-        [f.label for f in train_faces], len(CLASSES), power=args.balance
-    )
-    counts = np.bincount([f.label for f in train_faces], minlength=len(CLASSES))
+    teacher = read_teacher(args.teacher) if args.teacher else None
+    lfw = lfw_photos(args.lfw, args.data, args.lfw_boxes, args.splits, teacher, args.soft)
+    ferplus, dropped = read_ferplus(args.ferplus)
+    train = Sources(lfw["train"], ferplus_photos(ferplus["train"]), power=args.balance)
+    val = Sources(lfw["val"], ferplus_photos(ferplus["val"]), power=0.0)
+    for name, photos in (("LFW", train.lfw), ("FER+", train.ferplus)):
+        counts = np.bincount([p.label for p in photos if p.label >= 0], minlength=len(CLASSES))
+        print(
+            f"{name}: {len(photos)} training photos, labelled faces "
+            f"{dict(zip(CLASSES, counts.tolist(), strict=False))}",
+            file=sys.stderr,
+        )
     print(
-        f"{len(train_faces)} training faces ({dict(zip(CLASSES, counts.tolist(), strict=False))}), "
-        f"{len(val_faces)} validation faces, {len(backgrounds)} backgrounds, "
-        f"dropped {dict(dropped)}, "
+        f"FER+ dropped {dict(dropped)}; teacher {args.teacher} (soft {args.soft}); "
         f"device {device}, {torch.get_num_threads()} threads",
         file=sys.stderr,
     )
-    val_rng = np.random.default_rng([args.seed, 1])
-    val_frames = [
-        compose_frame(val_faces, None, backgrounds, args.size, val_rng, close_ups=args.close_ups)
-        for _ in range(args.val_frames)
-    ]
+    val_frames = validation_frames(val, args.size, args.val_frames, args.seed)
 
     torch.manual_seed(args.seed)
     model = build_model(args.variant).to(device)
@@ -313,12 +305,11 @@ def main(argv: list[str] | None = None) -> int:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             rng = np.random.default_rng([args.seed, 0, it])
-            images, targets = compose_batch(
-                train_faces, weights, backgrounds, args.size, rng, args.batch, soft, args.close_ups
-            )
+            size = int(rng.choice(args.sizes)) if args.sizes else args.size
+            images, targets = compose_batch(train, size, rng, args.batch)
             targets = [(b.to(device), lab.to(device)) for b, lab in targets]
             loss, parts = yolox_loss(
-                model(to_input(images).to(device)), targets, args.size, args.cls_weight
+                model(to_input(images).to(device)), targets, size, args.cls_weight
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

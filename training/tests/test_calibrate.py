@@ -7,7 +7,7 @@ from PIL import Image
 
 from fer_edge_training.calibrate import answer, face_cells, fit_offsets, with_offsets
 from fer_edge_training.export import build
-from fer_edge_training.synth import BoxedFace
+from fer_edge_training.photos import BoxedFace
 
 FEAR, HAPPY, NEUTRAL = 2, 3, 4
 
@@ -66,6 +66,33 @@ def test_an_expression_without_faces_is_not_fitted():
     offsets = fit_offsets(labels, face)
     assert offsets[FEAR] == 0.0
     assert [answer(c, offsets) for c in face[100:110]] == [FEAR] * 10
+
+
+def test_no_fitted_expression_is_silenced():
+    """Sadness faces that no offset in the grid makes right (happiness 5 above), and 30
+    neutral faces that sadness steals, 29 narrowly, one by 1.9 (and happy faces with
+    neutral close behind): offsets that put neutral 2 above sadness (and happiness
+    with it) would fix all 30 and never say sadness again. The fit must stop short of it
+    (one sadness answer left), since silencing an expression is refused."""
+    sad = 5
+    labels, face = [], []
+    for i in range(90):
+        z = np.full(7, -3.0, np.float32)
+        if i < 20:
+            labels.append(sad)
+            z[HAPPY], z[sad] = 4.0, -1.0
+        elif i < 50:
+            labels.append(NEUTRAL)
+            z[NEUTRAL], z[sad] = 1.0, 1.2 if i < 49 else 2.9
+        else:  # 40 happy faces: raising neutral instead would cost them
+            labels.append(HAPPY)
+            z[HAPPY], z[NEUTRAL] = 1.0, 0.9
+        face.append(cells(2.0, list(z)))
+    offsets = fit_offsets(labels, face)
+    answers = [answer(c, offsets) for c in face]
+    assert abs(offsets).max() <= 2.0
+    assert answers.count(sad) == 1
+    assert answers[20:49] == [NEUTRAL] * 29
 
 
 def test_offsets_fold_into_the_models_expression_logits(tmp_path):

@@ -124,3 +124,26 @@ def test_soft_targets_equal_to_one_hot_give_the_index_loss_and_pull_towards_the_
     _, parts_soft = yolox_loss(levels, soft, size)
     _, parts_hard = yolox_loss(levels, hard, size)
     assert parts_soft["cls"] > parts_hard["cls"] + 1.0
+
+
+def test_an_unlabelled_face_trains_box_and_objectness_but_not_the_expression():
+    size = 64
+    boxes = [(8.0, 8.0, 40.0, 40.0)]
+    levels = [lv.requires_grad_() for lv in levels_for(size, boxes, [2])]
+    unlabelled = torch.full((1, 7), float("nan"))
+    loss, parts = yolox_loss(levels, [(torch.tensor(boxes), unlabelled)], size)
+    assert parts["cls"] == 0.0 and parts["fg"] > 0 and math.isfinite(float(loss))
+    loss.backward()
+    class_grads = sum(float(lv.grad[:, 5:].abs().sum()) for lv in levels)
+    box_grads = sum(float(lv.grad[:, :5].abs().sum()) for lv in levels)
+    assert class_grads == 0.0 and box_grads > 0.0
+    # beside a labelled face, the unlabelled one adds no class loss
+    two = torch.tensor([boxes[0], (44.0, 44.0, 60.0, 60.0)])
+    levels = levels_for(size, [tuple(b) for b in two.tolist()], [2, 5])
+    labelled = torch.eye(7)[[2, 5]]
+    mixed = torch.stack([labelled[0], unlabelled[0]])
+    _, parts_mixed = yolox_loss(levels, [(two, mixed)], size)
+    _, parts_first = yolox_loss(levels, [(two[:1], labelled[:1])], size)
+    assert parts_mixed["cls"] * parts_mixed["fg"] == pytest.approx(
+        parts_first["cls"] * parts_first["fg"], rel=1e-5
+    )

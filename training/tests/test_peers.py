@@ -25,7 +25,7 @@ from fer_edge_training.peers import (
     cv2_rgb_to_grey,
     to_our_order,
 )
-from fer_edge_training.synth import read_boxes
+from fer_edge_training.photos import read_boxes
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "facial_expressions"
 BOXES = Path(__file__).resolve().parents[1] / "data" / "facial_expressions_boxes.csv"
@@ -243,3 +243,29 @@ def test_fer_edge_detections_batches_calls(tmp_path, monkeypatch):
     calls = (tmp_path / "fer-edge.calls").read_text().splitlines()
     assert len(calls) == 2
     assert calls[0].startswith("detect --model m.onnx --confidence 0.05 --threads 1 ")
+
+
+def test_scene_matching_counts_found_missed_ignored_and_false_faces():
+    counted = [(0, 0, 100, 100), (200, 0, 300, 100)]
+    known = [(400, 0, 420, 20)]  # a small face MTCNN found: not counted, no error either
+    detections = [
+        (2, 2, 100, 100),  # finds the first face
+        (0, 0, 98, 98),  # a second box on it: false
+        (401, 1, 420, 20),  # the known small face: ignored
+        (500, 500, 510, 510),  # too small to count as an error
+        (600, 600, 700, 700),  # nothing there: false
+    ]
+    assert compare.match_scene(counted, known, detections, min_width=40, threshold=0.5) == (1, 2)
+    assert compare.match_scene(counted, known, [], min_width=40, threshold=0.5) == (0, 0)
+    scores = compare.DetectionScores(found=1, faces=2, false=2)
+    assert scores.recall == 0.5 and scores.precision == pytest.approx(1 / 3)
+
+
+def test_haar_cascade_finds_the_sample_portrait_face():
+    image = np.asarray(Image.open(Path(__file__).resolve().parents[2] / "samples" / "obama.jpg"))
+    from fer_edge_training.mtcnn import detect_faces
+
+    faces = compare.haar_faces(image)
+    assert len(faces) == 1
+    # the cascade's square box and MTCNN's taller one on the same face
+    assert compare.iou(faces[0], detect_faces(image)[0][:4]) > 0.5

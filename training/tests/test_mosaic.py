@@ -1,0 +1,115 @@
+"""Training frames of real photos: boxes follow the pixels through every cut, zoom and
+mirror; cut faces lose their label, then their box; frames are letterboxed as the
+runtime does; a seed gives the same frame."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fer_edge_training import mosaic
+from fer_edge_training.mosaic import Sources, compose_frame, labels_of, place
+from fer_edge_training.photos import Photo, unlabelled
+from fer_edge_training.preprocess import PAD_VALUE
+
+RED = (255, 0, 0)
+
+
+def red_square_photo(folder, name, box, size=(150, 150), label=3):
+    """A grey photo with a red square at ``box``: where the face is, visibly."""
+    image = Image.new("RGB", size, (60, 60, 60))
+    image.paste(Image.new("RGB", (box[2] - box[0], box[3] - box[1]), RED), box[:2])
+    path = folder / f"{name}.png"
+    image.save(path)
+    target = np.eye(7, dtype=np.float32)[label][None]
+    return Photo(path, np.asarray([box], np.float32), target, label)
+
+
+def red_extent(canvas):
+    ys, xs = np.nonzero((canvas[..., 0] > 200) & (canvas[..., 1] < 60) & (canvas[..., 2] < 60))
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_box_follows_the_face_through_zoom_shift_and_mirror(tmp_path, seed):
+    photo = red_square_photo(tmp_path, "p", (40, 50, 90, 110))
+    rng = np.random.default_rng(seed)
+    canvas = np.zeros((120, 160, 3), np.uint8)
+    rect = (20, 10, 110, 100)
+    boxes, targets = place(canvas, photo, rect, rng, zoom=1.3, focus=photo.boxes[0])
+    assert len(boxes) == 1
+    assert boxes[0] == pytest.approx(red_extent(canvas), abs=1.5)
+    assert targets[0].tolist() == photo.targets[0].tolist()
+    # nothing is drawn outside the rectangle
+    outside = canvas.copy()
+    outside[10:110, 20:130] = 0
+    assert not outside.any()
+
+
+def test_a_cut_face_loses_its_label_then_its_box(tmp_path):
+    photo = red_square_photo(tmp_path, "p", (0, 40, 100, 110), size=(300, 150))
+    seen = set()
+    for seed in range(40):
+        canvas = np.zeros((150, 150, 3), np.uint8)
+        # zoom 1: 150 of the 300 columns, from an offset in [0, 150]; the face's share
+        # left inside is its visible width over its 100 px
+        boxes, targets = place(canvas, photo, (0, 0, 150, 150), np.random.default_rng(seed), 1.0)
+        if len(boxes) == 0:
+            seen.add("dropped")
+            continue
+        visible = (boxes[0, 2] - boxes[0, 0]) / 100
+        assert visible >= mosaic.MIN_VISIBLE
+        labelled = not np.isnan(targets[0]).any()
+        assert labelled == (visible >= mosaic.MIN_LABELLED)
+        seen.add("labelled" if labelled else "box only")
+    assert seen == {"labelled", "box only", "dropped"}
+
+
+@pytest.fixture
+def sources(tmp_path):
+    lfw = [red_square_photo(tmp_path, f"l{k}", (50, 40, 100, 100), label=k % 7) for k in range(7)]
+    ferplus = [
+        red_square_photo(tmp_path, f"f{k}", (4, 0, 42, 48), size=(48, 48), label=k % 7)
+        for k in range(7)
+    ]
+    return Sources(lfw, ferplus)
+
+
+def test_frames_are_letterboxed_with_boxes_inside_and_reproducible(sources):
+    for seed in range(12):
+        image, boxes, targets = compose_frame(sources, 96, np.random.default_rng(seed))
+        assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+        assert boxes.shape[1] == 4 and targets.shape == (len(boxes), 7)
+        assert (boxes[:, 2:] > boxes[:, :2]).all()
+        assert (boxes >= 0).all() and (boxes <= 96).all()
+        # the grey padding is below or right of the frame, never inside a box
+        pad = np.all(image == int(PAD_VALUE), axis=2)
+        rows, cols = np.nonzero(~pad)
+        assert not pad[: rows.max() + 1, : cols.max() + 1].all()
+        again = compose_frame(sources, 96, np.random.default_rng(seed))
+        assert np.array_equal(again[0], image) and np.array_equal(again[1], boxes)
+
+
+def test_every_kind_of_frame_appears_with_faces_at_many_sizes(sources):
+    rng = np.random.default_rng(0)
+    widths, counts = [], []
+    for _ in range(60):
+        _, boxes, targets = compose_frame(sources, 128, rng, letterbox=False)
+        widths += ((boxes[:, 2] - boxes[:, 0]) / 128).tolist()
+        counts.append(len(boxes))
+        assert set(labels_of(targets)) <= set(range(-1, 7))
+    assert min(widths) < 0.1 and max(widths) > 0.5
+    assert 1 in counts and max(counts) >= 9
+
+
+def test_labels_of_marks_unlabelled_faces():
+    targets = np.concatenate([np.eye(7, dtype=np.float32)[[2, 5]], unlabelled(1)])
+    assert labels_of(targets).tolist() == [2, 5, -1]
+
+
+def test_sources_draw_rare_classes_more_often_than_they_occur(tmp_path):
+    lfw = [red_square_photo(tmp_path, f"a{k}", (50, 40, 100, 100), label=4) for k in range(9)]
+    lfw.append(red_square_photo(tmp_path, "rare", (50, 40, 100, 100), label=2))
+    flat = Sources(lfw, lfw, power=0.0)
+    balanced = Sources(lfw, lfw, power=1.0)
+    assert flat.lfw_weights[-1] == pytest.approx(0.1)
+    assert balanced.lfw_weights[-1] == pytest.approx(0.5)
