@@ -19,8 +19,8 @@ whose box has IoU >= :data:`.compare.MATCH_IOU` with the face's box. (The runtim
 NMS only drops that cell for a better one that overlaps it and misses the face box.) The
 offsets maximise ``accuracy + WEIGHT x balanced accuracy`` by coordinate ascent over
 :data:`GRID` (bounded: at most 2 either way): accuracy at the natural frequencies, without
-giving up the rare expressions; offsets under which some fitted expression is never
-predicted any more are refused.
+giving up the rare expressions; offsets under which a fitted expression that the model
+predicted before is never predicted any more are refused.
 The offsets, and the figures before and after, are written beside ``--out`` as JSON.
 """
 
@@ -85,12 +85,12 @@ def answer(cells: np.ndarray, offsets: np.ndarray) -> int | None:
 
 
 def objective(
-    labels: list[int], cells: list[np.ndarray], offsets: np.ndarray, fitted: list[int]
+    labels: list[int], cells: list[np.ndarray], offsets: np.ndarray, kept: set[int]
 ) -> float:
     """``accuracy + WEIGHT x balanced accuracy`` of the answers with ``offsets``; minus
-    infinity when one of the ``fitted`` expressions is never predicted."""
+    infinity when one of the ``kept`` expressions is never predicted."""
     answers = [answer(c, offsets) for c in cells]
-    if any(c not in answers for c in fitted):
+    if not kept <= set(answers):
         return -np.inf
     s = score(labels, answers)
     return s.accuracy + WEIGHT * s.balanced_accuracy
@@ -102,14 +102,15 @@ def fit_offsets(labels: list[int], cells: list[np.ndarray]) -> np.ndarray:
     strictly improves the objective."""
     offsets = np.zeros(len(CLASSES), dtype=np.float32)
     fitted = [c for c in range(len(CLASSES)) if labels.count(c) >= MIN_FACES]
-    best = objective(labels, cells, offsets, fitted)
+    kept = {answer(c, offsets) for c in cells} & set(fitted)
+    best = objective(labels, cells, offsets, kept)
     for _ in range(ROUNDS):
         improved = False
         for c in fitted:
             for value in GRID:
                 trial = offsets.copy()
                 trial[c] = value
-                got = objective(labels, cells, trial, fitted)
+                got = objective(labels, cells, trial, kept)
                 if got > best + 1e-9:
                     best, offsets, improved = got, trial, True
         if not improved:

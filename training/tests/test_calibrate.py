@@ -123,3 +123,24 @@ def test_face_cells_keeps_only_cells_overlapping_the_face(tmp_path):
     got_whole, got_corner = face_cells(model, [whole, corner], 64)
     assert got_whole.shape[1] == 8 and got_corner.shape[1] == 8
     assert len(got_corner) < len(got_whole)
+
+
+def test_an_expression_the_model_never_predicts_does_not_block_the_fit():
+    """Fear is never predicted (and has faces); neutral faces are called happy by a
+    shade: the fit must still raise neutral, with fear left as it was."""
+    labels, face = [], []
+    for i in range(120):
+        z = np.full(7, -3.0, np.float32)
+        if i < 20:
+            labels.append(FEAR)
+            z[NEUTRAL] = 1.0
+        elif i < 70:
+            labels.append(HAPPY)
+            z[HAPPY] = 2.0
+        else:
+            labels.append(NEUTRAL)
+            z[NEUTRAL], z[HAPPY] = 1.0, 1.2
+        face.append(cells(2.0, list(z)))
+    offsets = fit_offsets(labels, face)
+    answers = [answer(c, offsets) for c in face]
+    assert answers[70:] == [NEUTRAL] * 50 and answers[20:70] == [HAPPY] * 50
