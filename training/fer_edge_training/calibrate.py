@@ -37,14 +37,13 @@ import torch
 from .compare import (
     FER_EDGE_CONFIDENCE,
     MATCH_IOU,
-    add_face_arguments,
     expression_faces,
     score,
 )
 from .decode import cell_scores, decode_cells, iou
 from .export import build
 from .model import CLASSES
-from .photos import BoxedFace
+from .photos import BoxedFace, add_source_arguments
 from .preprocess import load_rgb, preprocess
 
 #: Weight of balanced accuracy in the fitted objective.
@@ -131,7 +130,7 @@ def with_offsets(state: dict[str, torch.Tensor], offsets: np.ndarray) -> dict[st
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_face_arguments(ap)
+    add_source_arguments(ap)
     ap.add_argument("--checkpoint", type=Path, required=True, help="trained checkpoint (.pt)")
     ap.add_argument("--out", type=Path, required=True, help="calibrated checkpoint to write")
     ap.add_argument("--variant", default="nano")

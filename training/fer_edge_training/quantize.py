@@ -419,7 +419,7 @@ def training_frames(
 ) -> Iterator[np.ndarray]:
     """Endless camera-like uint8 RGB frames (camera-shaped, ``frame_size`` px on the long
     side) composed from the training photos (paths of
-    :func:`~fer_edge_training.compare.add_face_arguments`)."""
+    :func:`~fer_edge_training.photos.add_source_arguments`)."""
     from .ferplus import read_ferplus
     from .mosaic import Sources, compose_frame
     from .photos import ferplus_photos, lfw_photos
@@ -456,11 +456,11 @@ def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .compare import add_face_arguments
     from .export import check_and_save
+    from .photos import add_source_arguments
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_face_arguments(ap)
+    add_source_arguments(ap)
     ap.add_argument("--model", type=Path, required=True, help="f32 ONNX model")
     ap.add_argument("--output", type=Path, required=True, help="int8 ONNX model to write")
     ap.add_argument("--calibration-frames", type=int, default=64)

@@ -30,10 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .compare import add_face_arguments
 from .data import identity_of
 from .model import CLASSES
-from .photos import Photo, lfw_photos
+from .photos import Photo, add_source_arguments, lfw_photos
 
 WIDTH, HEIGHT = 320, 240
 
@@ -69,7 +68,7 @@ def detect(binary: Path, model: Path, images: list[Path]) -> list[list[dict]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_face_arguments(ap)
+    add_source_arguments(ap)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--binary", type=Path, required=True, help="the fer-edge binary")
     ap.add_argument("--model", type=Path, required=True)

@@ -26,12 +26,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .compare import add_face_arguments
 from .datasets import LabelledImage, write_lines
 from .ferplus import read_ferplus
 from .model import CLASSES
 from .mosaic import MIN_VISIBLE, Sources, compose_frame, labels_of
-from .photos import ferplus_photos, lfw_photos
+from .photos import add_source_arguments, ferplus_photos, lfw_photos
 
 #: Frames listed in ``quick.txt`` (the accuracy test under qemu).
 QUICK = 12
@@ -39,7 +38,7 @@ QUICK = 12
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_face_arguments(ap)
+    add_source_arguments(ap)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--size", type=int, default=320)

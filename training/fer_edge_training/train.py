@@ -48,7 +48,7 @@ from .ferplus import read_ferplus
 from .loss import yolox_loss
 from .model import CLASSES, build_model, param_groups
 from .mosaic import Sources, compose_frame, labels_of
-from .photos import LFW_BOXES, SPLITS_DIR, ferplus_photos, lfw_photos
+from .photos import add_source_arguments, ferplus_photos, lfw_photos
 from .preprocess import MEAN, STD
 from .scan import set_scan_impl
 from .teacher import read_teacher
@@ -161,13 +161,7 @@ def report_line(report: Report) -> str:
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--data", type=Path, required=True, help="facial_expressions clone (legend labels)"
-    )
-    ap.add_argument("--lfw", type=Path, required=True, help="LFW whole photos")
-    ap.add_argument("--lfw-boxes", type=Path, default=LFW_BOXES, help="LFW face boxes CSV")
-    ap.add_argument("--splits", type=Path, default=SPLITS_DIR, help="identity split files")
-    ap.add_argument("--ferplus", type=Path, required=True, help="FER+ (fer2013new.csv + images)")
+    add_source_arguments(ap)
     ap.add_argument("--out", type=Path, required=True, help="run directory")
     ap.add_argument("--variant", default="nano")
     ap.add_argument("--size", type=int, default=224, help="input size of validation and export")
