@@ -10,12 +10,13 @@ The frames are 320x240 JPEGs: ``--first`` frames of a whole LFW colour photo of 
 person showing ``--from`` (happiness), ``--second`` frames of another photo of the same
 person showing ``--to`` (neutral), each scaled to cover the frame (LFW photos are centred
 on the face, so the face stays in place), then ``--empty`` frames of a public-domain
-scikit-image photo without anyone. People of the ``test`` identities (never seen in
-training) with both expressions are tried; of those whose two frames the model labels
-right, each with a single face, as ``fer-edge detect`` reports them, the one with the
-highest lower score is written: the test asserts the service's events, not the model's
-accuracy, which ``tests/accuracy.rs`` covers. Rerun this after retraining if the
-end-to-end test says the sequence no longer gives ``update``.
+scikit-image photo without anyone, in which the model must find no face. People of the
+``test`` identities (never seen in training) with both expressions are tried; of those
+whose two frames the model labels right, each with a single face, as ``fer-edge detect``
+reports them, the one with the highest lower score is written: the test asserts the
+service's events, not the model's accuracy, which ``tests/accuracy.rs`` covers. Rerun
+this after retraining if the end-to-end test says the sequence no longer gives
+``update``.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ WIDTH, HEIGHT = 320, 240
 
 
 def empty_frame() -> np.ndarray:
-    """scikit-image's coffee photo (public domain), 320x240."""
+    """scikit-image's brick wall photo (public domain), 320x240."""
     import skimage
 
-    with Image.open(Path(skimage.__file__).parent / "data" / "coffee.png") as im:
+    with Image.open(Path(skimage.__file__).parent / "data" / "brick.png") as im:
         return np.asarray(im.convert("RGB").resize((WIDTH, HEIGHT), Image.BILINEAR))
 
 
@@ -95,7 +96,13 @@ def main(argv: list[str] | None = None) -> int:
                     Image.fromarray(frame_of(a)).save(paths[0], quality=90)
                     Image.fromarray(frame_of(b)).save(paths[1], quality=90)
                     candidates.append((person, a, b, paths))
-        found = detect(args.binary, args.model, [p for c in candidates for p in c[3]])
+        empty = Path(tmp) / "empty.jpg"
+        Image.fromarray(empty_frame()).save(empty, quality=90)
+        *found, in_empty = detect(
+            args.binary, args.model, [p for c in candidates for p in c[3]] + [empty]
+        )
+    if in_empty:
+        raise SystemExit(f"the model finds a face in the empty frame: {in_empty}")
     right = [
         (candidate, found[2 * i], found[2 * i + 1])
         for i, candidate in enumerate(candidates)
