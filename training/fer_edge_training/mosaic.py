@@ -176,17 +176,12 @@ def _mosaic(sources: Sources, width: int, height: int, rng, min_labelled: float)
                 photo, zoom, focus = sources.draw_ferplus(rng), rng.uniform(1.0, 1.2), None
             else:
                 photo = sources.draw_lfw(rng)
-                focus = _labelled_face(photo) if rng.random() < FOCUSED_TILES else None
+                focus = photo.labelled_box() if rng.random() < FOCUSED_TILES else None
                 zoom = rng.uniform(1.0, 1.6)
             b, t = place(canvas, photo, rect, rng, zoom, focus, min_labelled)
             boxes.append(b)
             targets.append(t)
     return canvas, boxes, targets
-
-
-def _labelled_face(photo: Photo) -> np.ndarray | None:
-    rows = np.flatnonzero(~np.isnan(photo.targets).any(1))
-    return photo.boxes[rows[0]] if len(rows) else None
 
 
 def compose_frame(
@@ -222,7 +217,7 @@ def compose_frame(
             b, t = place(canvas, photo, rect, rng, rng.uniform(1.0, 1.15), None, min_labelled)
         else:
             photo = sources.draw_lfw(rng)
-            face = _labelled_face(photo)
+            face = photo.labelled_box()
             zoom = 1.0
             if face is not None:
                 with Image.open(photo.path) as im:

@@ -63,6 +63,11 @@ class Photo:
     targets: np.ndarray = field(compare=False)
     label: int = -1
 
+    def labelled_box(self) -> np.ndarray | None:
+        """The box of the face with an expression label, if any."""
+        rows = np.flatnonzero(~np.isnan(self.targets).any(1))
+        return self.boxes[rows[0]] if len(rows) else None
+
 
 @dataclass(frozen=True)
 class BoxedFace:
