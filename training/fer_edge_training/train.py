@@ -1,6 +1,6 @@
 """Train FER-YOLO-Mamba on frames made of real photos (see :mod:`fer_edge_training.mosaic`).
 
-    python -m fer_edge_training.train --data ../../shared/data/facial_expressions \
+    python -m fer_edge_training.train --data ../../shared/data/facial_expressions \\
         --lfw ../../shared/data/lfw --ferplus ../../shared/data/ferplus --out runs/v2
 
 What it does:
