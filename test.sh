@@ -6,7 +6,8 @@
 # Needs: the aarch64-unknown-linux-gnu Rust target, gcc-aarch64-linux-gnu,
 # qemu-user, and the venv .venv (see .ci/run, which installs all of them);
 # also the armv7-unknown-linux-gnueabihf target with gcc-arm-linux-gnueabihf,
-# libclang (bindgen), mosquitto and systemd-analyze (systemd/check.sh).
+# mosquitto, systemd-analyze (systemd/check.sh), and libclang for the check
+# of the committed V4L2 bindings (builds never need it).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-.venv/bin/python}
@@ -14,6 +15,25 @@ PY=${PYTHON:-.venv/bin/python}
 echo "== rustfmt, clippy"
 cargo fmt --check
 cargo clippy --all-targets --features cuda -- -D warnings
+
+echo "== V4L2 bindings: the committed ones match linux/videodev2.h; no bindgen in any build"
+scripts/v4l2-bindings.sh --check
+for crate in bindgen clang-sys; do
+    if cargo tree --target x86_64-unknown-linux-gnu --target aarch64-unknown-linux-gnu \
+        --target armv7-unknown-linux-gnueabihf --features cuda -e normal,build -i "$crate" \
+        >/dev/null 2>&1; then
+        echo "$crate is in the dependency tree again: builds would need libclang" >&2
+        exit 1
+    fi
+done
+# The V4L2 crates from an empty target directory with libclang out of reach.
+mkdir -p target/no-libclang/bin
+printf '#!/bin/sh\necho "no clang here" >&2; exit 1\n' > target/no-libclang/bin/clang
+chmod +x target/no-libclang/bin/clang
+cp target/no-libclang/bin/clang target/no-libclang/bin/llvm-config
+rm -rf target/no-libclang/build
+LIBCLANG_PATH=/nonexistent PATH="$PWD/target/no-libclang/bin:$PATH" \
+    cargo build --quiet -p v4l --target-dir target/no-libclang/build --target aarch64-unknown-linux-gnu
 
 echo "== Rust tests, x86_64 (with the cuda feature: its GPU test skips without a GPU)"
 cargo test --release --features cuda
