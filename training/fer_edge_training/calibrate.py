@@ -19,8 +19,9 @@ whose box has IoU >= :data:`.compare.MATCH_IOU` with the face's box. (The runtim
 NMS only drops that cell for a better one that overlaps it and misses the face box.) The
 offsets maximise ``accuracy + WEIGHT x balanced accuracy`` by coordinate ascent over
 :data:`GRID` (bounded: at most 2 either way): accuracy at the natural frequencies, without
-giving up the rare expressions; offsets under which a fitted expression that the model
-predicted before is never predicted any more are refused.
+giving up the rare expressions; offsets that take a fitted expression's recall below
+:data:`MIN_RECALL` (or below its recall before calibration, when that is lower) are
+refused, so no expression is traded away for the common ones.
 The offsets, and the figures before and after, are written beside ``--out`` as JSON.
 """
 
@@ -47,7 +48,9 @@ from .photos import BoxedFace, add_source_arguments
 from .preprocess import load_rgb, preprocess
 
 #: Weight of balanced accuracy in the fitted objective.
-WEIGHT = 0.5
+WEIGHT = 1.0
+#: Recall every fitted expression keeps (or its recall before calibration, if lower).
+MIN_RECALL = 0.25
 #: Offsets tried for each expression.
 GRID = np.arange(-2.0, 2.0001, 0.25, dtype=np.float32)
 #: Passes of coordinate ascent over the expressions.
@@ -83,13 +86,25 @@ def answer(cells: np.ndarray, offsets: np.ndarray) -> int | None:
     return int(scores[int(best.argmax())].argmax())
 
 
+def recalls(labels: list[int], answers: list[int | None]) -> np.ndarray:
+    """Per-expression recall (NaN for an expression with no face)."""
+    hits = np.zeros(len(CLASSES))
+    counts = np.zeros(len(CLASSES))
+    for label, got in zip(labels, answers, strict=True):
+        counts[label] += 1
+        hits[label] += got == label
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return hits / counts
+
+
 def objective(
-    labels: list[int], cells: list[np.ndarray], offsets: np.ndarray, kept: set[int]
+    labels: list[int], cells: list[np.ndarray], offsets: np.ndarray, floors: dict[int, float]
 ) -> float:
     """``accuracy + WEIGHT x balanced accuracy`` of the answers with ``offsets``; minus
-    infinity when one of the ``kept`` expressions is never predicted."""
+    infinity when an expression of ``floors`` has a lower recall than its floor."""
     answers = [answer(c, offsets) for c in cells]
-    if not kept <= set(answers):
+    per_class = recalls(labels, answers)
+    if any(per_class[c] < floor - 1e-9 for c, floor in floors.items()):
         return -np.inf
     s = score(labels, answers)
     return s.accuracy + WEIGHT * s.balanced_accuracy
@@ -101,15 +116,16 @@ def fit_offsets(labels: list[int], cells: list[np.ndarray]) -> np.ndarray:
     strictly improves the objective."""
     offsets = np.zeros(len(CLASSES), dtype=np.float32)
     fitted = [c for c in range(len(CLASSES)) if labels.count(c) >= MIN_FACES]
-    kept = {answer(c, offsets) for c in cells} & set(fitted)
-    best = objective(labels, cells, offsets, kept)
+    before = recalls(labels, [answer(c, offsets) for c in cells])
+    floors = {c: min(MIN_RECALL, float(before[c])) for c in fitted}
+    best = objective(labels, cells, offsets, floors)
     for _ in range(ROUNDS):
         improved = False
         for c in fitted:
             for value in GRID:
                 trial = offsets.copy()
                 trial[c] = value
-                got = objective(labels, cells, trial, kept)
+                got = objective(labels, cells, trial, floors)
                 if got > best + 1e-9:
                     best, offsets, improved = got, trial, True
         if not improved:

@@ -56,12 +56,25 @@ class Sources:
     """The photos frames are drawn from, each list with class-balanced sampling weights
     (class c drawn in proportion to ``count_c ** (1 - power)``: 0 keeps the data's
     frequencies, 1 draws every class equally often; photos without a labelled face are
-    drawn like the most common class)."""
+    drawn like the most common class). ``close_ups`` is the share of close-up frames (the
+    other kinds keep their relative :data:`KINDS` frequencies)."""
 
-    def __init__(self, lfw: list[Photo], ferplus: list[Photo], power: float = 0.5):
+    def __init__(
+        self,
+        lfw: list[Photo],
+        ferplus: list[Photo],
+        power: float = 0.5,
+        close_ups: float = dict(KINDS)["close_up"],
+    ):
         if not lfw or not ferplus:
             raise ValueError("frames need LFW photos and FER+ faces")
+        if not 0.0 <= close_ups <= 1.0:
+            raise ValueError(f"close-up share must be within [0, 1], got {close_ups}")
         self.lfw, self.ferplus = lfw, ferplus
+        others = sum(f for k, f in KINDS if k != "close_up")
+        self.kinds = tuple(
+            (k, close_ups if k == "close_up" else f * (1.0 - close_ups) / others) for k, f in KINDS
+        )
         self.lfw_weights = _balanced([p.label for p in lfw], power)
         self.ferplus_weights = _balanced([p.label for p in ferplus], power)
 
@@ -195,7 +208,7 @@ def compose_frame(
     ``letterbox``, else the camera-shaped frame), ``boxes [k, 4]`` float32 in its pixels
     and ``targets [k, C]`` float32 (NaN rows: faces without an expression label; a cut
     face keeps its label when ``min_labelled`` of it is visible)."""
-    kind = choice(rng, KINDS)
+    kind = choice(rng, sources.kinds)
     if kind == "close_up":
         width = height = size
     else:

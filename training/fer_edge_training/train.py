@@ -47,7 +47,7 @@ from .evaluate import Report, evaluate
 from .ferplus import read_ferplus
 from .loss import yolox_loss
 from .model import CLASSES, build_model, param_groups
-from .mosaic import Sources, compose_frame, labels_of
+from .mosaic import KINDS, Sources, compose_frame, labels_of
 from .photos import add_source_arguments, ferplus_photos, lfw_photos
 from .preprocess import MEAN, STD
 from .scan import set_scan_impl
@@ -195,6 +195,12 @@ def parse_args(argv):
         help="class-balanced sampling power: 0 = data frequencies, 1 = every class equally",
     )
     ap.add_argument(
+        "--close-ups",
+        type=float,
+        default=dict(KINDS)["close_up"],
+        help="share of training frames that are one FER+ face filling the frame",
+    )
+    ap.add_argument(
         "--cls-weight", type=float, default=1.0, help="weight of the expression loss term"
     )
     ap.add_argument(
@@ -230,7 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     teacher = read_teacher(args.teacher) if args.teacher else None
     lfw = lfw_photos(args.lfw, args.data, args.lfw_boxes, args.splits, teacher, args.soft)
     ferplus, dropped = read_ferplus(args.ferplus)
-    train = Sources(lfw["train"], ferplus_photos(ferplus["train"]), power=args.balance)
+    train = Sources(
+        lfw["train"],
+        ferplus_photos(ferplus["train"]),
+        power=args.balance,
+        close_ups=args.close_ups,
+    )
     val = Sources(lfw["val"], ferplus_photos(ferplus["val"]), power=0.0)
     for name, photos in (("LFW", train.lfw), ("FER+", train.ferplus)):
         counts = np.bincount([p.label for p in photos if p.label >= 0], minlength=len(CLASSES))

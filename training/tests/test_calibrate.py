@@ -68,31 +68,35 @@ def test_an_expression_without_faces_is_not_fitted():
     assert [answer(c, offsets) for c in face[100:110]] == [FEAR] * 10
 
 
-def test_no_fitted_expression_is_silenced():
-    """Sadness faces that no offset in the grid makes right (happiness 5 above), and 30
-    neutral faces that sadness steals, 29 narrowly, one by 1.9 (and happy faces with
-    neutral close behind): offsets that put neutral 2 above sadness (and happiness
-    with it) would fix all 30 and never say sadness again. The fit must stop short of it
-    (one sadness answer left), since silencing an expression is refused."""
+def test_no_fitted_expression_loses_its_recall_for_the_common_ones():
+    """20 sadness faces, all right before calibration by 0.05 to 0.9; 100 neutral faces
+    that sadness steals by 0.01 to 1.0. Lowering sadness (or raising neutral) by 1 would
+    fix every neutral face and lose every sadness face: more accuracy at the same balanced
+    accuracy. The fit must keep sadness's recall at MIN_RECALL (0.25) and fix what it can
+    of neutral within that."""
     sad = 5
     labels, face = [], []
-    for i in range(90):
+    for i in range(20):
         z = np.full(7, -3.0, np.float32)
-        if i < 20:
-            labels.append(sad)
-            z[HAPPY], z[sad] = 4.0, -1.0
-        elif i < 50:
-            labels.append(NEUTRAL)
-            z[NEUTRAL], z[sad] = 1.0, 1.2 if i < 49 else 2.9
-        else:  # 40 happy faces: raising neutral instead would cost them
-            labels.append(HAPPY)
-            z[HAPPY], z[NEUTRAL] = 1.0, 0.9
+        z[NEUTRAL], z[sad] = 1.0, 1.05 + 0.045 * i
+        labels.append(sad)
+        face.append(cells(2.0, list(z)))
+    for i in range(100):
+        z = np.full(7, -3.0, np.float32)
+        z[NEUTRAL], z[sad] = 1.0, 1.0 + 0.01 * (i + 1)
+        labels.append(NEUTRAL)
+        face.append(cells(2.0, list(z)))
+    for _ in range(40):
+        z = np.full(7, -3.0, np.float32)
+        z[HAPPY] = 2.0
+        labels.append(HAPPY)
         face.append(cells(2.0, list(z)))
     offsets = fit_offsets(labels, face)
     answers = [answer(c, offsets) for c in face]
     assert abs(offsets).max() <= 2.0
-    assert answers.count(sad) == 1
-    assert answers[20:49] == [NEUTRAL] * 29
+    assert 5 <= answers[:20].count(sad) < 20
+    assert answers[20:120].count(NEUTRAL) >= 40
+    assert answers[120:] == [HAPPY] * 40
 
 
 def test_offsets_fold_into_the_models_expression_logits(tmp_path):
