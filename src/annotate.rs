@@ -1,7 +1,10 @@
 //! Drawing detections onto images: a box and an `expression score` label per
-//! face, for `fer-edge detect --annotate`.
+//! face, for `fer-edge detect --annotate`, `fer-edge preview` and the
+//! service's snapshots.
 
 use crate::face::{Expression, Face};
+use crate::preprocess::{frame_to_rgb, Frame};
+use anyhow::Context;
 use font8x8::UnicodeFonts;
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
@@ -52,6 +55,30 @@ pub fn draw_faces(image: &mut RgbImage, faces: &[Face]) {
         );
         draw_text(image, x1 + 2, label_y + 1, &label, Rgb([0, 0, 0]));
     }
+}
+
+/// `frame` as an RGB image with `faces` drawn on it; `rgb` is the pixel
+/// buffer to reuse (handed back by `RgbImage::into_raw`).
+pub fn annotated_frame(frame: &Frame, faces: &[Face], rgb: Vec<u8>) -> anyhow::Result<RgbImage> {
+    let mut rgb = rgb;
+    let (width, height) = frame_to_rgb(frame, &mut rgb)?;
+    let mut image = RgbImage::from_raw(width as u32, height as u32, rgb)
+        .context("frame size does not match its pixels")?;
+    draw_faces(&mut image, faces);
+    Ok(image)
+}
+
+/// Writes `text` in white on black in the top-left corner of `image`.
+pub fn draw_caption(image: &mut RgbImage, text: &str) {
+    fill_rect(
+        image,
+        0,
+        0,
+        GLYPH * text.len() as u32 + 4,
+        GLYPH + 4,
+        Rgb([0, 0, 0]),
+    );
+    draw_text(image, 2, 2, text, Rgb([255, 255, 255]));
 }
 
 /// Writes `image` to `dir/<stem of source>.png` atomically (temporary file,

@@ -1,5 +1,5 @@
 //! The `fer-edge` command line: the service (`run`, `check-config`,
-//! `status`) and the tools (`detect`, `eval`, `bench`).
+//! `status`) and the tools (`detect`, `eval`, `bench`, `preview`).
 
 use crate::annotate::{draw_faces, save_annotated};
 use crate::config::{Config, DEFAULT_CONFIG};
@@ -9,20 +9,25 @@ use crate::detector::{Detector, StageTimings};
 use crate::device::Device;
 use crate::evaluate::{evaluate, format_report};
 use crate::face::Face;
-use crate::infer::{set_threads, Model};
+use crate::infer::{set_threads, Model, ModelSource};
 use crate::preprocess::{Frame, PixelFormat};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-/// The model shipped in `models/`, used when `--model` is not given.
-pub const DEFAULT_MODEL: &str = "models/fer-yolo-mamba-nano.onnx";
+/// The frame `bench` times when no `--image` is given.
+static BENCH_IMAGE: &[u8] = include_bytes!("../samples/obama.jpg");
 
 #[derive(Parser, Debug)]
 #[command(
     name = "fer-edge",
-    version,
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (built-in model fer-yolo-mamba-nano.onnx, sha256 ",
+        env!("FER_EDGE_BUILT_IN_MODEL_SHA256"),
+        ")"
+    ),
     about = "On-device facial-expression detection"
 )]
 pub struct Cli {
@@ -47,13 +52,17 @@ enum Command {
     Eval(EvalArgs),
     /// Time each pipeline stage over repeated frames and print median and p90.
     Bench(BenchArgs),
+    /// Aim the camera: detect on a few frames of the configured source and
+    /// write them annotated (boxes, expressions, fps) to a directory.
+    Preview(PreviewArgs),
 }
 
 #[derive(Args, Debug)]
 struct ModelArgs {
-    /// ONNX model exported by `training/` (with fer_edge::SelectiveScan nodes).
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    model: PathBuf,
+    /// ONNX model file exported by `training/` (with fer_edge::SelectiveScan
+    /// nodes); without it, the model built into the binary.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Worker threads for inference (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -74,7 +83,8 @@ impl ModelArgs {
 
     fn load(&self) -> anyhow::Result<Model> {
         set_threads(self.thread_count());
-        Ok(Model::load_on(&self.model, self.device)?)
+        let source = ModelSource::from_file(self.model.as_deref());
+        Ok(Model::load_on(&source, self.device)?)
     }
 }
 
@@ -193,9 +203,22 @@ struct BenchArgs {
     /// Untimed frames run first.
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// JPEG image used as the frame (decoded as an MJPEG camera frame each time).
-    #[arg(long, default_value = "samples/obama.jpg")]
-    image: PathBuf,
+    /// JPEG image used as the frame (decoded as an MJPEG camera frame each
+    /// time); without it, a built-in portrait (`samples/obama.jpg`).
+    #[arg(long)]
+    image: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct PreviewArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Frames to write.
+    #[arg(long, default_value_t = 10)]
+    frames: usize,
+    /// Directory of the annotated frames (`preview-0001.png`, ...).
+    #[arg(long)]
+    annotate: PathBuf,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -207,14 +230,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Detect(args) => detect(args),
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args),
+        Command::Preview(args) => preview(args),
     }
 }
 
 fn run_service(args: RunArgs) -> anyhow::Result<i32> {
     let (config, source) = args.config.load(|config| {
         let detector = &mut config.detector;
-        if let Some(model) = args.model {
-            detector.model = model;
+        if args.model.is_some() {
+            detector.model = args.model;
         }
         if let Some(device) = args.device {
             detector.device = device;
@@ -242,9 +266,9 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<i32> {
     .filter_map(|&(on, name)| on.then_some(name))
     .collect();
     println!(
-        "{}: OK (model {}, source {}, sinks: {}, snapshots {})",
+        "{}: OK ({}, source {}, sinks: {}, snapshots {})",
         args.path.display(),
-        config.detector.model.display(),
+        ModelSource::from_file(config.detector.model.as_deref()),
         crate::service::source_name(&config.capture),
         if sinks.is_empty() {
             "none".into()
@@ -348,8 +372,8 @@ fn eval(args: EvalArgs) -> anyhow::Result<i32> {
     let labels: Vec<_> = images.into_iter().map(|image| image.faces).collect();
     let report = evaluate(&detections, &labels);
     println!(
-        "model {}, dataset {} ({} images)",
-        detector.model().path().display(),
+        "{}, dataset {} ({} images)",
+        detector.model().source(),
         args.dataset.display(),
         labels.len()
     );
@@ -357,9 +381,27 @@ fn eval(args: EvalArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+fn preview(args: PreviewArgs) -> anyhow::Result<i32> {
+    let (config, source) = args.config.load(|_| {})?;
+    let mut detector = Detector::from_config(&config.detector)?;
+    log::info!(
+        "preview of {} (config {source}) into {}",
+        crate::service::source_name(&config.capture),
+        args.annotate.display()
+    );
+    for frame in crate::preview::run(&config, &mut detector, args.frames, &args.annotate)? {
+        let faces = crate::preview::count_faces(frame.faces);
+        println!("{} ({faces})", frame.path.display());
+    }
+    Ok(0)
+}
+
 fn bench(args: BenchArgs) -> anyhow::Result<i32> {
-    let jpeg = std::fs::read(&args.image)
-        .with_context(|| format!("cannot read bench image {}", args.image.display()))?;
+    let jpeg = match &args.image {
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("cannot read bench image {}", path.display()))?,
+        None => BENCH_IMAGE.to_vec(),
+    };
     let mut detector = Detector::new(args.model.load()?, DecodeOptions::default());
     let frame = Frame {
         format: PixelFormat::Mjpeg,
@@ -375,11 +417,19 @@ fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         .collect::<Result<_, _>>()?;
     let (h, w) = detector.model().input_size();
     println!(
-        "model {} ({w}x{h}), {} threads, {} frames after {} warm-up",
-        detector.model().path().display(),
+        "fer-edge {}, {} ({w}x{h}), {} threads, {} frames after {} warm-up",
+        env!("CARGO_PKG_VERSION"),
+        detector.model().source(),
         args.model.thread_count(),
         args.frames,
         args.warmup
+    );
+    let isa = tract_linalg::isa::native();
+    println!(
+        "cpu: {}; scan kernel: {}; tract ISA: {} ({isa:?})",
+        crate::device::cpu_description(),
+        crate::scan::kernel::best().name(),
+        isa.nickname()
     );
     println!("{:<12} {:>10} {:>10}", "stage", "median ms", "p90 ms");
     for (stage, name) in StageTimings::NAMES.iter().enumerate() {

@@ -11,6 +11,7 @@
 use crate::capture::CaptureConfig;
 use crate::decode::DecodeOptions;
 use crate::device::Device;
+use crate::service::metrics::HttpConfig;
 use crate::signal::{GpioConfig, LogConfig, MqttConfig};
 use crate::track::TrackerConfig;
 use serde::{Deserialize, Serialize};
@@ -31,14 +32,17 @@ pub struct Config {
     pub gpio: GpioConfig,
     pub service: ServiceConfig,
     pub snapshot: SnapshotConfig,
+    pub http: HttpConfig,
 }
 
 /// The `[detector]` table: the model and how it runs.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
-    /// The ONNX model (with `fer_edge::SelectiveScan` nodes).
-    pub model: PathBuf,
+    /// An ONNX model file (with `fer_edge::SelectiveScan` nodes); without
+    /// it, the model built into the binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<PathBuf>,
     /// `auto`, `cpu` or `cuda`; `auto` takes a usable CUDA GPU when the
     /// binary was built with the `cuda` feature.
     pub device: Device,
@@ -54,7 +58,7 @@ impl Default for DetectorConfig {
     fn default() -> Self {
         let decode = DecodeOptions::default();
         DetectorConfig {
-            model: PathBuf::from(crate::cli::DEFAULT_MODEL),
+            model: None,
             device: Device::Auto,
             threads: 0,
             confidence: decode.confidence,
@@ -229,10 +233,10 @@ impl Config {
                 format!("{} is not in [0, 1]", detector.nms_iou),
             ));
         }
-        if !detector.model.is_file() {
+        if let Some(model) = detector.model.as_ref().filter(|m| !m.is_file()) {
             return Err(invalid(
                 "detector.model",
-                format!("{} is not a file", detector.model.display()),
+                format!("{} is not a file", model.display()),
             ));
         }
         self.capture
@@ -350,7 +354,6 @@ mod tests {
     #[test]
     fn semantic_errors_name_the_key() {
         let mut config = Config::default();
-        config.detector.model = PathBuf::from("Cargo.toml");
         config.detector.confidence = 1.5;
         let err = config.check(Path::new(PATH)).unwrap_err().to_string();
         assert!(err.contains("detector.confidence"), "{err}");
@@ -375,7 +378,7 @@ mod tests {
     #[test]
     fn a_missing_model_is_named() {
         let mut config = Config::default();
-        config.detector.model = PathBuf::from("models/no-such-model.onnx");
+        config.detector.model = Some(PathBuf::from("models/no-such-model.onnx"));
         let err = config.check(Path::new(PATH)).unwrap_err().to_string();
         assert!(
             err.contains("detector.model") && err.contains("no-such-model"),
@@ -412,8 +415,7 @@ mod tests {
     fn the_example_documents_every_key_with_its_default() {
         let example = include_str!("../config.example.toml");
         let active = parse(example).unwrap();
-        let mut expected = Config::default();
-        expected.detector.model = active.detector.model.clone();
+        let expected = Config::default();
         assert_eq!(
             active, expected,
             "the example's active values must be the defaults"

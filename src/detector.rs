@@ -1,9 +1,10 @@
 //! The detection pipeline for one frame: preprocess -> infer -> decode, with
 //! per-stage timings for `fer-edge bench`.
 
+use crate::config::DetectorConfig;
 use crate::decode::{decode, DecodeError, DecodeOptions};
 use crate::face::Face;
-use crate::infer::{Model, ModelError};
+use crate::infer::{set_threads, Model, ModelError, ModelSource};
 use crate::preprocess::{Frame, PixelFormat, PreprocessError, Preprocessor};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,22 @@ impl Detector {
             preprocessor: Preprocessor::new(height, width),
             options,
         }
+    }
+
+    /// Loads the `[detector]` table's model on its threads and device (and
+    /// logs which model it is).
+    pub fn from_config(config: &DetectorConfig) -> Result<Self, ModelError> {
+        set_threads(config.thread_count());
+        let source = ModelSource::from_file(config.model.as_deref());
+        let model = Model::load_on(&source, config.device)?;
+        let (height, width) = model.input_size();
+        log::info!(
+            "{source} (sha256 {}, {width}x{height} input), device {:?}, {} threads",
+            model.sha256(),
+            config.device,
+            config.thread_count()
+        );
+        Ok(Detector::new(model, config.decode_options()))
     }
 
     pub fn model(&self) -> &Model {

@@ -122,6 +122,45 @@ fn one_line(e: &anyhow::Error) -> String {
         .join(" ")
 }
 
+/// The CPU, for benchmark headers: its model (`/proc/cpuinfo`'s model name,
+/// or on ARM the board and the core type) and the cores this process may use.
+pub fn cpu_description() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{}, {cores} cores", cpu_model(&cpuinfo))
+}
+
+/// The CPU model named by a `/proc/cpuinfo` text.
+fn cpu_model(cpuinfo: &str) -> String {
+    let field = |key: &str| {
+        cpuinfo.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            (name.trim() == key).then(|| value.trim().to_string())
+        })
+    };
+    if let Some(name) = field("model name").filter(|name| !name.is_empty()) {
+        return name;
+    }
+    // ARM: the core type from its part number, and the board when named.
+    let core = field("CPU part").map(|part| match part.as_str() {
+        "0xd03" => "Cortex-A53".to_string(),
+        "0xd04" => "Cortex-A35".to_string(),
+        "0xd05" => "Cortex-A55".to_string(),
+        "0xd07" => "Cortex-A57".to_string(),
+        "0xd08" => "Cortex-A72".to_string(),
+        "0xd09" => "Cortex-A73".to_string(),
+        "0xd0b" => "Cortex-A76".to_string(),
+        "0xd42" => "Cortex-A78AE".to_string(),
+        other => format!("ARM part {other}"),
+    });
+    match (field("Model"), core) {
+        (Some(board), Some(core)) => format!("{board}, {core}"),
+        (None, Some(core)) => core,
+        (Some(board), None) => board,
+        (None, None) => std::env::consts::ARCH.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +190,16 @@ mod tests {
             Some(DeviceError::CudaNotBuilt)
         ));
         assert!(err.to_string().contains("--features cuda"), "{err}");
+    }
+
+    #[test]
+    fn names_x86_models_and_arm_boards_with_their_cores() {
+        let x86 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\n";
+        assert_eq!(cpu_model(x86), "AMD EPYC 9B14");
+        let pi4 = "processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd08\n\n\
+                   Hardware\t: BCM2835\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n";
+        assert_eq!(cpu_model(pi4), "Raspberry Pi 4 Model B Rev 1.4, Cortex-A72");
+        assert_eq!(cpu_model("CPU part\t: 0xd0b\n"), "Cortex-A76");
+        assert_eq!(cpu_model(""), std::env::consts::ARCH);
     }
 }

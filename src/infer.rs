@@ -4,26 +4,71 @@
 use crate::decode::level_geometry;
 use crate::device::Device;
 use crate::scan;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use tract_linalg::multithread::{current_tract_executor, set_default_executor, Executor};
 use tract_onnx::prelude::*;
 
-/// A problem loading or running a model, naming the file and the cause.
+/// The model built into the binary: `models/fer-yolo-mamba-nano.onnx` as it
+/// was when the binary was built, used when no model file is configured.
+pub const BUILT_IN_MODEL: &str = "fer-yolo-mamba-nano.onnx";
+/// SHA-256 of [`BUILT_IN_MODEL`], computed by `build.rs`.
+pub const BUILT_IN_MODEL_SHA256: &str = env!("FER_EDGE_BUILT_IN_MODEL_SHA256");
+static BUILT_IN_ONNX: &[u8] = include_bytes!("../models/fer-yolo-mamba-nano.onnx");
+
+/// Where a model comes from: the binary itself or an ONNX file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    BuiltIn,
+    File(PathBuf),
+}
+
+impl ModelSource {
+    /// The file when one is named, else the built-in model.
+    pub fn from_file(path: Option<&Path>) -> ModelSource {
+        path.map_or(ModelSource::BuiltIn, |p| ModelSource::File(p.into()))
+    }
+
+    fn bytes(&self) -> Result<Cow<'static, [u8]>, ModelError> {
+        match self {
+            ModelSource::BuiltIn => Ok(Cow::Borrowed(BUILT_IN_ONNX)),
+            ModelSource::File(path) => {
+                std::fs::read(path)
+                    .map(Cow::Owned)
+                    .map_err(|error| ModelError::Read {
+                        path: path.clone(),
+                        error,
+                    })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::BuiltIn => write!(f, "built-in model {BUILT_IN_MODEL}"),
+            ModelSource::File(path) => write!(f, "model file {}", path.display()),
+        }
+    }
+}
+
+/// A problem loading or running a model, naming the model and the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("cannot read model file {path}: {source}")]
+    #[error("cannot read model file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("model file {path} is not a valid ONNX model (corrupt or truncated?): {cause}")]
-    Parse { path: PathBuf, cause: String },
-    #[error("model file {path} uses operators fer-edge does not implement: {ops}")]
-    UnsupportedOps { path: PathBuf, ops: String },
-    #[error("model file {path} cannot be prepared for inference: {cause}")]
-    Prepare { path: PathBuf, cause: String },
-    #[error("model file {path} is not a FER-YOLO-Mamba detector: {cause}")]
-    NotADetector { path: PathBuf, cause: String },
+    #[error("{model} is not a valid ONNX model (corrupt or truncated?): {cause}")]
+    Parse { model: ModelSource, cause: String },
+    #[error("{model} uses operators fer-edge does not implement: {ops}")]
+    UnsupportedOps { model: ModelSource, ops: String },
+    #[error("{model} cannot be prepared for inference: {cause}")]
+    Prepare { model: ModelSource, cause: String },
+    #[error("{model} is not a FER-YOLO-Mamba detector: {cause}")]
+    NotADetector { model: ModelSource, cause: String },
     #[error("input tensor has shape {got:?}, but the model expects {expected:?}")]
     InputShape {
         got: Vec<usize>,
@@ -56,24 +101,25 @@ pub fn set_threads(threads: usize) {
 pub struct Model {
     plan: Arc<TypedRunnableModel>,
     input_shape: [usize; 4],
-    path: PathBuf,
+    source: ModelSource,
+    sha256: String,
 }
 
 impl Model {
     /// Loads, checks and optimises the model in `path` for the CPU.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
-        Self::load_on(path, Device::Cpu)
+        Self::load_on(&ModelSource::File(path.into()), Device::Cpu)
     }
 
-    /// Loads and checks the model in `path` and prepares it for `device`.
-    pub fn load_on(path: &Path, device: Device) -> Result<Model, ModelError> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let path_buf = path.to_path_buf();
+    /// Loads and checks the model of `source` and prepares it for `device`.
+    pub fn load_on(source: &ModelSource, device: Device) -> Result<Model, ModelError> {
+        let bytes = source.bytes()?;
+        let sha256 = match source {
+            ModelSource::BuiltIn => BUILT_IN_MODEL_SHA256.to_owned(),
+            ModelSource::File(_) => sha256_hex(&bytes),
+        };
         let parse = |e: anyhow::Error| ModelError::Parse {
-            path: path_buf.clone(),
+            model: source.clone(),
             cause: chain(&e),
         };
         let proto = onnx()
@@ -83,24 +129,25 @@ impl Model {
         let unsupported = unsupported_ops(&inference);
         if !unsupported.is_empty() {
             return Err(ModelError::UnsupportedOps {
-                path: path.into(),
+                model: source.clone(),
                 ops: unsupported,
             });
         }
         let prepare = |e: anyhow::Error| ModelError::Prepare {
-            path: path.into(),
+            model: source.clone(),
             cause: chain(&e),
         };
         let typed = inference.into_typed().map_err(prepare)?;
         let input_shape = check_detector_io(&typed).map_err(|cause| ModelError::NotADetector {
-            path: path.into(),
+            model: source.clone(),
             cause,
         })?;
         let plan = device.prepare(typed).map_err(prepare)?;
         Ok(Model {
             plan,
             input_shape,
-            path: path.into(),
+            source: source.clone(),
+            sha256,
         })
     }
 
@@ -114,9 +161,14 @@ impl Model {
         (self.input_shape[2], self.input_shape[3])
     }
 
-    /// The file this model was loaded from.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where this model was loaded from.
+    pub fn source(&self) -> &ModelSource {
+        &self.source
+    }
+
+    /// SHA-256 of the ONNX bytes, lower-case hex: which model a device runs.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// Runs the network on one `[1, 3, H, W]` input; returns its raw output maps.
@@ -182,6 +234,14 @@ fn check_detector_io(model: &TypedModel) -> Result<[usize; 4], String> {
             .map_err(|e| e.to_string())?;
     }
     Ok(input_shape)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// An error with its causes, on one line.

@@ -17,6 +17,7 @@ pub mod evaluate;
 pub mod face;
 pub mod infer;
 pub mod preprocess;
+pub mod preview;
 pub mod scan;
 pub mod service;
 pub mod signal;

@@ -796,7 +796,9 @@ fn unplugged_camera_is_retried_with_capped_backoff_and_frames_resume() {
     let stats = capture.stats();
     assert_eq!(stats.reconnects, 2, "{stats:?}");
     assert!(!capture.is_finished());
+    assert!(capture.is_open(), "the third camera delivers");
     capture.stop();
+    assert!(!capture.is_open(), "a stopped capture has no source open");
 
     // The delays the service chose, from its log: doubling, capped at 40 ms,
     // back to 10 ms after the camera had delivered frames.
@@ -899,6 +901,7 @@ fn the_watchdog_sees_a_hung_camera_but_not_an_unplugged_one() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_millis(1500) {
         assert!(unplugged.is_alive(tolerance), "at {:?}", start.elapsed());
+        assert!(!unplugged.is_open(), "no camera is open");
         std::thread::sleep(Duration::from_millis(20));
     }
     unplugged.stop();
@@ -917,6 +920,7 @@ fn the_watchdog_sees_a_hung_camera_but_not_an_unplugged_one() {
     };
     let mut hung = Capture::with_opener(opener, &ReconnectConfig::default()).unwrap();
     hung.latest(Duration::from_secs(30)).expect("the one frame");
+    assert!(hung.is_open(), "the camera opened and delivered");
     std::thread::sleep(tolerance + Duration::from_millis(300));
     assert!(
         !hung.is_alive(tolerance),

@@ -9,7 +9,8 @@ mod common;
 
 use common::{read_npy, repo, tolerance_ratio, values};
 use fer_edge::decode::{decode, DecodeOptions};
-use fer_edge::infer::{Model, ModelError};
+use fer_edge::device::Device;
+use fer_edge::infer::{Model, ModelError, ModelSource, BUILT_IN_MODEL_SHA256};
 use fer_edge::preprocess::Letterbox;
 use fer_edge::scan::op::SelectiveScan;
 use std::path::Path;
@@ -169,12 +170,38 @@ fn corrupt_and_truncated_files_give_a_clear_error() {
     let real = std::fs::read(repo("tests/data/vss_block/vss_block.onnx")).unwrap();
     let err = load_error(&real[..real.len() / 2]);
     assert!(err.contains("not a valid ONNX model"), "{err}");
-    let missing = Model::load(Path::new("/nonexistent/model.onnx"))
-        .unwrap_err()
-        .to_string();
+    let missing =
+        anyhow::Error::from(Model::load(Path::new("/nonexistent/model.onnx")).unwrap_err());
+    let missing = format!("{missing:#}");
     assert!(
         missing.contains("cannot read model file /nonexistent/model.onnx"),
         "{missing}"
+    );
+    assert_eq!(
+        missing.matches("os error 2").count(),
+        1,
+        "cause repeated: {missing}"
+    );
+}
+
+/// The model inside the binary is `models/`'s: the same bytes (build.rs's
+/// hash against the loader's hash of the file) and the same network.
+#[test]
+fn the_built_in_model_is_the_shipped_file() {
+    let built_in = Model::load_on(&ModelSource::BuiltIn, Device::Cpu).unwrap();
+    let file = Model::load(&repo(MODEL)).unwrap();
+    assert_eq!(file.sha256(), BUILT_IN_MODEL_SHA256);
+    assert_eq!(built_in.sha256(), BUILT_IN_MODEL_SHA256);
+    assert_eq!(built_in.input_shape(), file.input_shape());
+    let input = read_npy(&repo("tests/data/golden/input.npy"));
+    let (a, b) = (
+        built_in.run(input.clone()).unwrap(),
+        file.run(input).unwrap(),
+    );
+    assert_eq!(a, b, "the built-in network computes what the file's does");
+    assert_eq!(
+        built_in.source().to_string(),
+        "built-in model fer-yolo-mamba-nano.onnx"
     );
 }
 

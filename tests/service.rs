@@ -17,6 +17,9 @@ mod common;
 use broker::*;
 use common::emulated;
 use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -169,12 +172,61 @@ fn notifications(received: &mpsc::Receiver<String>) -> Vec<String> {
     std::iter::from_fn(|| received.recv_timeout(Duration::from_millis(200)).ok()).collect()
 }
 
+/// GET `path` from the service's HTTP listener on `port`: the status code
+/// and the body; `None` while nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// The samples of a Prometheus text exposition (OpenMetrics 1.0), by
+/// `name{labels}`. Panics on anything out of the format: a sample of a
+/// family with no `# TYPE`, a value that is not a number, no `# EOF` last.
+fn parse_exposition(text: &str) -> BTreeMap<String, f64> {
+    let mut families = Vec::new();
+    let mut samples = BTreeMap::new();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"# EOF"), "{text}");
+    for line in &lines[..lines.len() - 1] {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut words = comment.split_whitespace();
+            let (kind, name) = (words.next().unwrap(), words.next().unwrap());
+            assert!(["HELP", "TYPE", "UNIT"].contains(&kind), "{line}");
+            if kind == "TYPE" {
+                families.push(name.to_string());
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            families
+                .iter()
+                .any(|family| name.starts_with(family.as_str())),
+            "sample {name} has no # TYPE"
+        );
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
 #[test]
 fn a_recorded_sequence_gives_new_update_end_and_a_clean_exit() {
     require_native_and_mosquitto!();
     let broker = Broker::start();
     let subscriber = Subscriber::connect(broker.port, "fer-edge/seq/#");
-    let (mut service, notify) = Service::start_notified(broker.port, "seq", &[]);
+    let http = free_port();
+    let listen = format!("http.listen=127.0.0.1:{http}");
+    let (mut service, notify) = Service::start_notified(broker.port, "seq", &[&listen]);
 
     assert_eq!(
         subscriber.next_on("fer-edge/seq/availability").text(),
@@ -197,6 +249,29 @@ fn a_recorded_sequence_gives_new_update_end_and_a_clean_exit() {
             ("update".into(), 1, "neutral".into()),
             ("end".into(), 1, "neutral".into()),
         ]
+    );
+    // Scraped while the sequence plays (the face has come and gone).
+    let (code, health) = http_get(http, "/healthz").expect("the HTTP listener");
+    assert_eq!((code, health.as_str()), (200, "ok\n"));
+    let (code, text) = http_get(http, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    let metrics = parse_exposition(&text);
+    assert_eq!(metrics["fer_edge_faces_total"], 1.0, "{text}");
+    assert_eq!(
+        metrics["fer_edge_expressions_total{expression=\"neutral\"}"],
+        1.0
+    );
+    assert_eq!(metrics["fer_edge_mqtt_connected"], 1.0, "{text}");
+    assert_eq!(metrics["fer_edge_source_open"], 1.0, "{text}");
+    let frames = metrics["fer_edge_frames_total"];
+    assert!(frames > 1.0, "{text}");
+    assert_eq!(
+        metrics["fer_edge_inference_seconds_count"], frames,
+        "{text}"
+    );
+    assert_eq!(
+        metrics["fer_edge_inference_seconds_bucket{le=\"+Inf\"}"],
+        frames
     );
     // The file source ends: the service stops by itself, cleanly.
     let offline = subscriber.next_on("fer-edge/seq/availability");
@@ -251,6 +326,34 @@ fn sigterm_ends_the_tracks_and_publishes_offline_and_kill_leaves_the_last_will()
     let will = subscriber.next_on("fer-edge/stop/availability");
     assert_eq!(will.text(), "offline");
     assert!(killed_at.elapsed() < Duration::from_secs(10));
+}
+
+/// A missing camera keeps the service up (it is retried), and `/healthz`
+/// says 503 with why, so a fleet dashboard shows the kiosk as down.
+#[test]
+fn a_missing_camera_makes_healthz_fail() {
+    require_native_and_mosquitto!();
+    let broker = Broker::start();
+    let http = free_port();
+    let listen = format!("http.listen=127.0.0.1:{http}");
+    let mut service = Service::start(
+        broker.port,
+        "nocam",
+        &[
+            &listen,
+            "capture.source=v4l2",
+            "capture.device=/dev/video-fer-edge-missing",
+        ],
+    );
+    wait_until("the HTTP listener", || http_get(http, "/healthz").is_some());
+    let (code, why) = http_get(http, "/healthz").unwrap();
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("not open"), "{why}");
+    let metrics = parse_exposition(&http_get(http, "/metrics").unwrap().1);
+    assert_eq!(metrics["fer_edge_source_open"], 0.0);
+    assert_eq!(metrics["fer_edge_frames_total"], 0.0);
+    service.signal("-TERM");
+    assert!(service.wait().success());
 }
 
 #[test]

@@ -8,7 +8,7 @@ use super::{
     open, CaptureConfig, CaptureError, CapturedFrame, FrameSource, ReconnectConfig, StreamFormat,
 };
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -40,6 +40,8 @@ struct Shared {
     mailbox: LatestFrame,
     corrupt: AtomicU64,
     reconnects: AtomicU64,
+    /// A source is open (opened and not failed since).
+    open: AtomicBool,
     stream_format: Mutex<Option<StreamFormat>>,
     /// Until when the capture thread is known to be working: the time of
     /// its last frame (good or corrupt) or open attempt, or the end of the
@@ -132,6 +134,12 @@ impl Capture {
         !self.is_finished() && until.is_some_and(|until| Instant::now() <= until + tolerance)
     }
 
+    /// Whether a source is open now: false while a camera is missing or
+    /// failing (between reconnect attempts) and once the capture finished.
+    pub fn is_open(&self) -> bool {
+        self.shared.open.load(Ordering::Relaxed)
+    }
+
     /// True once no frame will come any more: a file source ended, the
     /// config proved unusable, or the capture was stopped.
     pub fn is_finished(&self) -> bool {
@@ -175,8 +183,9 @@ where
         // not the end of the service.
         let round = panic::catch_unwind(AssertUnwindSafe(|| {
             read_until_failure(&mut opener, shared, after_failure)
-        }))
-        .unwrap_or_else(|panic| Round::Failed {
+        }));
+        shared.open.store(false, Ordering::Relaxed);
+        let round = round.unwrap_or_else(|panic| Round::Failed {
             error: format!("the source panicked: {}", panic_message(&*panic)),
             delivered: false,
         });
@@ -207,6 +216,7 @@ where
         Ok(source) => source,
         Err(error) => return end_of_round(error, "the source", false),
     };
+    shared.open.store(true, Ordering::Relaxed);
     let stream_format = source.stream_format();
     let format_note = stream_format.map_or(String::new(), |f| format!(": {f}"));
     if after_failure {

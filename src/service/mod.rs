@@ -11,6 +11,7 @@
 //! for. On a stop signal it finishes the frame in hand, ends every track,
 //! publishes `offline`, returns the pins to their safe state and returns.
 
+pub mod metrics;
 pub mod snapshot;
 pub mod status;
 pub mod systemd;
@@ -18,11 +19,11 @@ pub mod systemd;
 use crate::capture::{Capture, CaptureConfig, CapturedFrame, SourceKind};
 use crate::config::Config;
 use crate::detector::{DetectError, Detector};
-use crate::infer::{set_threads, Model};
 use crate::preprocess::Frame;
 use crate::signal::{build_sinks, Sink, Sinks, Stats};
 use crate::track::Tracker;
 use anyhow::Context;
+use metrics::{MetricsServer, Monitor, Turn};
 use snapshot::Snapshots;
 use status::Status;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,17 +42,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             .context("cannot install the SIGTERM/SIGINT handlers")?;
     }
     let mut systemd = Systemd::from_env();
-    set_threads(config.detector.thread_count());
-    let model = Model::load_on(&config.detector.model, config.detector.device)?;
-    log::info!(
-        "model {} ({}x{} input), device {:?}, {} threads",
-        model.path().display(),
-        model.input_size().1,
-        model.input_size().0,
-        config.detector.device,
-        config.detector.thread_count()
-    );
-    let detector = Detector::new(model, config.detector.decode_options());
+    let detector = Detector::from_config(&config.detector)?;
     let snapshots = if config.snapshot.enabled {
         log::warn!(
             "snapshots are on: frames with faces are written to {}",
@@ -64,6 +55,19 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let sinks = build_sinks(&config.log, &config.mqtt, &config.gpio)?;
     log::info!("signalling to: {}", sinks.names().join(", "));
     let capture = Capture::start(&config.capture)?;
+    let (monitor, metrics_server) = match config.http.listen {
+        Some(address) => {
+            let model = detector.model();
+            let (monitor, registry) = Monitor::new(
+                &model.source().to_string(),
+                model.sha256(),
+                config.mqtt.enabled,
+            );
+            let server = MetricsServer::start(address, registry, Arc::clone(&monitor))?;
+            (Some(monitor), Some(server))
+        }
+        None => (None, None),
+    };
     let mut service = Service {
         config,
         detector,
@@ -76,11 +80,13 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         started_at: unix_now(),
         undecodable: 0,
         status_failed: false,
+        monitor,
     };
     systemd.ready(&format!("reading {}", source_name(&config.capture)));
     let outcome = service.run_until(&stop, &mut systemd);
     systemd.stopping();
     service.shut_down();
+    drop(metrics_server);
     outcome
 }
 
@@ -99,6 +105,8 @@ struct Service<'a> {
     undecodable: u64,
     /// The status file could not be written (warned once).
     status_failed: bool,
+    /// What the `/metrics` listener serves, when `[http] listen` is set.
+    monitor: Option<Arc<Monitor>>,
 }
 
 /// Frames and inference time since the last report.
@@ -161,6 +169,7 @@ impl Service<'_> {
                 log::error!("capture: no sign of life from the source; the watchdog will fire");
                 systemd.status("capture stalled");
             }
+            self.observe_turn(now);
             if now >= next_report {
                 self.report(now, "running");
                 next_report = now + interval;
@@ -199,6 +208,9 @@ impl Service<'_> {
         self.stats.count_events(&events);
         self.period.frames += 1;
         self.period.inference += timings.infer;
+        if let Some(monitor) = &self.monitor {
+            monitor.frame(timings.infer, self.tracker.visible(), &events);
+        }
         self.sinks.events(&events, now);
         if let Some(snapshots) = &mut self.snapshots {
             match snapshots.on_frame(&frame, &faces, &events, now) {
@@ -228,8 +240,33 @@ impl Service<'_> {
         self.stats.corrupt_frames = capture.corrupt + self.undecodable;
         self.stats.sink_dropped = self.sinks.dropped_by_sink();
         self.sinks.stats(&self.stats);
+        if let Some(monitor) = &self.monitor {
+            monitor.fps(self.stats.fps);
+        }
         self.write_status(state);
         self.period = Period::new(now);
+    }
+
+    /// Tells the `/metrics` listener about the source and the sinks.
+    fn observe_turn(&self, now: Instant) {
+        let Some(monitor) = &self.monitor else {
+            return;
+        };
+        let capture = self.capture.stats();
+        let mqtt = self.sinks.get("mqtt").map(|sink| {
+            let link = sink.link().unwrap_or_default();
+            (link.connected, link.pending, sink.dropped())
+        });
+        monitor.turn(
+            now,
+            &Turn {
+                source_open: self.capture.is_open(),
+                dropped_frames: capture.dropped,
+                corrupt_frames: capture.corrupt + self.undecodable,
+                source_reconnects: capture.reconnects,
+                mqtt,
+            },
+        );
     }
 
     fn write_status(&mut self, state: &str) {
@@ -246,7 +283,7 @@ impl Service<'_> {
             pid: std::process::id(),
             started_at: self.started_at,
             updated_at: unix_now(),
-            model: self.detector.model().path().to_owned(),
+            model: self.detector.model().source().to_string(),
             device: format!("{:?}", self.config.detector.device).to_lowercase(),
             source,
             capture_alive: !self.capture.is_finished(),

@@ -2,13 +2,12 @@
 //! as PNG when a face appears or changes expression, at most one per
 //! `min_interval_s`, keeping the newest `keep`.
 
-use crate::annotate::{draw_faces, save_annotated};
+use crate::annotate::{annotated_frame, save_annotated};
 use crate::config::SnapshotConfig;
 use crate::face::Face;
-use crate::preprocess::{frame_to_rgb, Frame};
+use crate::preprocess::Frame;
 use crate::track::{EventKind, TrackEvent};
 use anyhow::Context;
-use image::RgbImage;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -54,11 +53,8 @@ impl Snapshots {
             return Ok(None);
         }
         self.last = Some(now);
-        let (width, height) = frame_to_rgb(frame, &mut self.rgb)?;
-        let mut image =
-            RgbImage::from_raw(width as u32, height as u32, std::mem::take(&mut self.rgb))
-                .context("snapshot: frame size does not match its pixels")?;
-        draw_faces(&mut image, faces);
+        let image =
+            annotated_frame(frame, faces, std::mem::take(&mut self.rgb)).context("snapshot")?;
         let unix_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()

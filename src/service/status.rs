@@ -6,7 +6,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What `fer-edge status` shows.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -17,7 +17,8 @@ pub struct Status {
     /// Unix times, seconds.
     pub started_at: f64,
     pub updated_at: f64,
-    pub model: PathBuf,
+    /// The model's source, e.g. "built-in model fer-yolo-mamba-nano.onnx".
+    pub model: String,
     /// Where the network runs (`cpu` or `cuda`), as loaded.
     pub device: String,
     /// The frame source, and what a camera negotiated.

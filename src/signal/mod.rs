@@ -51,6 +51,20 @@ pub trait Sink: Send {
     fn dropped(&self) -> u64 {
         0
     }
+
+    /// The state of the sink's link (connection), for sinks that have one (MQTT).
+    fn link(&self) -> Option<LinkState> {
+        None
+    }
+}
+
+/// A sink's link to the outside world.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkState {
+    /// The peer (the broker) accepted the current connection.
+    pub connected: bool,
+    /// Messages waiting for the peer's acknowledgement.
+    pub pending: usize,
 }
 
 /// All configured sinks, driven as one.
@@ -71,6 +85,14 @@ impl Sinks {
     /// Names of the sinks, in the order they are driven.
     pub fn names(&self) -> Vec<&'static str> {
         self.sinks.iter().map(|sink| sink.name()).collect()
+    }
+
+    /// The sink called `name`, if configured.
+    pub fn get(&self, name: &str) -> Option<&dyn Sink> {
+        self.sinks
+            .iter()
+            .find(|sink| sink.name() == name)
+            .map(|sink| &**sink)
     }
 
     /// What each sink dropped, by name: the value for [`Stats::sink_dropped`].

@@ -15,7 +15,7 @@ mod tls;
 pub use tls::TlsError;
 
 use super::message::{Message, MessageBuilder, TopicError, Topics};
-use super::{Sink, Stats};
+use super::{LinkState, Sink, Stats};
 use crate::track::TrackEvent;
 use outbox::Outbox;
 use rumqttc::{
@@ -376,6 +376,14 @@ impl MqttSink {
 impl Sink for MqttSink {
     fn name(&self) -> &'static str {
         "mqtt"
+    }
+
+    fn link(&self) -> Option<LinkState> {
+        let link = self.shared.lock();
+        Some(LinkState {
+            connected: link.connected,
+            pending: link.outbox.len(),
+        })
     }
 
     fn events(&mut self, events: &[TrackEvent], _now: Instant) {
