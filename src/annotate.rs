@@ -44,16 +44,19 @@ pub fn draw_faces(image: &mut RgbImage, faces: &[Face]) {
             );
         }
         let label = format!("{} {:.2}", face.expression, face.score);
+        let label_width = GLYPH * label.len() as u32 + 4;
+        // Kept inside the image: moved left at its right edge.
+        let label_x = x1.min(image.width().saturating_sub(label_width));
         let label_y = y1.saturating_sub(GLYPH + 2);
         fill_rect(
             image,
-            x1,
+            label_x,
             label_y,
-            x1 + GLYPH * label.len() as u32 + 4,
+            label_x + label_width,
             label_y + GLYPH + 2,
             c,
         );
-        draw_text(image, x1 + 2, label_y + 1, &label, Rgb([0, 0, 0]));
+        draw_text(image, label_x + 2, label_y + 1, &label, Rgb([0, 0, 0]));
     }
 }
 
@@ -152,7 +155,7 @@ mod tests {
             score: 0.5,
             scores: ExpressionScores::default(),
         };
-        draw_faces(&mut image, &[face]);
+        draw_faces(&mut image, &[face.clone()]);
         let c = colour(Expression::Sadness);
         assert_eq!(*image.get_pixel(30, 60), c); // left edge
         assert_eq!(*image.get_pixel(70, 60), c); // right edge
@@ -160,5 +163,15 @@ mod tests {
         assert_eq!(*image.get_pixel(50, 65), Rgb([0, 0, 0])); // inside stays untouched
         let label_pixels = (30..100).filter(|&x| *image.get_pixel(x, 30) == c).count();
         assert!(label_pixels > 10, "label background above the box");
+
+        // At the right edge the label moves left to stay whole.
+        let mut image = RgbImage::new(100, 100);
+        let edge = Face {
+            bbox: [80.0, 40.0, 99.0, 90.0],
+            ..face
+        };
+        draw_faces(&mut image, &[edge]);
+        assert_eq!(*image.get_pixel(99, 22), c, "label reaches the right edge");
+        assert_eq!(*image.get_pixel(0, 22), c, "and starts left of the box");
     }
 }
