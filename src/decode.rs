@@ -31,8 +31,8 @@ pub struct DecodeOptions {
 
 impl Default for DecodeOptions {
     /// On real colour photos (the 153 scenes of `training`'s `compare`),
-    /// with class-agnostic NMS, the shipped model finds 96% of the faces at
-    /// 73% precision at 0.15 (0.2: 93% at 89%, but smiling faces, whose
+    /// with class-agnostic NMS, the shipped model finds 94% of the faces at
+    /// 78% precision at 0.15 (0.2: 93% at 92%, but smiling faces, whose
     /// scores the calibration lowers, start to go missing). See
     /// `models/MODEL_CARD.md`.
     fn default() -> Self {
