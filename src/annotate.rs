@@ -155,7 +155,7 @@ mod tests {
             score: 0.5,
             scores: ExpressionScores::default(),
         };
-        draw_faces(&mut image, &[face.clone()]);
+        draw_faces(&mut image, std::slice::from_ref(&face));
         let c = colour(Expression::Sadness);
         assert_eq!(*image.get_pixel(30, 60), c); // left edge
         assert_eq!(*image.get_pixel(70, 60), c); // right edge
