@@ -257,7 +257,6 @@ fn raise(counter: &Counter, total: u64) {
 pub struct MetricsServer {
     server: Arc<tiny_http::Server>,
     thread: Option<JoinHandle<()>>,
-    address: SocketAddr,
 }
 
 impl MetricsServer {
@@ -269,7 +268,6 @@ impl MetricsServer {
     ) -> anyhow::Result<MetricsServer> {
         let server = tiny_http::Server::http(address)
             .map_err(|e| anyhow::anyhow!("[http] listen: cannot listen on {address}: {e}"))?;
-        let address = server.server_addr().to_ip().unwrap_or(address);
         let server = Arc::new(server);
         let thread = std::thread::Builder::new().name("fer-http".into()).spawn({
             let server = Arc::clone(&server);
@@ -279,13 +277,7 @@ impl MetricsServer {
         Ok(MetricsServer {
             server,
             thread: Some(thread),
-            address,
         })
-    }
-
-    /// Where it listens (the bound port when `listen` asked for port 0).
-    pub fn address(&self) -> SocketAddr {
-        self.address
     }
 }
 
