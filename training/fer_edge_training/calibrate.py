@@ -86,27 +86,14 @@ def answer(cells: np.ndarray, offsets: np.ndarray) -> int | None:
     return int(scores[int(best.argmax())].argmax())
 
 
-def recalls(labels: list[int], answers: list[int | None]) -> np.ndarray:
-    """Per-expression recall (NaN for an expression with no face)."""
-    hits = np.zeros(len(CLASSES))
-    counts = np.zeros(len(CLASSES))
-    for label, got in zip(labels, answers, strict=True):
-        counts[label] += 1
-        hits[label] += got == label
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return hits / counts
-
-
 def objective(
     labels: list[int], cells: list[np.ndarray], offsets: np.ndarray, floors: dict[int, float]
 ) -> float:
     """``accuracy + WEIGHT x balanced accuracy`` of the answers with ``offsets``; minus
     infinity when an expression of ``floors`` has a lower recall than its floor."""
-    answers = [answer(c, offsets) for c in cells]
-    per_class = recalls(labels, answers)
-    if any(per_class[c] < floor - 1e-9 for c, floor in floors.items()):
+    s = score(labels, [answer(c, offsets) for c in cells])
+    if any(s.recall[c] < floor - 1e-9 for c, floor in floors.items()):
         return -np.inf
-    s = score(labels, answers)
     return s.accuracy + WEIGHT * s.balanced_accuracy
 
 
@@ -116,8 +103,8 @@ def fit_offsets(labels: list[int], cells: list[np.ndarray]) -> np.ndarray:
     strictly improves the objective."""
     offsets = np.zeros(len(CLASSES), dtype=np.float32)
     fitted = [c for c in range(len(CLASSES)) if labels.count(c) >= MIN_FACES]
-    before = recalls(labels, [answer(c, offsets) for c in cells])
-    floors = {c: min(MIN_RECALL, float(before[c])) for c in fitted}
+    before = score(labels, [answer(c, offsets) for c in cells]).recall
+    floors = {c: min(MIN_RECALL, before[c]) for c in fitted}
     best = objective(labels, cells, offsets, floors)
     for _ in range(ROUNDS):
         improved = False
