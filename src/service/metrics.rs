@@ -6,7 +6,7 @@
 //! nothing but counters leaves the device.
 
 use crate::face::Expression;
-use crate::track::{EventKind, TrackEvent};
+use crate::signal::Stats;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -72,12 +72,14 @@ struct MqttMetrics {
     dropped: Counter,
 }
 
-/// What the frame loop knows about its sinks and source, each turn.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Turn {
+/// What the frame loop knows each turn: its counters, the source, the sinks.
+#[derive(Clone, Copy, Debug)]
+pub struct Turn<'a> {
+    /// The service's counters since start (frames, faces, expressions,
+    /// dropped and corrupt frames), the ones `fer-edge status` shows.
+    pub stats: &'a Stats,
+    pub faces_visible: usize,
     pub source_open: bool,
-    pub dropped_frames: u64,
-    pub corrupt_frames: u64,
     pub source_reconnects: u64,
     /// MQTT connected, messages waiting for the broker, messages lost.
     pub mqtt: Option<(bool, usize, u64)>,
@@ -188,24 +190,9 @@ impl Monitor {
         (Arc::new(monitor), registry)
     }
 
-    /// One processed frame: its inference time, the faces on screen, the
-    /// tracker's events.
-    pub fn frame(&self, inference: Duration, faces_visible: usize, events: &[TrackEvent]) {
-        self.frames.inc();
+    /// One processed frame's inference time.
+    pub fn frame(&self, inference: Duration) {
         self.inference.observe(inference.as_secs_f64());
-        self.faces_visible.set(faces_visible as i64);
-        for event in events {
-            if event.kind == EventKind::New {
-                self.faces.inc();
-            }
-            if event.kind != EventKind::End {
-                self.expressions
-                    .get_or_create(&ExpressionLabel {
-                        expression: event.expression.name(),
-                    })
-                    .inc();
-            }
-        }
     }
 
     /// One turn of the frame loop (with or without a frame), at `now`.
@@ -216,8 +203,21 @@ impl Monitor {
         self.source_is_open
             .store(turn.source_open, Ordering::Relaxed);
         self.source_open.set(i64::from(turn.source_open));
-        raise(&self.dropped_frames, turn.dropped_frames);
-        raise(&self.corrupt_frames, turn.corrupt_frames);
+        self.faces_visible.set(turn.faces_visible as i64);
+        let stats = turn.stats;
+        raise(&self.frames, stats.frames);
+        raise(&self.faces, stats.faces);
+        for expression in Expression::ALL {
+            let label = ExpressionLabel {
+                expression: expression.name(),
+            };
+            raise(
+                &self.expressions.get_or_create(&label),
+                stats.expressions.get(expression),
+            );
+        }
+        raise(&self.dropped_frames, stats.dropped_frames);
+        raise(&self.corrupt_frames, stats.corrupt_frames);
         raise(&self.source_reconnects, turn.source_reconnects);
         if let (Some(metrics), Some((connected, pending, dropped))) = (&self.mqtt, turn.mqtt) {
             metrics.connected.set(i64::from(connected));
@@ -339,6 +339,7 @@ fn respond(
 mod tests {
     use super::*;
     use crate::signal::test_events::event;
+    use crate::track::EventKind;
 
     fn scrape(registry: &Registry, monitor: &Monitor) -> String {
         respond(&tiny_http::Method::Get, "/metrics", registry, monitor).2
@@ -347,20 +348,21 @@ mod tests {
     #[test]
     fn counters_follow_frames_events_and_turns() {
         let (monitor, registry) = Monitor::new("built-in model m.onnx", "ab12", true);
-        monitor.frame(
-            Duration::from_millis(60),
-            1,
-            &[event(EventKind::New, 1, Expression::Happiness)],
-        );
-        monitor.frame(
-            Duration::from_millis(40),
-            1,
-            &[event(EventKind::Update, 1, Expression::Surprise)],
-        );
+        let mut stats = Stats::default();
+        for (inference_ms, event) in [
+            (60, event(EventKind::New, 1, Expression::Happiness)),
+            (40, event(EventKind::Update, 1, Expression::Surprise)),
+        ] {
+            monitor.frame(Duration::from_millis(inference_ms));
+            stats.frames += 1;
+            stats.count_events(&[event]);
+        }
+        stats.dropped_frames = 3;
+        stats.corrupt_frames = 1;
         let turn = Turn {
+            stats: &stats,
+            faces_visible: 1,
             source_open: true,
-            dropped_frames: 3,
-            corrupt_frames: 1,
             source_reconnects: 0,
             mqtt: Some((true, 2, 5)),
         };
@@ -393,9 +395,13 @@ mod tests {
         let health = |at| monitor.unhealthy(at);
         let now = Instant::now();
         assert!(health(now).unwrap().contains("not open"));
+        let stats = Stats::default();
         let open = Turn {
+            stats: &stats,
+            faces_visible: 0,
             source_open: true,
-            ..Turn::default()
+            source_reconnects: 0,
+            mqtt: None,
         };
         monitor.turn(now, &open);
         assert_eq!(health(now), None);
@@ -423,7 +429,7 @@ mod tests {
     #[test]
     fn the_grafana_dashboard_uses_exactly_the_served_metrics() {
         let (monitor, registry) = Monitor::new("m", "s", true);
-        monitor.frame(Duration::from_millis(50), 0, &[]);
+        monitor.frame(Duration::from_millis(50));
         let served = sample_names(&scrape(&registry, &monitor));
         let dashboard = include_str!("../../docs/grafana/fer-edge.json");
         let used: std::collections::BTreeSet<String> = dashboard

@@ -16,7 +16,7 @@ pub mod snapshot;
 pub mod status;
 pub mod systemd;
 
-use crate::capture::{Capture, CaptureConfig, CapturedFrame, SourceKind};
+use crate::capture::{Capture, CaptureConfig, CaptureStats, CapturedFrame, SourceKind};
 use crate::config::Config;
 use crate::detector::{DetectError, Detector};
 use crate::preprocess::Frame;
@@ -209,7 +209,7 @@ impl Service<'_> {
         self.period.frames += 1;
         self.period.inference += timings.infer;
         if let Some(monitor) = &self.monitor {
-            monitor.frame(timings.infer, self.tracker.visible(), &events);
+            monitor.frame(timings.infer);
         }
         self.sinks.events(&events, now);
         if let Some(snapshots) = &mut self.snapshots {
@@ -225,7 +225,6 @@ impl Service<'_> {
     /// Publishes the counters and rewrites the status file with `state`.
     fn report(&mut self, now: Instant, state: &str) {
         let elapsed = now.duration_since(self.period.start).as_secs_f32();
-        let capture = self.capture.stats();
         self.stats.fps = if elapsed > 0.0 {
             self.period.frames as f32 / elapsed
         } else {
@@ -236,8 +235,7 @@ impl Service<'_> {
         } else {
             0.0
         };
-        self.stats.dropped_frames = capture.dropped;
-        self.stats.corrupt_frames = capture.corrupt + self.undecodable;
+        self.count_lost_frames();
         self.stats.sink_dropped = self.sinks.dropped_by_sink();
         self.sinks.stats(&self.stats);
         if let Some(monitor) = &self.monitor {
@@ -247,26 +245,33 @@ impl Service<'_> {
         self.period = Period::new(now);
     }
 
-    /// Tells the `/metrics` listener about the source and the sinks.
-    fn observe_turn(&self, now: Instant) {
-        let Some(monitor) = &self.monitor else {
+    /// Copies the capture's dropped and corrupt frames (with the frames the
+    /// detector could not decode) into the counters; returns its stats.
+    fn count_lost_frames(&mut self) -> CaptureStats {
+        let capture = self.capture.stats();
+        self.stats.dropped_frames = capture.dropped;
+        self.stats.corrupt_frames = capture.corrupt + self.undecodable;
+        capture
+    }
+
+    /// Tells the `/metrics` listener the counters, the source and the sinks.
+    fn observe_turn(&mut self, now: Instant) {
+        let Some(monitor) = self.monitor.clone() else {
             return;
         };
-        let capture = self.capture.stats();
+        let capture = self.count_lost_frames();
         let mqtt = self.sinks.get("mqtt").map(|sink| {
             let link = sink.link().unwrap_or_default();
             (link.connected, link.pending, sink.dropped())
         });
-        monitor.turn(
-            now,
-            &Turn {
-                source_open: self.capture.is_open(),
-                dropped_frames: capture.dropped,
-                corrupt_frames: capture.corrupt + self.undecodable,
-                source_reconnects: capture.reconnects,
-                mqtt,
-            },
-        );
+        let turn = Turn {
+            stats: &self.stats,
+            faces_visible: self.tracker.visible(),
+            source_open: self.capture.is_open(),
+            source_reconnects: capture.reconnects,
+            mqtt,
+        };
+        monitor.turn(now, &turn);
     }
 
     fn write_status(&mut self, state: &str) {
