@@ -268,7 +268,7 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<i32> {
     println!(
         "{}: OK ({}, source {}, sinks: {}, snapshots {})",
         args.path.display(),
-        ModelSource::from_file(config.detector.model.as_deref()),
+        config.detector.model_source(),
         crate::service::source_name(&config.capture),
         if sinks.is_empty() {
             "none".into()

@@ -11,6 +11,7 @@
 use crate::capture::CaptureConfig;
 use crate::decode::DecodeOptions;
 use crate::device::Device;
+use crate::infer::ModelSource;
 use crate::service::metrics::HttpConfig;
 use crate::signal::{GpioConfig, LogConfig, MqttConfig};
 use crate::track::TrackerConfig;
@@ -68,6 +69,11 @@ impl Default for DetectorConfig {
 }
 
 impl DetectorConfig {
+    /// The model file named, else the built-in model.
+    pub fn model_source(&self) -> ModelSource {
+        ModelSource::from_file(self.model.as_deref())
+    }
+
     pub fn decode_options(&self) -> DecodeOptions {
         DecodeOptions {
             confidence: self.confidence,

@@ -4,7 +4,7 @@
 use crate::config::DetectorConfig;
 use crate::decode::{decode, DecodeError, DecodeOptions};
 use crate::face::Face;
-use crate::infer::{set_threads, Model, ModelError, ModelSource};
+use crate::infer::{set_threads, Model, ModelError};
 use crate::preprocess::{Frame, PixelFormat, PreprocessError, Preprocessor};
 use std::time::{Duration, Instant};
 
@@ -60,7 +60,7 @@ impl Detector {
     /// logs which model it is).
     pub fn from_config(config: &DetectorConfig) -> Result<Self, ModelError> {
         set_threads(config.thread_count());
-        let source = ModelSource::from_file(config.model.as_deref());
+        let source = config.model_source();
         let model = Model::load_on(&source, config.device)?;
         let (height, width) = model.input_size();
         log::info!(

@@ -364,12 +364,20 @@ impl MqttSink {
 
     /// Whether the broker accepted the current connection.
     pub fn is_connected(&self) -> bool {
-        self.shared.lock().connected
+        self.link_state().connected
     }
 
     /// Messages waiting for the broker's acknowledgement.
     pub fn buffered(&self) -> usize {
-        self.shared.lock().outbox.len()
+        self.link_state().pending
+    }
+
+    fn link_state(&self) -> LinkState {
+        let link = self.shared.lock();
+        LinkState {
+            connected: link.connected,
+            pending: link.outbox.len(),
+        }
     }
 }
 
@@ -379,11 +387,7 @@ impl Sink for MqttSink {
     }
 
     fn link(&self) -> Option<LinkState> {
-        let link = self.shared.lock();
-        Some(LinkState {
-            connected: link.connected,
-            pending: link.outbox.len(),
-        })
+        Some(self.link_state())
     }
 
     fn events(&mut self, events: &[TrackEvent], _now: Instant) {
