@@ -90,8 +90,19 @@ class Scores:
     accuracy: float
     balanced_accuracy: float
     recall: list[float | None]  # per class of CLASSES, None: no face of that class
+    precision: list[float | None]  # per class, None: the class was never answered
     faces: list[int]  # per class
     misses: int
+
+    @property
+    def macro_f1(self) -> float:
+        """Mean F1 over the classes with faces (a class never answered counts 0)."""
+        f1 = [
+            0.0 if not r or not p else 2 * r * p / (r + p)
+            for r, p in zip(self.recall, self.precision, strict=True)
+            if r is not None
+        ]
+        return float(np.mean(f1)) if f1 else 0.0
 
 
 def iou(a, b) -> float:
@@ -120,10 +131,16 @@ def score(labels: list[int], predictions: list[int | None]) -> Scores:
     faces = [int((labels_arr == c).sum()) for c in range(len(CLASSES))]
     recall = [float(correct[labels_arr == c].mean()) if n else None for c, n in enumerate(faces)]
     present = [r for r in recall if r is not None]
+    answered = np.array([-1 if p is None else p for p in predictions])
+    precision = [
+        float(correct[answered == c].mean()) if (answered == c).any() else None
+        for c in range(len(CLASSES))
+    ]
     return Scores(
         accuracy=float(correct.mean()) if len(correct) else 0.0,
         balanced_accuracy=float(np.mean(present)) if present else 0.0,
         recall=recall,
+        precision=precision,
         faces=faces,
         misses=sum(p is None for p in predictions),
     )
@@ -131,15 +148,24 @@ def score(labels: list[int], predictions: list[int | None]) -> Scores:
 
 def markdown_table(results: dict[str, Scores]) -> str:
     """One row per model, then a row with the number of faces per class."""
-    header = ["model", "accuracy", "balanced accuracy", *CLASSES, "no face found"]
+    header = ["model", "accuracy", "balanced accuracy", "macro F1", *CLASSES, "no face found"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, s in results.items():
         recall = ["–" if r is None else f"{r:.3f}" for r in s.recall]
-        row = [name, f"{s.accuracy:.3f}", f"{s.balanced_accuracy:.3f}", *recall, str(s.misses)]
+        row = [
+            name,
+            f"{s.accuracy:.3f}",
+            f"{s.balanced_accuracy:.3f}",
+            f"{s.macro_f1:.3f}",
+            *recall,
+            str(s.misses),
+        ]
         lines.append("| " + " | ".join(row) + " |")
     faces = next(iter(results.values())).faces
     total = sum(faces)
-    lines.append("| faces | " + f"{total} | {total} | " + " | ".join(map(str, faces)) + " | |")
+    lines.append(
+        "| faces | " + f"{total} | {total} | {total} | " + " | ".join(map(str, faces)) + " | |"
+    )
     return "\n".join(lines)
 
 

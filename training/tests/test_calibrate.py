@@ -148,3 +148,25 @@ def test_an_expression_the_model_never_predicts_does_not_block_the_fit():
     offsets = fit_offsets(labels, face)
     answers = [answer(c, offsets) for c in face]
     assert answers[70:] == [NEUTRAL] * 50 and answers[20:70] == [HAPPY] * 50
+
+
+def test_a_class_is_not_raised_where_its_answers_would_be_mostly_wrong():
+    """20 anger faces lose to neutral by 0.5; 80 of 200 neutral faces have anger 0.4
+    under neutral. Raising anger by 0.5 would win the 20 anger faces and lose the 80
+    neutral ones: balanced accuracy rises (+0.30), but 4 in 5 "anger" answers would be
+    wrong. The fit weighs F1, so it leaves every answer as it was."""
+    anger = 0
+    labels, face = [], []
+    for i in range(220):
+        z = np.full(7, -3.0, np.float32)
+        z[NEUTRAL] = 1.0
+        if i < 20:
+            labels.append(anger)
+            z[anger] = 0.5
+        else:
+            labels.append(NEUTRAL)
+            z[anger] = 0.6 if i < 100 else -3.0
+        face.append(cells(2.0, list(z)))
+    offsets = fit_offsets(labels, face)
+    answers = [answer(c, offsets) for c in face]
+    assert answers[20:] == [NEUTRAL] * 200

@@ -191,13 +191,17 @@ def test_scores_count_misses_wrong_and_balance_over_present_classes():
     assert s.recall[CLASSES.index("fear")] is None
     assert s.balanced_accuracy == pytest.approx((0.5 + 1.0 + 1 / 3) / 3)
     assert s.misses == 2 and s.faces[neutral] == 3 and sum(s.faces) == 6
+    assert s.precision[anger] == 1.0 and s.precision[happy] == 0.5
+    assert s.precision[neutral] == 1.0 and s.precision[CLASSES.index("fear")] is None
+    # F1: anger 2/3, happiness 2/3, neutral 1/2
+    assert s.macro_f1 == pytest.approx((2 / 3 + 2 / 3 + 1 / 2) / 3)
 
     table = compare.markdown_table({"a": s, "b": compare.score(labels, labels)})
     rows = table.splitlines()
-    assert rows[0].startswith("| model | accuracy | balanced accuracy | anger |")
-    assert rows[2].startswith("| a | 0.500 | 0.611 | 0.500 | – |")
-    assert rows[3].startswith("| b | 1.000 | 1.000 |")
-    assert rows[4] == "| faces | 6 | 6 | 2 | 0 | 0 | 1 | 3 | 0 | 0 | |"
+    assert rows[0].startswith("| model | accuracy | balanced accuracy | macro F1 | anger |")
+    assert rows[2].startswith("| a | 0.500 | 0.611 | 0.611 | 0.500 | – |")
+    assert rows[3].startswith("| b | 1.000 | 1.000 | 1.000 |")
+    assert rows[4] == "| faces | 6 | 6 | 6 | 2 | 0 | 0 | 1 | 3 | 0 | 0 | |"
     assert "goal met" in compare.verdict(compare.score(labels, labels), {"a": s})
     assert "goal NOT met" in compare.verdict(s, {"b": compare.score(labels, labels)})
 
