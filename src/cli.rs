@@ -2,6 +2,7 @@
 //! `status`) and the tools (`detect`, `eval`, `bench`, `preview`).
 
 use crate::annotate::{draw_faces, save_annotated};
+use crate::capture::{still, DEFAULT_MAX_FRAME_PIXELS};
 use crate::config::{Config, DEFAULT_CONFIG};
 use crate::dataset::{read_dataset, DatasetFormat};
 use crate::decode::DecodeOptions;
@@ -109,7 +110,7 @@ impl ConfigArgs {
 
     /// The config with the `--set` overrides, then `adjust` (other flags)
     /// applied, checked; and where it came from.
-    fn load(&self, adjust: impl FnOnce(&mut Config)) -> anyhow::Result<(Config, String)> {
+    fn load(&self, adjust: impl Fn(&mut Config)) -> anyhow::Result<(Config, String)> {
         let (mut config, source) = match self.path() {
             Some(path) => (Config::read(&path, &self.overrides)?, path),
             None => {
@@ -173,6 +174,10 @@ struct DetectArgs {
     /// YOLO convention; a face may then be reported once per expression).
     #[arg(long)]
     per_class_nms: bool,
+    /// Largest image decoded, in pixels (width x height); a larger one is
+    /// refused from its header, before any decoding.
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME_PIXELS)]
+    max_pixels: u64,
     /// Images (JPEG or PNG).
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -235,10 +240,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 fn run_service(args: RunArgs) -> anyhow::Result<i32> {
-    let (config, source) = args.config.load(|config| {
+    // The flags win over the file, at start and at every reload.
+    let flags = |config: &mut Config| {
         let detector = &mut config.detector;
-        if args.model.is_some() {
-            detector.model = args.model;
+        if let Some(model) = &args.model {
+            detector.model = Some(model.clone());
         }
         if let Some(device) = args.device {
             detector.device = device;
@@ -246,12 +252,13 @@ fn run_service(args: RunArgs) -> anyhow::Result<i32> {
         if let Some(threads) = args.threads {
             detector.threads = threads;
         }
-    })?;
+    };
+    let (config, source) = args.config.load(flags)?;
     log::info!(
         "fer-edge {} starting, config {source}",
         env!("CARGO_PKG_VERSION")
     );
-    crate::service::run(&config)?;
+    crate::service::run(config, &|| Ok(args.config.load(flags)?.0))?;
     Ok(0)
 }
 
@@ -322,7 +329,12 @@ fn detect(args: DetectArgs) -> anyhow::Result<i32> {
     let mut failures = 0;
     for path in &args.images {
         let name = path.to_string_lossy();
-        match detect_image(&mut detector, path, args.annotate.as_deref()) {
+        match detect_image(
+            &mut detector,
+            path,
+            args.max_pixels,
+            args.annotate.as_deref(),
+        ) {
             Ok(faces) => println!(
                 "{}",
                 serde_json::to_string(&ImageResult {
@@ -347,11 +359,12 @@ fn detect(args: DetectArgs) -> anyhow::Result<i32> {
 fn detect_image(
     detector: &mut Detector,
     path: &Path,
+    max_pixels: u64,
     annotate: Option<&Path>,
 ) -> anyhow::Result<Vec<Face>> {
-    let mut image = image::open(path)
-        .with_context(|| format!("cannot decode image {}", path.display()))?
-        .into_rgb8();
+    let mut image = still::read_image_file(path, max_pixels)
+        .and_then(|bytes| still::decode_image(&bytes, max_pixels))
+        .map_err(anyhow::Error::msg)?;
     let faces = detector.detect_rgb(&image)?;
     if let Some(dir) = annotate {
         draw_faces(&mut image, &faces);
@@ -367,7 +380,10 @@ fn eval(args: EvalArgs) -> anyhow::Result<i32> {
     let mut detector = Detector::new(args.model.load()?, options);
     let detections = images
         .iter()
-        .map(|image| detect_image(&mut detector, &image.path, None))
+        .map(|image| {
+            detect_image(&mut detector, &image.path, DEFAULT_MAX_FRAME_PIXELS, None)
+                .with_context(|| format!("image {}", image.path.display()))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let labels: Vec<_> = images.into_iter().map(|image| image.faces).collect();
     let report = evaluate(&detections, &labels);

@@ -16,6 +16,7 @@ use crate::service::metrics::HttpConfig;
 use crate::signal::{GpioConfig, LogConfig, MqttConfig};
 use crate::track::TrackerConfig;
 use serde::{Deserialize, Serialize};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 /// Where the service looks for its config when none is named.
@@ -138,8 +139,8 @@ impl Default for SnapshotConfig {
     }
 }
 
-/// Why a config cannot be used. The message names the file, and the key
-/// (with its line, for parse errors).
+/// Why a config cannot be used. The message names the file and the key,
+/// with its line when the file sets it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}")]
@@ -149,12 +150,73 @@ pub enum ConfigError {
     },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("config {path}: `{key}`: {message}")]
+    #[error("config {path}{}: {invalid}", line.map(|n| format!(", line {n}")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
-        key: &'static str,
-        message: String,
+        line: Option<usize>,
+        invalid: InvalidKey,
     },
+}
+
+/// A value a key cannot take: the key's dotted path (`capture.fps`) and why.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("`{key}`: {message}")]
+pub struct InvalidKey {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl InvalidKey {
+    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
+        InvalidKey {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// `Ok` when `value` of `key` lies in `range` (NaN never does): every
+/// numeric key has one, so no accepted value can overflow a time or a
+/// count where `run` uses it.
+pub fn in_range<T: PartialOrd + std::fmt::Debug>(
+    key: &'static str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<(), InvalidKey> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        // Debug: 1e300 rather than 301 digits.
+        Err(InvalidKey::new(
+            key,
+            format!(
+                "{value:?} is not in [{:?}, {:?}]",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+/// Most inference threads: the unit's `TasksMax=64` must leave room for the
+/// service's own threads (capture, MQTT, HTTP) and the runtime's.
+pub const MAX_THREADS: usize = 32;
+/// Bounds of the report and snapshot intervals, seconds: a day at most.
+const MAX_INTERVAL_S: f64 = 86_400.0;
+
+/// The line (from 1) of the dotted `key` in the TOML `text`, if it sets it.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let mut table = root.get_ref();
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (name, value) = table.get_key_value(part)?;
+        if parts.peek().is_none() {
+            return Some(text[..name.span().start].matches('\n').count() + 1);
+        }
+        table = value.get_ref().as_table()?;
+    }
+    None
 }
 
 impl Config {
@@ -219,69 +281,72 @@ impl Config {
         Config::deserialize(table).map_err(|e| parse_error(format!("--set: {e}")))
     }
 
-    /// Checks what the types cannot, without opening devices or connections.
+    /// Checks what the types cannot, without opening devices or connections:
+    /// every table, enabled or not (a bad value must not wait for the day
+    /// its table is turned on). The error names the key, and its line when
+    /// the file at `path` sets it.
     pub fn check(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+        self.check_keys().map_err(|invalid| ConfigError::Invalid {
             path: path.to_owned(),
-            key,
-            message,
-        };
-        let detector = &self.detector;
-        if !(0.0..=1.0).contains(&detector.confidence) {
-            return Err(invalid(
-                "detector.confidence",
-                format!("{} is not in [0, 1]", detector.confidence),
-            ));
-        }
-        if !(0.0..=1.0).contains(&detector.nms_iou) {
-            return Err(invalid(
-                "detector.nms_iou",
-                format!("{} is not in [0, 1]", detector.nms_iou),
-            ));
-        }
-        if let Some(model) = detector.model.as_ref().filter(|m| !m.is_file()) {
-            return Err(invalid(
-                "detector.model",
-                format!("{} is not a file", model.display()),
-            ));
-        }
-        self.capture
-            .check()
-            .map_err(|e| invalid("capture", e.to_string()))?;
-        self.tracker
-            .check()
-            .map_err(|message| invalid("tracker", message))?;
+            line: std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| line_of(&text, invalid.key)),
+            invalid,
+        })
+    }
+
+    fn check_keys(&self) -> Result<(), InvalidKey> {
+        self.detector.check()?;
+        self.capture.check()?;
+        self.tracker.check()?;
         // The log sink uses the MQTT topic names even when MQTT is off.
-        let mqtt_checked = if self.mqtt.enabled {
-            self.mqtt.check()
-        } else {
-            self.mqtt.topics().map(drop)
-        };
-        mqtt_checked.map_err(|e| invalid("mqtt", e.to_string()))?;
-        if self.gpio.enabled {
+        self.mqtt
+            .check()
+            .map_err(|e| InvalidKey::new("mqtt", e.to_string()))?;
+        if self.gpio.enabled || !self.gpio.pins.is_empty() {
             self.gpio
                 .check()
-                .map_err(|e| invalid("gpio", e.to_string()))?;
+                .map_err(|e| InvalidKey::new("gpio.pins", e.to_string()))?;
         }
-        if !(self.service.stats_interval_s.is_finite() && self.service.stats_interval_s > 0.0) {
-            return Err(invalid(
-                "service.stats_interval_s",
-                format!("{} is not a positive time", self.service.stats_interval_s),
-            ));
+        self.gpio.check_hold()?;
+        self.service.check()?;
+        self.snapshot.check()
+    }
+}
+
+impl DetectorConfig {
+    fn check(&self) -> Result<(), InvalidKey> {
+        in_range("detector.threads", self.threads, 0..=MAX_THREADS)?;
+        in_range("detector.confidence", self.confidence, 0.0..=1.0)?;
+        in_range("detector.nms_iou", self.nms_iou, 0.0..=1.0)?;
+        match self.model.as_ref().filter(|m| !m.is_file()) {
+            Some(model) => Err(InvalidKey::new(
+                "detector.model",
+                format!("{} is not a file", model.display()),
+            )),
+            None => Ok(()),
         }
-        let snapshot = &self.snapshot;
-        if snapshot.enabled
-            && !(snapshot.min_interval_s.is_finite() && snapshot.min_interval_s >= 0.0)
-        {
-            return Err(invalid(
-                "snapshot.min_interval_s",
-                format!("{} is not a time", snapshot.min_interval_s),
-            ));
-        }
-        if snapshot.enabled && snapshot.keep == 0 {
-            return Err(invalid("snapshot.keep", "must keep at least one".into()));
-        }
-        Ok(())
+    }
+}
+
+impl ServiceConfig {
+    fn check(&self) -> Result<(), InvalidKey> {
+        in_range(
+            "service.stats_interval_s",
+            self.stats_interval_s,
+            0.1..=MAX_INTERVAL_S,
+        )
+    }
+}
+
+impl SnapshotConfig {
+    fn check(&self) -> Result<(), InvalidKey> {
+        in_range(
+            "snapshot.min_interval_s",
+            self.min_interval_s,
+            0.0..=MAX_INTERVAL_S,
+        )?;
+        in_range("snapshot.keep", self.keep, 1..=100_000)
     }
 }
 

@@ -22,3 +22,12 @@ pub mod scan;
 pub mod service;
 pub mod signal;
 pub mod track;
+
+/// The wall clock as Unix seconds: the time base of events, the status file
+/// and outages.
+pub(crate) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}

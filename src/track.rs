@@ -9,6 +9,7 @@
 //! frames, `update` when its expression changes, and `end` when it has not
 //! been seen for a while.
 
+use crate::config::{in_range, InvalidKey};
 use crate::face::{Expression, ExpressionScores, Face};
 use serde::{Deserialize, Serialize};
 
@@ -44,24 +45,13 @@ impl Default for TrackerConfig {
 }
 
 impl TrackerConfig {
-    /// Checks the ranges; the message names the bad key.
-    pub fn check(&self) -> Result<(), String> {
-        if !(0.0..=1.0).contains(&self.match_iou) {
-            return Err(format!("match_iou {} is not in [0, 1]", self.match_iou));
-        }
-        if !(self.smoothing > 0.0 && self.smoothing <= 1.0) {
-            return Err(format!("smoothing {} is not in (0, 1]", self.smoothing));
-        }
-        if !(self.lost_after.is_finite() && self.lost_after > 0.0) {
-            return Err(format!(
-                "lost_after_s {} is not a positive time",
-                self.lost_after
-            ));
-        }
-        if !(self.switch_margin.is_finite() && self.switch_margin >= 0.0) {
-            return Err(format!("switch_margin {} is negative", self.switch_margin));
-        }
-        Ok(())
+    /// Checks the ranges; the error names the bad key.
+    pub fn check(&self) -> Result<(), InvalidKey> {
+        in_range("tracker.match_iou", self.match_iou, 0.0..=1.0)?;
+        in_range("tracker.min_hits", self.min_hits, 1..=1000)?;
+        in_range("tracker.lost_after_s", self.lost_after, 0.01..=3600.0)?;
+        in_range("tracker.smoothing", self.smoothing, 0.001..=1.0)?;
+        in_range("tracker.switch_margin", self.switch_margin, 0.0..=1.0)
     }
 }
 

@@ -458,11 +458,20 @@ fn mjpeg_stream_frames_decode_to_known_pixels() {
         [(16, 8), (512, 640), (8, 8)]
     );
     let mut rgb = Vec::new();
-    assert_eq!(mjpeg_to_rgb(&frames[0].data, &mut rgb).unwrap(), (16, 8));
+    assert_eq!(
+        mjpeg_to_rgb(&frames[0].data, None, &mut rgb).unwrap(),
+        (16, 8)
+    );
     assert_all_pixels_near(&rgb, red, 4, "red frame");
-    assert_eq!(mjpeg_to_rgb(&frames[2].data, &mut rgb).unwrap(), (8, 8));
+    assert_eq!(
+        mjpeg_to_rgb(&frames[2].data, None, &mut rgb).unwrap(),
+        (8, 8)
+    );
     assert_all_pixels_near(&rgb, blue, 4, "blue frame");
-    assert_eq!(mjpeg_to_rgb(&frames[1].data, &mut rgb).unwrap(), (512, 640));
+    assert_eq!(
+        mjpeg_to_rgb(&frames[1].data, None, &mut rgb).unwrap(),
+        (512, 640)
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! The `[capture]` configuration table and its checks.
 
-use super::{CaptureError, PixelFormat};
+use super::PixelFormat;
+use crate::config::{in_range, InvalidKey};
 use serde::{Deserialize, Serialize};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -51,9 +53,19 @@ pub struct CaptureConfig {
     /// Camera: how long to wait for a frame before treating the camera as
     /// failed and reopening it, in milliseconds.
     pub frame_timeout_ms: u64,
+    /// The largest frame accepted, in pixels (width x height): a frame or
+    /// image whose header claims more is skipped and counted as corrupt
+    /// before anything is decoded, so a hostile file cannot make the service
+    /// allocate what its header claims (a 75 KB JPEG can claim 16384 x 16384,
+    /// 805 MB of RGB).
+    pub max_frame_pixels: u64,
     /// How a failed or missing source is retried.
     pub reconnect: ReconnectConfig,
 }
+
+/// Default of `max_frame_pixels`: 3840 x 2160 (4K UHD, the largest frames
+/// UVC cameras send), 25 MB of RGB.
+pub const DEFAULT_MAX_FRAME_PIXELS: u64 = 3840 * 2160;
 
 impl Default for CaptureConfig {
     fn default() -> Self {
@@ -67,6 +79,7 @@ impl Default for CaptureConfig {
             format: FormatPreference::Auto,
             repeat: false,
             frame_timeout_ms: 2000,
+            max_frame_pixels: DEFAULT_MAX_FRAME_PIXELS,
             reconnect: ReconnectConfig::default(),
         }
     }
@@ -141,36 +154,67 @@ impl FormatPreference {
     }
 }
 
-/// Bounds of `frame_timeout_ms`: at least one frame time at 1 fps, at most
-/// ten minutes (V4L2 takes the timeout as an `i32` of milliseconds).
-const FRAME_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1..=600_000;
+/// Bounds of `frame_timeout_ms`: at most 5 s, since a stop waits for a
+/// stalled camera's read to time out, and the whole stop must fit in the
+/// unit's `TimeoutStopSec=15s` with the MQTT flush after it.
+const FRAME_TIMEOUT_MS: RangeInclusive<u64> = 1..=5_000;
+/// Bounds of a nonzero `fps`: a frame every 100 s to 1000 a second.
+const FPS: RangeInclusive<f64> = 0.01..=1000.0;
+/// Bounds of `max_frame_pixels`: 64 x 64 to 8192 x 8192 (8K).
+const MAX_FRAME_PIXELS: RangeInclusive<u64> = 4096..=8192 * 8192;
+/// Bounds of the reconnect delays, milliseconds: an hour at most.
+const RECONNECT_DELAY_MS: RangeInclusive<u64> = 1..=3_600_000;
 
 impl CaptureConfig {
-    /// Checks what can be checked without touching the device or files.
-    pub fn check(&self) -> Result<(), CaptureError> {
-        let invalid = |message: String| Err(CaptureError::Config(message));
-        if self.width == 0 || self.height == 0 {
-            return invalid(format!("size {}x{} is empty", self.width, self.height));
+    /// Checks what can be checked without touching the device or files; the
+    /// error names the key.
+    pub fn check(&self) -> Result<(), InvalidKey> {
+        in_range(
+            "capture.max_frame_pixels",
+            self.max_frame_pixels,
+            MAX_FRAME_PIXELS,
+        )?;
+        in_range("capture.width", self.width, 1..=u16::MAX as u32)?;
+        in_range("capture.height", self.height, 1..=u16::MAX as u32)?;
+        let pixels = u64::from(self.width) * u64::from(self.height);
+        if pixels > self.max_frame_pixels {
+            return Err(InvalidKey::new(
+                "capture.width",
+                format!(
+                    "{}x{} is more than capture.max_frame_pixels ({})",
+                    self.width, self.height, self.max_frame_pixels
+                ),
+            ));
         }
-        if !self.fps.is_finite() || self.fps < 0.0 {
-            return invalid(format!("fps {} is not a rate", self.fps));
+        if self.fps != 0.0 || self.source == SourceKind::V4l2 {
+            in_range("capture.fps", self.fps, FPS)?;
         }
-        if self.source == SourceKind::V4l2 && self.fps == 0.0 {
-            return invalid("a camera needs fps > 0".into());
-        }
-        if !FRAME_TIMEOUT_MS.contains(&self.frame_timeout_ms) {
-            return invalid(format!(
-                "frame_timeout_ms {} is outside {FRAME_TIMEOUT_MS:?}",
-                self.frame_timeout_ms
+        in_range(
+            "capture.frame_timeout_ms",
+            self.frame_timeout_ms,
+            FRAME_TIMEOUT_MS,
+        )?;
+        if self.source == SourceKind::V4l2 && self.frame_timeout_ms as f64 <= 1000.0 / self.fps {
+            return Err(InvalidKey::new(
+                "capture.frame_timeout_ms",
+                format!(
+                    "{} ms is not longer than a frame at {} fps: a camera would time out \
+                     between frames",
+                    self.frame_timeout_ms, self.fps
+                ),
             ));
         }
         let reconnect = &self.reconnect;
-        if reconnect.initial_delay_ms == 0 || reconnect.max_delay_ms < reconnect.initial_delay_ms {
-            return invalid(format!(
-                "reconnect delays need 0 < initial_delay_ms ({}) <= max_delay_ms ({})",
-                reconnect.initial_delay_ms, reconnect.max_delay_ms
-            ));
-        }
+        in_range(
+            "capture.reconnect.initial_delay_ms",
+            reconnect.initial_delay_ms,
+            RECONNECT_DELAY_MS,
+        )?;
+        in_range(
+            "capture.reconnect.max_delay_ms",
+            reconnect.max_delay_ms,
+            reconnect.initial_delay_ms..=*RECONNECT_DELAY_MS.end(),
+        )?;
         if self.source != SourceKind::V4l2 {
             self.file_path()?;
         }
@@ -181,29 +225,33 @@ impl CaptureConfig {
     }
 
     /// The `path` of a file source.
-    pub(crate) fn file_path(&self) -> Result<&Path, CaptureError> {
-        self.path
-            .as_deref()
-            .ok_or_else(|| CaptureError::Config(format!("source {:?} needs a `path`", self.source)))
+    pub(crate) fn file_path(&self) -> Result<&Path, InvalidKey> {
+        self.path.as_deref().ok_or_else(|| {
+            InvalidKey::new(
+                "capture.path",
+                format!("source {:?} needs a `path`", self.source),
+            )
+        })
     }
 
     /// The frame format of a `raw_file` source.
-    pub(crate) fn raw_format(&self) -> Result<PixelFormat, CaptureError> {
+    pub(crate) fn raw_format(&self) -> Result<PixelFormat, InvalidKey> {
         let format = match self.format {
             FormatPreference::Auto | FormatPreference::Yuyv => PixelFormat::Yuyv,
             FormatPreference::Grey => PixelFormat::Grey8,
             FormatPreference::Rgb => PixelFormat::Rgb8,
             FormatPreference::Mjpeg => {
-                return Err(CaptureError::Config(
-                    "raw_file frames cannot be MJPEG; use source \"mjpeg_file\"".into(),
+                return Err(InvalidKey::new(
+                    "capture.format",
+                    "raw_file frames cannot be MJPEG; use source \"mjpeg_file\"",
                 ))
             }
         };
         if format == PixelFormat::Yuyv && !self.width.is_multiple_of(2) {
-            return Err(CaptureError::Config(format!(
-                "YUYV frames need an even width, got {}",
-                self.width
-            )));
+            return Err(InvalidKey::new(
+                "capture.width",
+                format!("YUYV frames need an even width, got {}", self.width),
+            ));
         }
         Ok(format)
     }
@@ -270,7 +318,7 @@ mod tests {
                     source: SourceKind::MjpegFile,
                     ..Default::default()
                 },
-                "needs a `path`",
+                "`capture.path`: source MjpegFile needs a `path`",
             ),
             (
                 CaptureConfig {
@@ -279,14 +327,14 @@ mod tests {
                     width: 5,
                     ..Default::default()
                 },
-                "even width, got 5",
+                "`capture.width`: YUYV frames need an even width, got 5",
             ),
             (
                 CaptureConfig {
                     height: 0,
                     ..Default::default()
                 },
-                "640x0",
+                "`capture.height`: 0 is not in [1, 65535]",
             ),
             (
                 CaptureConfig {
@@ -296,7 +344,22 @@ mod tests {
                     },
                     ..Default::default()
                 },
-                "initial_delay_ms (500) <= max_delay_ms (100)",
+                "`capture.reconnect.max_delay_ms`: 100 is not in [500, 3600000]",
+            ),
+            (
+                CaptureConfig {
+                    fps: 1e-300,
+                    ..Default::default()
+                },
+                "`capture.fps`: 1e-300 is not in [0.01, 1000.0]",
+            ),
+            (
+                CaptureConfig {
+                    width: 4096,
+                    height: 4096,
+                    ..Default::default()
+                },
+                "4096x4096 is more than capture.max_frame_pixels (8294400)",
             ),
         ];
         for (config, expected) in cases {

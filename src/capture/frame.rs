@@ -42,9 +42,11 @@ impl CapturedFrame {
     }
 
     /// An MJPEG frame (one JPEG image), its size read from its header; the
-    /// error says what is wrong with its markers.
-    pub fn mjpeg(data: Vec<u8>, sequence: u64) -> Result<Self, String> {
+    /// error says what is wrong with its markers, or that the header claims
+    /// more than `max_pixels` (checked before anything is decoded).
+    pub fn mjpeg(data: Vec<u8>, sequence: u64, max_pixels: u64) -> Result<Self, String> {
         let (width, height) = jpeg::check(&data)?;
+        check_pixels(width, height, max_pixels)?;
         Ok(Self::new(PixelFormat::Mjpeg, width, height, data, sequence))
     }
 
@@ -68,6 +70,21 @@ impl CapturedFrame {
             data: &self.data,
         }
     }
+}
+
+/// Refuses an image of `width` x `height` above `max_pixels` (the
+/// `capture.max_frame_pixels` key, or `detect --max-pixels`).
+pub(crate) fn check_pixels(width: usize, height: usize, max_pixels: u64) -> Result<(), String> {
+    let pixels = width as u64 * height as u64;
+    if pixels > max_pixels {
+        return Err(format!(
+            "{width}x{height} ({:.1} megapixels) is above the limit of {:.1} megapixels \
+             (capture.max_frame_pixels; detect --max-pixels)",
+            pixels as f64 / 1e6,
+            max_pixels as f64 / 1e6
+        ));
+    }
+    Ok(())
 }
 
 /// Bytes in one packed raw frame, or `None` for MJPEG (variable length).

@@ -3,6 +3,7 @@
 //! camera sends, are decoded here to RGB.
 
 use super::replay::Recording;
+use super::still;
 use super::{CaptureConfig, CaptureError, CapturedFrame, PixelFormat};
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,7 @@ pub(crate) struct ImageDir {
     dir: PathBuf,
     images: Vec<PathBuf>,
     next: usize,
+    max_pixels: u64,
 }
 
 impl Recording for ImageDir {
@@ -40,6 +42,7 @@ impl Recording for ImageDir {
             dir: dir.to_path_buf(),
             images,
             next: 0,
+            max_pixels: config.max_frame_pixels,
         })
     }
 
@@ -50,16 +53,14 @@ impl Recording for ImageDir {
         self.next += 1;
         let corrupt =
             |reason: String| CaptureError::Corrupt(format!("{}: {reason}", path.display()));
-        let bytes = std::fs::read(path).map_err(|e| corrupt(format!("cannot read: {e}")))?;
+        let bytes = still::read_image_file(path, self.max_pixels).map_err(corrupt)?;
         let frame = match image_kind(path) {
             Some(ImageKind::Png) => {
-                let rgb = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
-                    .map_err(|e| corrupt(format!("cannot decode PNG: {e}")))?
-                    .into_rgb8();
+                let rgb = still::decode_png(&bytes, self.max_pixels).map_err(corrupt)?;
                 let (width, height) = (rgb.width() as usize, rgb.height() as usize);
                 CapturedFrame::raw(PixelFormat::Rgb8, width, height, rgb.into_raw(), sequence)
             }
-            _ => CapturedFrame::mjpeg(bytes, sequence),
+            _ => CapturedFrame::mjpeg(bytes, sequence, self.max_pixels),
         };
         frame.map(Some).map_err(corrupt)
     }

@@ -27,6 +27,7 @@ pub(crate) struct MjpegFile {
     /// Skipping the rest of a broken frame: its bytes are not stray.
     skipping_broken_frame: bool,
     frames_seen: u64,
+    max_pixels: u64,
 }
 
 impl Recording for MjpegFile {
@@ -40,6 +41,7 @@ impl Recording for MjpegFile {
             at_eof: false,
             skipping_broken_frame: false,
             frames_seen: 0,
+            max_pixels: config.max_frame_pixels,
         })
     }
 
@@ -62,7 +64,7 @@ impl Recording for MjpegFile {
                 Split::Whole(len) => {
                     let data = self.buf[..len].to_vec();
                     self.consume(len);
-                    return CapturedFrame::mjpeg(data, sequence)
+                    return CapturedFrame::mjpeg(data, sequence, self.max_pixels)
                         .map(Some)
                         .map_err(|reason| self.corrupt(broken(reason)));
                 }

@@ -23,12 +23,15 @@ mod raw_file;
 mod reconnect;
 mod replay;
 mod service;
+pub mod still;
 mod v4l2;
 
-pub use config::{CaptureConfig, FormatPreference, ReconnectConfig, SourceKind};
+pub use config::{
+    CaptureConfig, FormatPreference, ReconnectConfig, SourceKind, DEFAULT_MAX_FRAME_PIXELS,
+};
 pub use frame::CapturedFrame;
 pub use negotiate::{Interval, StreamFormat};
-pub use service::{Capture, CaptureStats};
+pub use service::{Capture, CaptureStats, SourceOutage};
 
 use image_dir::ImageDir;
 use mjpeg_file::MjpegFile;
@@ -56,7 +59,7 @@ pub enum CaptureError {
     /// The configuration cannot work (missing path, zero size, a format the
     /// source cannot carry): retrying will not help.
     #[error("capture config: {0}")]
-    Config(String),
+    Config(#[from] crate::config::InvalidKey),
 }
 
 /// A source of frames: a camera, or a file or directory replayed as one.
@@ -67,6 +70,14 @@ pub trait FrameSource: Send {
 
     /// A short human-readable name, e.g. `camera /dev/video0 (HD Webcam C525)`.
     fn describe(&self) -> String;
+
+    /// When the next frame is due, for a file replayed at a frame rate: the
+    /// capture thread waits until then (a wait a stop cuts short) before it
+    /// calls [`FrameSource::next_frame`]. `None`: at once (a camera paces
+    /// itself).
+    fn next_due(&mut self) -> Option<std::time::Instant> {
+        None
+    }
 
     /// The format, size and frame rate the source delivers, when it fixes
     /// one (a camera after negotiation); `None` for mixed-size sources.

@@ -4,6 +4,7 @@
 use super::frame::raw_frame_len;
 use super::replay::{open_file, Recording};
 use super::{CaptureConfig, CaptureError, CapturedFrame, PixelFormat};
+use crate::config::InvalidKey;
 use std::fs::File;
 use std::io::{BufReader, ErrorKind, Read};
 use std::path::PathBuf;
@@ -24,8 +25,9 @@ impl Recording for RawFile {
         let path = config.file_path()?;
         let format = config.raw_format()?;
         let (width, height) = (config.width as usize, config.height as usize);
-        let frame_len = raw_frame_len(format, width, height)
-            .ok_or_else(|| CaptureError::Config(format!("{format:?} is not a raw format")))?;
+        let frame_len = raw_frame_len(format, width, height).ok_or_else(|| {
+            InvalidKey::new("capture.format", format!("{format:?} is not a raw format"))
+        })?;
         Ok(RawFile {
             path: path.to_path_buf(),
             reader: BufReader::new(open_file(path, "raw frame file")?),

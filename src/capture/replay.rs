@@ -58,7 +58,6 @@ impl<R: Recording> Replay<R> {
 
 impl<R: Recording> FrameSource for Replay<R> {
     fn next_frame(&mut self) -> Result<CapturedFrame, CaptureError> {
-        self.pacer.wait();
         loop {
             match self.recording.read_frame(self.sequence) {
                 Ok(Some(frame)) => {
@@ -79,6 +78,10 @@ impl<R: Recording> FrameSource for Replay<R> {
     fn describe(&self) -> String {
         self.recording.describe()
     }
+
+    fn next_due(&mut self) -> Option<Instant> {
+        self.pacer.next_due()
+    }
 }
 
 /// Opens a file for reading; the error names it as `what`.
@@ -88,8 +91,8 @@ pub(crate) fn open_file(path: &Path, what: &str) -> Result<File, CaptureError> {
     })
 }
 
-/// Sleeps so that successive [`Pacer::wait`] calls return one `period`
-/// apart; a caller that falls behind is not made to catch up in a burst.
+/// Spaces frames one `period` apart; a caller that falls behind is not
+/// made to catch up in a burst.
 #[derive(Debug)]
 struct Pacer {
     period: Option<Duration>,
@@ -102,20 +105,13 @@ impl Pacer {
         Pacer { period, next: None }
     }
 
-    /// Waits until the next frame is due.
-    fn wait(&mut self) {
-        let Some(period) = self.period else {
-            return;
-        };
+    /// When the next frame is due (now, for the first or a late one).
+    fn next_due(&mut self) -> Option<Instant> {
+        let period = self.period?;
         let now = Instant::now();
-        let due = match self.next {
-            Some(due) if due > now => {
-                std::thread::sleep(due - now);
-                due
-            }
-            _ => now,
-        };
+        let due = self.next.filter(|&due| due > now).unwrap_or(now);
         self.next = Some(due + period);
+        Some(due)
     }
 }
 
@@ -124,19 +120,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paced_frames_come_one_period_apart() {
+    fn paced_frames_are_due_one_period_apart_and_late_ones_at_once() {
         let period = Duration::from_millis(20);
         let mut pacer = Pacer::new(Some(period));
-        let start = Instant::now();
-        for _ in 0..4 {
-            pacer.wait();
-        }
-        assert!(start.elapsed() >= 3 * period, "{:?}", start.elapsed());
-        let mut unpaced = Pacer::new(None);
-        let start = Instant::now();
-        for _ in 0..1000 {
-            unpaced.wait();
-        }
-        assert!(start.elapsed() < period);
+        let first = pacer.next_due().unwrap();
+        assert_eq!(pacer.next_due(), Some(first + period));
+        assert_eq!(pacer.next_due(), Some(first + 2 * period));
+        std::thread::sleep(3 * period);
+        let late = pacer.next_due().unwrap();
+        assert!(late >= first + 3 * period && late <= Instant::now());
+        assert_eq!(Pacer::new(None).next_due(), None);
     }
 }

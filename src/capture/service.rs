@@ -7,6 +7,7 @@ use super::reconnect::Backoff;
 use super::{
     open, CaptureConfig, CaptureError, CapturedFrame, FrameSource, ReconnectConfig, StreamFormat,
 };
+use crate::unix_now;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -26,6 +27,19 @@ pub struct CaptureStats {
     /// Times the source was opened again after it failed or was missing.
     pub reconnects: u64,
 }
+
+/// A source that is failing or missing: since when, and the latest error.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SourceOutage {
+    /// Unix time, seconds, of the first failure in a row.
+    pub since: f64,
+    /// The latest failure, e.g. `cannot open camera /dev/video0: No such file or directory`.
+    pub last_error: String,
+}
+
+/// While a source stays unavailable, one warning per this much time (the
+/// first at once; the others at debug level).
+const OUTAGE_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A source read on its own thread; see the module documentation. Stops
 /// (joining the thread) on [`Capture::stop`] or drop, within one frame time
@@ -47,10 +61,24 @@ struct Shared {
     /// its last frame (good or corrupt) or open attempt, or the end of the
     /// backoff delay it is sleeping through.
     alive_until: Mutex<Option<Instant>>,
+    /// Set from the first failure of a source until it opens again.
+    outage: Mutex<Option<SourceOutage>>,
     stop: StopSignal,
 }
 
 impl Shared {
+    /// Notes a failure of the source; true if it is the first in a row.
+    fn record_failure(&self, error: &str) -> bool {
+        let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = outage.is_none();
+        let since = outage.as_ref().map_or_else(unix_now, |o| o.since);
+        *outage = Some(SourceOutage {
+            since,
+            last_error: error.to_string(),
+        });
+        first
+    }
+
     fn alive_until(&self, until: Instant) {
         *self
             .alive_until
@@ -140,6 +168,16 @@ impl Capture {
         self.shared.open.load(Ordering::Relaxed)
     }
 
+    /// Since when, and why, the source has been failing or missing; `None`
+    /// while it is open (or before its first failure).
+    pub fn outage(&self) -> Option<SourceOutage> {
+        self.shared
+            .outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// True once no frame will come any more: a file source ended, the
     /// config proved unusable, or the capture was stopped.
     pub fn is_finished(&self) -> bool {
@@ -178,6 +216,7 @@ where
     F: FnMut() -> Result<Box<dyn FrameSource>, CaptureError>,
 {
     let mut after_failure = false;
+    let mut last_warning: Option<Instant> = None;
     while !shared.stop.is_set() {
         // A source that panics (in a driver binding, say) is a failed source,
         // not the end of the service.
@@ -197,8 +236,15 @@ where
             backoff.reset();
         }
         let delay = backoff.next_delay();
-        shared.alive_until(Instant::now() + delay);
-        log::warn!("capture: {error}; retrying in {delay:?}");
+        let now = Instant::now();
+        shared.alive_until(now + delay);
+        let first = shared.record_failure(&error);
+        if first || last_warning.is_none_or(|at| now - at >= OUTAGE_WARNING_INTERVAL) {
+            log::warn!("capture: {error}; retrying in {delay:?}");
+            last_warning = Some(now);
+        } else {
+            log::debug!("capture: {error}; retrying in {delay:?}");
+        }
         if shared.stop.sleep(delay) {
             break;
         }
@@ -217,6 +263,7 @@ where
         Err(error) => return end_of_round(error, "the source", false),
     };
     shared.open.store(true, Ordering::Relaxed);
+    *shared.outage.lock().unwrap_or_else(PoisonError::into_inner) = None;
     let stream_format = source.stream_format();
     let format_note = stream_format.map_or(String::new(), |f| format!(": {f}"));
     if after_failure {
@@ -231,6 +278,15 @@ where
         .unwrap_or_else(PoisonError::into_inner) = stream_format;
     let mut delivered = false;
     while !shared.stop.is_set() {
+        if let Some(due) = source.next_due() {
+            shared.alive_until(due);
+            if shared
+                .stop
+                .sleep(due.saturating_duration_since(Instant::now()))
+            {
+                break;
+            }
+        }
         let next = source.next_frame();
         shared.alive_until(Instant::now());
         match next {

@@ -32,6 +32,7 @@ pub(crate) struct V4l2Source {
     format: StreamFormat,
     bytes_per_line: usize,
     frame_timeout_ms: u64,
+    max_pixels: u64,
 }
 
 impl V4l2Source {
@@ -99,6 +100,7 @@ impl V4l2Source {
             format: negotiated,
             bytes_per_line: applied.stride as usize,
             frame_timeout_ms: config.frame_timeout_ms,
+            max_pixels: config.max_frame_pixels,
         })
     }
 }
@@ -127,7 +129,7 @@ impl FrameSource for V4l2Source {
         let StreamFormat { format, .. } = self.format;
         let (width, height) = (self.format.width as usize, self.format.height as usize);
         let frame = match raw_frame_len(format, width, 1) {
-            None => CapturedFrame::mjpeg(used.to_vec(), sequence),
+            None => CapturedFrame::mjpeg(used.to_vec(), sequence, self.max_pixels),
             Some(row_len) => {
                 let pixels = packed_rows(used, self.bytes_per_line, row_len, height);
                 CapturedFrame::raw(format, width, height, pixels, sequence)

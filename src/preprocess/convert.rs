@@ -48,11 +48,20 @@ pub fn grey_to_rgb(
 
 /// Decodes one MJPEG frame (a JPEG image) to RGB8 and returns its size.
 ///
+/// `expected` is the size the frame's source read from its header and
+/// checked against its pixel limit ([`crate::capture::CapturedFrame::mjpeg`]):
+/// a frame whose decoder finds another size is refused before its pixels are
+/// allocated, so the limit holds whatever the headers say.
+///
 /// Many UVC cameras omit the Huffman tables (DHT) from their MJPEG frames and
 /// rely on the standard tables of JPEG Annex K.3. The decoder fills them in
 /// when the frame carries the Motion-JPEG `AVI1` APP0 marker, so a frame with
 /// neither gets that marker inserted before decoding.
-pub fn mjpeg_to_rgb(jpeg: &[u8], rgb: &mut Vec<u8>) -> Result<(usize, usize), PreprocessError> {
+pub fn mjpeg_to_rgb(
+    jpeg: &[u8],
+    expected: Option<(usize, usize)>,
+    rgb: &mut Vec<u8>,
+) -> Result<(usize, usize), PreprocessError> {
     if !ends_with_eoi(jpeg) {
         return Err(PreprocessError::BadFrame(
             "truncated JPEG/MJPEG frame: no end-of-image marker".into(),
@@ -74,12 +83,19 @@ pub fn mjpeg_to_rgb(jpeg: &[u8], rgb: &mut Vec<u8>) -> Result<(usize, usize), Pr
     let info = decoder
         .info()
         .ok_or_else(|| PreprocessError::BadFrame("JPEG frame has no header".into()))?;
-    let size = decoder
+    let size = (info.width as usize, info.height as usize);
+    if let Some(expected) = expected.filter(|&e| e != size) {
+        return Err(PreprocessError::BadFrame(format!(
+            "JPEG frame decodes to {}x{}, but its header was read as {}x{}",
+            size.0, size.1, expected.0, expected.1
+        )));
+    }
+    let bytes = decoder
         .output_buffer_size()
         .ok_or_else(|| PreprocessError::BadFrame("JPEG frame has no header".into()))?;
-    rgb.resize(size, 0);
+    rgb.resize(bytes, 0);
     decoder.decode_into(rgb).map_err(corrupt)?;
-    Ok((info.width as usize, info.height as usize))
+    Ok(size)
 }
 
 const SOI: [u8; 2] = [0xFF, 0xD8];

@@ -60,7 +60,11 @@ pub fn frame_to_rgb(frame: &Frame, rgb: &mut Vec<u8>) -> Result<(usize, usize), 
         }
         PixelFormat::Grey8 => grey_to_rgb(frame.data, frame.width, frame.height, rgb)?,
         PixelFormat::Yuyv => yuyv_to_rgb(frame.data, frame.width, frame.height, rgb)?,
-        PixelFormat::Mjpeg => return mjpeg_to_rgb(frame.data, rgb),
+        PixelFormat::Mjpeg => {
+            // Width 0: the caller did not read the header (a trusted file).
+            let declared = (frame.width > 0).then_some((frame.width, frame.height));
+            return mjpeg_to_rgb(frame.data, declared, rgb);
+        }
     }
     Ok((frame.width, frame.height))
 }

@@ -22,36 +22,52 @@ use crate::detector::{DetectError, Detector};
 use crate::preprocess::Frame;
 use crate::signal::{build_sinks, Sink, Sinks, Stats};
 use crate::track::Tracker;
+use crate::unix_now;
 use anyhow::Context;
 use metrics::{MetricsServer, Monitor, Turn};
 use snapshot::Snapshots;
 use status::Status;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use systemd::Systemd;
 
 /// How long the loop waits for a frame before doing its housekeeping.
 const FRAME_WAIT: Duration = Duration::from_millis(200);
 
-/// Runs the service with `config` until stopped; `Ok` on a clean stop.
-pub fn run(config: &Config) -> anyhow::Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("cannot install the SIGTERM/SIGINT handlers")?;
+/// The signals the service acts on. A first SIGTERM or SIGINT asks for the
+/// clean stop; a second one, while that runs, exits at once (status 128 +
+/// the signal's number), as an impatient operator means. SIGHUP (the unit's
+/// `ExecReload=`) asks for the config and the model to be read again.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let stop = Arc::new(AtomicBool::new(false));
+        for signal in [SIGTERM, SIGINT] {
+            // Registered first, so it sees the flag as the previous signal left it.
+            signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, stop.clone())
+                .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
+                .context("cannot install the SIGTERM/SIGINT handlers")?;
+        }
+        let reload = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(SIGHUP, reload.clone())
+            .context("cannot install the SIGHUP handler")?;
+        Ok(Signals { stop, reload })
     }
+}
+
+/// Runs the service with `config` until stopped; `Ok` on a clean stop. On
+/// SIGHUP, `reload` reads the config again (see [`Service::reload`]).
+pub fn run(config: Config, reload: &dyn Fn() -> anyhow::Result<Config>) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
     let mut systemd = Systemd::from_env();
     let detector = Detector::from_config(&config.detector)?;
-    let snapshots = if config.snapshot.enabled {
-        log::warn!(
-            "snapshots are on: frames with faces are written to {}",
-            config.snapshot.dir.display()
-        );
-        Some(Snapshots::new(&config.snapshot)?)
-    } else {
-        None
-    };
+    let snapshots = Snapshots::from_config(&config.snapshot)?;
     let sinks = build_sinks(&config.log, &config.mqtt, &config.gpio)?;
     log::info!("signalling to: {}", sinks.names().join(", "));
     let capture = Capture::start(&config.capture)?;
@@ -69,10 +85,10 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         None => (None, None),
     };
     let mut service = Service {
+        tracker: Tracker::new(config.tracker),
         config,
         detector,
         capture,
-        tracker: Tracker::new(config.tracker),
         sinks,
         snapshots,
         stats: Stats::default(),
@@ -82,16 +98,16 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         status_failed: false,
         monitor,
     };
-    systemd.ready(&format!("reading {}", source_name(&config.capture)));
-    let outcome = service.run_until(&stop, &mut systemd);
+    systemd.ready(&format!("reading {}", source_name(&service.config.capture)));
+    let outcome = service.run_until(&signals, reload, &mut systemd);
     systemd.stopping();
     service.shut_down();
     drop(metrics_server);
     outcome
 }
 
-struct Service<'a> {
-    config: &'a Config,
+struct Service {
+    config: Config,
     detector: Detector,
     capture: Capture,
     tracker: Tracker,
@@ -126,23 +142,21 @@ impl Period {
     }
 }
 
-impl Service<'_> {
-    fn run_until(&mut self, stop: &AtomicBool, systemd: &mut Systemd) -> anyhow::Result<()> {
-        let interval = Duration::from_secs_f64(self.config.service.stats_interval_s);
-        // A camera blocks up to its frame timeout before it reports failure;
-        // a paced file source sleeps a frame interval between frames.
-        let capture = &self.config.capture;
-        let frame_interval = if capture.fps > 0.0 {
-            Duration::from_secs_f64(1.0 / capture.fps)
-        } else {
-            Duration::ZERO
-        };
-        let capture_tolerance = Duration::from_millis(capture.frame_timeout_ms)
-            + frame_interval
-            + Duration::from_secs(1);
-        let mut next_report = Instant::now() + interval;
+impl Service {
+    fn run_until(
+        &mut self,
+        signals: &Signals,
+        reload: &dyn Fn() -> anyhow::Result<Config>,
+        systemd: &mut Systemd,
+    ) -> anyhow::Result<()> {
+        let mut next_report = Instant::now() + self.report_interval();
         let mut stalled = false;
-        while !stop.load(Ordering::Relaxed) {
+        while !signals.stop.load(Ordering::Relaxed) {
+            if signals.reload.swap(false, Ordering::Relaxed) {
+                systemd.reloading();
+                self.reload(reload());
+                systemd.ready(&format!("reading {}", source_name(&self.config.capture)));
+            }
             let frame = self.capture.latest(FRAME_WAIT);
             let now = Instant::now();
             match &frame {
@@ -158,7 +172,7 @@ impl Service<'_> {
                 }
             }
             self.sinks.tick(now);
-            if self.capture.is_alive(capture_tolerance) {
+            if self.capture.is_alive(self.capture_tolerance()) {
                 systemd.pet(now);
                 if stalled {
                     stalled = false;
@@ -172,10 +186,102 @@ impl Service<'_> {
             self.observe_turn(now);
             if now >= next_report {
                 self.report(now, "running");
-                next_report = now + interval;
+                next_report = now + self.report_interval();
             }
         }
         Ok(())
+    }
+
+    fn report_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.config.service.stats_interval_s)
+    }
+
+    /// How long the capture thread may show no sign of life: a camera blocks
+    /// up to its frame timeout before it reports failure; a paced file
+    /// source sleeps a frame interval between frames.
+    fn capture_tolerance(&self) -> Duration {
+        let capture = &self.config.capture;
+        let frame_interval = if capture.fps > 0.0 {
+            Duration::from_secs_f64(1.0 / capture.fps)
+        } else {
+            Duration::ZERO
+        };
+        Duration::from_millis(capture.frame_timeout_ms) + frame_interval + Duration::from_secs(1)
+    }
+
+    /// Switches to the config `loaded` on SIGHUP, or keeps the current one
+    /// (with a logged error) when it could not be read or checked, or the
+    /// model does not load.
+    fn reload(&mut self, loaded: anyhow::Result<Config>) {
+        match loaded.and_then(|new| self.apply(new)) {
+            Ok(restarted) => log::info!(
+                "reloaded the config and the model; restarted: {}",
+                if restarted.is_empty() {
+                    "nothing else".to_string()
+                } else {
+                    restarted.join(", ")
+                }
+            ),
+            Err(e) => log::error!("reload refused, the previous config stays: {e:#}"),
+        }
+    }
+
+    /// Applies `new`: the model is always loaded again (its file may have
+    /// been replaced); each part whose table changed is restarted; the
+    /// others, an MQTT session among them, go on untouched. Returns the
+    /// parts restarted. Nothing changes when it fails, except the sinks or
+    /// the capture, which fall back to their previous config.
+    fn apply(&mut self, new: Config) -> anyhow::Result<Vec<&'static str>> {
+        anyhow::ensure!(
+            new.http == self.config.http,
+            "`http` changes take effect at the next start"
+        );
+        let detector = Detector::from_config(&new.detector)?;
+        let snapshots = if new.snapshot != self.config.snapshot {
+            Some(Snapshots::from_config(&new.snapshot)?)
+        } else {
+            None
+        };
+        let mut restarted = Vec::new();
+        let sinks_changed = (&new.log, &new.mqtt, &new.gpio)
+            != (&self.config.log, &self.config.mqtt, &self.config.gpio);
+        if sinks_changed || new.tracker != self.config.tracker {
+            let events = self.tracker.finish(unix_now());
+            self.sinks.events(&events, Instant::now());
+            self.tracker = Tracker::new(new.tracker);
+            restarted.push("tracker");
+        }
+        if sinks_changed {
+            self.sinks.shutdown();
+            self.sinks = match build_sinks(&new.log, &new.mqtt, &new.gpio) {
+                Ok(sinks) => sinks,
+                Err(e) => {
+                    self.sinks =
+                        build_sinks(&self.config.log, &self.config.mqtt, &self.config.gpio)
+                            .context("the previous sinks do not start again either")?;
+                    return Err(e).context("the new sinks do not start; the previous ones run");
+                }
+            };
+            restarted.push("sinks");
+        }
+        if new.capture != self.config.capture {
+            self.capture.stop();
+            self.capture = match Capture::start(&new.capture) {
+                Ok(capture) => capture,
+                Err(e) => {
+                    self.capture = Capture::start(&self.config.capture)?;
+                    return Err(e).context("the new capture does not start; the previous one runs");
+                }
+            };
+            restarted.push("capture");
+        }
+        if let Some(snapshots) = snapshots {
+            self.snapshots = snapshots;
+            restarted.push("snapshots");
+        }
+        self.detector = detector;
+        self.config = new;
+        Ok(restarted)
     }
 
     /// Detects, tracks and signals one frame. A frame that cannot be decoded
@@ -291,7 +397,7 @@ impl Service<'_> {
             model: self.detector.model().source().to_string(),
             device: format!("{:?}", self.config.detector.device).to_lowercase(),
             source,
-            capture_alive: !self.capture.is_finished(),
+            capture_alive: self.capture.is_open(),
             faces_visible: self.tracker.visible(),
             stats: serde_json::Value::Null,
         }
@@ -331,11 +437,4 @@ pub fn source_name(capture: &CaptureConfig) -> String {
             }
         }
     }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
 }

@@ -20,6 +20,19 @@ pub struct Snapshots {
 }
 
 impl Snapshots {
+    /// The snapshots of the `[snapshot]` table, when it is enabled (with a
+    /// warning: frames with faces are written to disk).
+    pub fn from_config(config: &SnapshotConfig) -> anyhow::Result<Option<Self>> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        log::warn!(
+            "snapshots are on: frames with faces are written to {}",
+            config.dir.display()
+        );
+        Snapshots::new(config).map(Some)
+    }
+
     /// Creates the directory (the service fails at start, not at the first
     /// face, when it cannot).
     pub fn new(config: &SnapshotConfig) -> anyhow::Result<Self> {

@@ -23,7 +23,9 @@ pub struct Status {
     pub device: String,
     /// The frame source, and what a camera negotiated.
     pub source: String,
-    /// Whether the capture thread is reading or waiting for its source.
+    /// Whether the source is open: false while a camera is missing or
+    /// failing (`stats.capture` says since when and why) and once a file
+    /// source has ended.
     pub capture_alive: bool,
     /// Faces on screen now.
     pub faces_visible: usize,

@@ -53,6 +53,11 @@ impl Systemd {
         }
     }
 
+    /// The service is reading its config again (`READY=1` follows).
+    pub fn reloading(&self) {
+        send(&[NotifyState::Reloading, NotifyState::Status("reloading")]);
+    }
+
     /// The service is shutting down.
     pub fn stopping(&self) {
         send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

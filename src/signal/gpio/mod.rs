@@ -140,6 +140,11 @@ impl GpioConfig {
             .collect()
     }
 
+    /// Checks `min_hold_ms` (an hour at most).
+    pub fn check_hold(&self) -> Result<(), crate::config::InvalidKey> {
+        crate::config::in_range("gpio.min_hold_ms", self.min_hold_ms, 0..=3_600_000)
+    }
+
     /// Checks the pin map without opening any pin.
     pub fn check(&self) -> Result<(), GpioError> {
         if self.pins.is_empty() {
