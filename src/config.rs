@@ -446,6 +446,81 @@ mod tests {
         assert!(err.contains("mqtt") && err.contains("username"), "{err}");
     }
 
+    /// The values that made `run` panic before every key had a range, in
+    /// enabled and disabled tables alike: refused, naming key and line.
+    #[test]
+    fn out_of_range_values_are_refused_with_key_and_line() {
+        let dir = std::env::temp_dir().join(format!("fer-edge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        for (text, key, line) in [
+            (
+                "[service]\nstats_interval_s = 1e300\n",
+                "service.stats_interval_s",
+                2,
+            ),
+            (
+                "# a comment\n[service]\nstats_interval_s = 9223372036854775808.0\n",
+                "service.stats_interval_s",
+                3,
+            ),
+            ("[capture]\nwidth = 320\nfps = 1e-300\n", "capture.fps", 3),
+            ("[capture]\nfps = 5e-324\n", "capture.fps", 2),
+            (
+                "[snapshot]\nmin_interval_s = 1e300\n",
+                "snapshot.min_interval_s",
+                2,
+            ),
+            ("[detector]\nthreads = 100\n", "detector.threads", 2),
+            ("[detector]\nthreads = 3000\n", "detector.threads", 2),
+            (
+                "[capture.reconnect]\nmax_delay_ms = 10\n",
+                "capture.reconnect.max_delay_ms",
+                2,
+            ),
+            ("[tracker]\nlost_after_s = inf\n", "tracker.lost_after_s", 2),
+            (
+                "[gpio]\nmin_hold_ms = 18446744073709551615\n",
+                "gpio.min_hold_ms",
+                2,
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(&path, &[]).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("line {line}: `{key}`")),
+                "{text}: {err}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn disabled_tables_are_checked_too() {
+        let mut config = Config::default();
+        config.mqtt.qos = 3;
+        assert!(!config.mqtt.enabled);
+        let err = config.check(Path::new(PATH)).unwrap_err().to_string();
+        assert!(err.contains("qos"), "{err}");
+        let mut config = Config::default();
+        config.snapshot.keep = 0;
+        let err = config.check(Path::new(PATH)).unwrap_err().to_string();
+        assert!(err.contains("snapshot.keep"), "{err}");
+        let mut config = Config::default();
+        let happiness =
+            crate::signal::gpio::PinSignal::Expression(crate::face::Expression::Happiness);
+        config
+            .gpio
+            .pins
+            .insert(crate::signal::gpio::PinSignal::FacePresent, 17);
+        config.gpio.pins.insert(happiness, 17);
+        let err = config.check(Path::new(PATH)).unwrap_err().to_string();
+        assert!(
+            err.contains("gpio.pins") && err.contains("line 17"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_missing_model_is_named() {
         let mut config = Config::default();

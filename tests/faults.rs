@@ -320,6 +320,129 @@ fn whatever_check_config_accepts_runs_and_stops_cleanly() {
     );
 }
 
+/// A config of the recorded sequence, looped at 5 fps, with the status file
+/// in `dir` and `extra` tables.
+fn sequence_config(dir: &TempDir, extra: &str) -> String {
+    format!(
+        "[detector]\nthreads = 1\n\
+         [capture]\nsource = \"image_dir\"\npath = \"{}\"\nrepeat = true\nfps = 5.0\n\
+         [service]\nstats_interval_s = 0.5\nstatus_file = \"{}\"\n{extra}",
+        repo("samples/sequence").display(),
+        dir.file("status.json").display()
+    )
+}
+
+fn frames_in_status(dir: &TempDir) -> u64 {
+    std::fs::read_to_string(dir.file("status.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|status| status["stats"]["frames"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The first SIGTERM waits up to `mqtt.shutdown_timeout_ms` for a broker
+/// that accepts the connection and never answers; a second one cuts that
+/// short: the process exits at once, with 128 + 15.
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    require_native!();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let dir = TempDir::new();
+    let mqtt = format!(
+        "[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {port}\nshutdown_timeout_ms = 5000\n"
+    );
+    let config = write_config(&dir, &sequence_config(&dir, &mqtt));
+    let mut child = fer_edge()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = StderrLog::read(&mut child);
+    assert!(
+        log.wait_for("capture: reading", Duration::from_secs(20)),
+        "{}",
+        log.text()
+    );
+    signal(&child, libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(child.try_wait().unwrap().is_none(), "{}", log.text());
+    let second = Instant::now();
+    signal(&child, libc::SIGTERM);
+    let status = wait_within(&mut child, Duration::from_secs(2));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        log.text()
+    );
+    assert!(
+        second.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        second.elapsed()
+    );
+}
+
+/// SIGHUP reads the config again: a change applies without a new MQTT
+/// connection (the broker logs one connect for the whole run), a config that
+/// does not check is refused while the old one keeps running, and the
+/// service still stops cleanly.
+#[test]
+fn sighup_reloads_the_config_and_keeps_the_mqtt_session() {
+    require_native!();
+    require_mosquitto!();
+    let broker = broker::Broker::start();
+    let dir = TempDir::new();
+    let mqtt = format!(
+        "[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {}\ndevice_id = \"reload\"\n",
+        broker.port
+    );
+    let config = write_config(&dir, &sequence_config(&dir, &mqtt));
+    let mut child = fer_edge()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = StderrLog::read(&mut child);
+    assert!(
+        log.wait_for("MQTT: connected", Duration::from_secs(20)),
+        "{}",
+        log.text()
+    );
+
+    let changed = sequence_config(&dir, &format!("{mqtt}[tracker]\nmin_hits = 2\n"));
+    std::fs::write(&config, changed).unwrap();
+    signal(&child, libc::SIGHUP);
+    assert!(
+        log.wait_for("restarted: tracker", Duration::from_secs(20)),
+        "{}",
+        log.text()
+    );
+
+    std::fs::write(&config, "[capture]\nfps = 1e300\n").unwrap();
+    signal(&child, libc::SIGHUP);
+    assert!(
+        log.wait_for("reload refused", Duration::from_secs(10)),
+        "{}",
+        log.text()
+    );
+    assert!(log.text().contains("`capture.fps`"), "{}", log.text());
+    let frames = frames_in_status(&dir);
+    broker::wait_until("frames go on after the refused reload", || {
+        frames_in_status(&dir) > frames + 2
+    });
+
+    signal(&child, libc::SIGTERM);
+    let status = wait_within(&mut child, Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", log.text());
+    let connects = broker.log().matches("as fer-edge-reload").count();
+    assert_eq!(connects, 1, "{}", broker.log());
+}
+
 fn signal(child: &Child, signal: libc::c_int) {
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
