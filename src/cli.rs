@@ -347,7 +347,8 @@ fn detect(args: DetectArgs) -> anyhow::Result<i32> {
                 log::error!("{name}: {e:#}");
                 let failure = ImageFailure {
                     image: &name,
-                    error: format!("{e:#}"),
+                    // One line, as every other line of this JSON stream.
+                    error: format!("{e:#}").replace('\n', " "),
                 };
                 println!("{}", serde_json::to_string(&failure)?);
             }

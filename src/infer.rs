@@ -65,6 +65,8 @@ pub enum ModelError {
     Parse { model: ModelSource, cause: String },
     #[error("{model} uses operators fer-edge does not implement: {ops}")]
     UnsupportedOps { model: ModelSource, ops: String },
+    #[error("{model} does not keep fer-edge's model contract: {cause}")]
+    Contract { model: ModelSource, cause: String },
     #[error("{model} cannot be prepared for inference: {cause}")]
     Prepare { model: ModelSource, cause: String },
     #[error("{model} is not a FER-YOLO-Mamba detector: {cause}")]
@@ -118,9 +120,11 @@ impl Model {
             ModelSource::BuiltIn => BUILT_IN_MODEL_SHA256.to_owned(),
             ModelSource::File(_) => sha256_hex(&bytes),
         };
-        let parse = |e: anyhow::Error| ModelError::Parse {
-            model: source.clone(),
-            cause: chain(&e),
+        let parse = |e: anyhow::Error| {
+            contract_error(&e, source).unwrap_or_else(|| ModelError::Parse {
+                model: source.clone(),
+                cause: chain(&e),
+            })
         };
         let proto = onnx()
             .proto_model_for_read(&mut &bytes[..])
@@ -133,9 +137,11 @@ impl Model {
                 ops: unsupported,
             });
         }
-        let prepare = |e: anyhow::Error| ModelError::Prepare {
-            model: source.clone(),
-            cause: chain(&e),
+        let prepare = |e: anyhow::Error| {
+            contract_error(&e, source).unwrap_or_else(|| ModelError::Prepare {
+                model: source.clone(),
+                cause: chain(&e),
+            })
         };
         let typed = inference.into_typed().map_err(prepare)?;
         let input_shape = check_detector_io(&typed).map_err(|cause| ModelError::NotADetector {
@@ -245,6 +251,17 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// An error with its causes, on one line.
+/// The [`scan::op::ContractError`] somewhere in `e`'s chain, alone.
+fn contract_error(e: &anyhow::Error, model: &ModelSource) -> Option<ModelError> {
+    let broken = e
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<scan::op::ContractError>())?;
+    Some(ModelError::Contract {
+        model: model.clone(),
+        cause: broken.to_string(),
+    })
+}
+
 fn chain(e: &anyhow::Error) -> String {
     e.chain()
         .map(|c| c.to_string())

@@ -230,6 +230,43 @@ fn a_model_whose_op_is_missing_or_foreign_gives_a_clear_error() {
     assert!(err.contains("domain `com.example`"), "{err}");
 }
 
+/// A model of a newer op contract, or with a scan input of the wrong shape,
+/// is named as such in one line: not as a corrupt file, not in tract's dump
+/// of every fact of the node.
+#[test]
+fn a_model_that_breaks_the_op_contract_says_how_in_one_line() {
+    use prost::Message;
+    let bytes = std::fs::read(repo("tests/data/vss_block/vss_block.onnx")).unwrap();
+    let mut proto = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
+    for import in proto
+        .opset_import
+        .iter_mut()
+        .filter(|o| o.domain == "fer_edge")
+    {
+        import.version = 2;
+    }
+    let err = load_error(&proto.encode_to_vec());
+    assert!(
+        err.contains("does not keep fer-edge's model contract")
+            && err.contains("ops are version 2")
+            && err.contains("implements version 1"),
+        "{err}"
+    );
+    assert!(!err.contains("corrupt") && !err.contains("Some("), "{err}");
+
+    // D wired to A ([KD, N]) instead of a [KD] vector.
+    let err = load_error(&edited_block_model(|n| n.input[5] = n.input[2].clone()));
+    assert!(
+        err.contains("SelectiveScan input `D` has rank 2") && err.contains("expected rank 1"),
+        "{err}"
+    );
+    assert!(
+        err.len() < 300 && !err.contains('\n'),
+        "{} bytes: {err}",
+        err.len()
+    );
+}
+
 #[test]
 fn wrong_input_size_gives_a_clear_error() {
     let model = Model::load(&repo(MODEL)).unwrap();

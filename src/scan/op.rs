@@ -17,6 +17,23 @@ pub const OP_TYPE: &str = "SelectiveScan";
 /// The version of the op contract this runtime implements.
 pub const VERSION: i64 = 1;
 
+/// A model that breaks the op's contract (MODEL.md): a wrong domain or
+/// version, inputs, attributes or shapes. [`crate::infer`] reports it alone,
+/// without tract's context around it (which would dump every fact of the
+/// node), and not as a file that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ContractError(pub String);
+
+/// `ensure!` with a [`ContractError`].
+macro_rules! contract {
+    ($condition:expr, $($message:tt)+) => {
+        if !$condition {
+            return Err(ContractError(format!($($message)+)).into());
+        }
+    };
+}
+
 /// Input names, in contract order, with their ranks.
 const INPUTS: [(&str, usize); 7] = [
     ("u", 3),
@@ -43,7 +60,7 @@ fn parse(
     ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    ensure!(
+    contract!(
         node.domain == DOMAIN,
         "node `{}` is a `{OP_TYPE}` of domain `{}`; fer-edge implements `{OP_TYPE}` only in domain `{DOMAIN}`",
         node.name,
@@ -55,12 +72,15 @@ fn parse(
         .iter()
         .find(|o| o.domain == DOMAIN)
         .map(|o| o.version);
-    ensure!(
+    contract!(
         version == Some(VERSION),
-        "node `{}`: the model imports domain `{DOMAIN}` at version {version:?}; this fer-edge implements version {VERSION}",
-        node.name
+        "node `{}`: the model's `{DOMAIN}` ops are {}, and this fer-edge implements version \
+         {VERSION} of their contract; export the model for version {VERSION}, or update \
+         fer-edge",
+        node.name,
+        version.map_or("of no imported version".into(), |v| format!("version {v}"))
     );
-    ensure!(
+    contract!(
         node.input.len() == INPUTS.len() && node.output.len() == 1,
         "node `{}`: `{OP_TYPE}` takes {} inputs (u, delta, A, Bs, Cs, D, delta_bias) and 1 output, got {} and {}",
         node.name,
@@ -71,10 +91,13 @@ fn parse(
     let delta_softplus = match node.get_attr_opt::<i64>("delta_softplus")?.unwrap_or(1) {
         0 => false,
         1 => true,
-        other => bail!(
-            "node `{}`: attribute delta_softplus must be 0 or 1, got {other}",
-            node.name
-        ),
+        other => {
+            return Err(ContractError(format!(
+                "node `{}`: attribute delta_softplus must be 0 or 1, got {other}",
+                node.name
+            ))
+            .into())
+        }
     };
     Ok((expand(ScanExpansion { delta_softplus }), vec![]))
 }
@@ -129,33 +152,37 @@ impl SelectiveScan {
     /// Checks ranks, types and the agreement of every dimension; returns the
     /// dimensions, with a message naming the input on mismatch.
     fn dims<D: DimLike>(&self, shapes: &[&[D]], types: &[DatumType]) -> TractResult<[D; 5]> {
-        ensure!(
+        contract!(
             shapes.len() == INPUTS.len(),
             "{OP_TYPE} takes {} inputs, got {}",
             INPUTS.len(),
             shapes.len()
         );
         for ((name, rank), (shape, dt)) in INPUTS.iter().zip(shapes.iter().zip(types)) {
-            ensure!(
+            contract!(
                 *dt == f32::datum_type(),
                 "{OP_TYPE} input `{name}` is {dt:?}, expected f32"
             );
-            ensure!(
+            contract!(
                 shape.len() == *rank,
-                "{OP_TYPE} input `{name}` has rank {} (shape {shape:?}), expected rank {rank}",
-                shape.len()
+                "{OP_TYPE} input `{name}` has rank {} (shape {}), expected rank {rank}",
+                shape.len(),
+                shape_text(shape)
             );
         }
         let [batch, channels, len] = [&shapes[0][0], &shapes[0][1], &shapes[0][2]].map(D::clone);
         let [groups, state] = [&shapes[3][1], &shapes[3][2]].map(D::clone);
         let expect = |input: usize, expected: Vec<&D>| -> TractResult<()> {
             let got: Vec<&D> = shapes[input].iter().collect();
-            ensure!(
+            contract!(
                 got == expected,
-                "{OP_TYPE} input `{}` has shape {got:?}, expected {expected:?} (u is [B, KD, L] = {:?}, Bs is [B, G, N, L] = {:?})",
+                "{OP_TYPE} input `{}` has shape {}, expected {} (u is [B, KD, L] = {}, Bs is \
+                 [B, G, N, L] = {})",
                 INPUTS[input].0,
-                shapes[0],
-                shapes[3]
+                shape_text(&got),
+                shape_text(&expected),
+                shape_text(shapes[0]),
+                shape_text(shapes[3])
             );
             Ok(())
         };
@@ -166,13 +193,19 @@ impl SelectiveScan {
         expect(5, vec![&channels])?;
         expect(6, vec![&channels])?;
         if let (Ok(c), Ok(g)) = (channels.to_usize(), groups.to_usize()) {
-            ensure!(
+            contract!(
                 g > 0 && c % g == 0,
                 "{OP_TYPE}: {c} channels (u dim 1) cannot be split into {g} groups (Bs dim 1)"
             );
         }
         Ok([batch, channels, groups, state, len])
     }
+}
+
+/// `[256, 16]`, or `[B, 256]` with symbols.
+fn shape_text<D: std::fmt::Display>(shape: &[D]) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", dims.join(", "))
 }
 
 impl Op for SelectiveScan {

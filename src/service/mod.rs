@@ -299,7 +299,9 @@ impl Service {
                 self.undecodable += 1;
                 if self.undecodable.is_power_of_two() {
                     log::warn!(
-                        "skipped undecodable frame ({} so far): {e}",
+                        "skipped undecodable frame {} of {} ({} so far): {e}",
+                        captured.sequence,
+                        source_name(&self.config.capture),
                         self.undecodable
                     );
                 }
