@@ -30,7 +30,14 @@ pub struct TrackerConfig {
     /// How far another expression's smoothed score must lead the current one
     /// before the track switches to it.
     pub switch_margin: f32,
+    /// Most faces tracked at once (1 to [`MAX_TRACKED_FACES`]): in a crowd,
+    /// the faces with the highest scores are tracked, the others ignored.
+    pub max_faces: usize,
 }
+
+/// The capacity of the tracker's table: a fixed array, so a crowd in front
+/// of the camera cannot grow the service's memory.
+pub const MAX_TRACKED_FACES: usize = 64;
 
 impl Default for TrackerConfig {
     fn default() -> Self {
@@ -40,6 +47,7 @@ impl Default for TrackerConfig {
             lost_after: 1.0,
             smoothing: 0.3,
             switch_margin: 0.1,
+            max_faces: 16,
         }
     }
 }
@@ -51,7 +59,8 @@ impl TrackerConfig {
         in_range("tracker.min_hits", self.min_hits, 1..=1000)?;
         in_range("tracker.lost_after_s", self.lost_after, 0.01..=3600.0)?;
         in_range("tracker.smoothing", self.smoothing, 0.001..=1.0)?;
-        in_range("tracker.switch_margin", self.switch_margin, 0.0..=1.0)
+        in_range("tracker.switch_margin", self.switch_margin, 0.0..=1.0)?;
+        in_range("tracker.max_faces", self.max_faces, 1..=MAX_TRACKED_FACES)
     }
 }
 
@@ -130,7 +139,7 @@ impl Track {
 #[derive(Debug)]
 pub struct Tracker {
     config: TrackerConfig,
-    tracks: Vec<Track>,
+    tracks: heapless::Vec<Track, MAX_TRACKED_FACES>,
     next_id: u64,
 }
 
@@ -138,7 +147,7 @@ impl Tracker {
     pub fn new(config: TrackerConfig) -> Self {
         Tracker {
             config,
-            tracks: Vec::new(),
+            tracks: heapless::Vec::new(),
             next_id: 1,
         }
     }
@@ -165,10 +174,13 @@ impl Tracker {
                 events.push(track.event(EventKind::Update, now));
             }
         }
+        // Faces come highest score first: in a crowd, the best are tracked.
+        let room = self.config.max_faces.saturating_sub(self.tracks.len());
         for (face, _) in faces
             .iter()
             .zip(&unmatched_faces)
             .filter(|(_, &unmatched)| unmatched)
+            .take(room)
         {
             let track = Track {
                 id: self.next_id,
@@ -184,7 +196,9 @@ impl Tracker {
             if track.announced {
                 events.push(track.event(EventKind::New, now));
             }
-            self.tracks.push(track);
+            if self.tracks.push(track).is_err() {
+                unreachable!("max_faces is at most the table's capacity");
+            }
         }
         events
     }
@@ -196,14 +210,15 @@ impl Tracker {
 
     /// Removes the tracks `expired` selects; `end` events for announced ones.
     fn expire(&mut self, expired: impl Fn(&Track) -> bool, now: f64) -> Vec<TrackEvent> {
-        let (gone, kept): (Vec<Track>, Vec<Track>) = std::mem::take(&mut self.tracks)
-            .into_iter()
-            .partition(|t| expired(t));
-        self.tracks = kept;
-        gone.iter()
-            .filter(|t| t.announced)
-            .map(|t| t.event(EventKind::End, now))
-            .collect()
+        let mut ended = Vec::new();
+        self.tracks.retain(|track| {
+            let gone = expired(track);
+            if gone && track.announced {
+                ended.push(track.event(EventKind::End, now));
+            }
+            !gone
+        });
+        ended
     }
 
     /// (track, face) pairs, best IoU first, each used once, IoU >= match_iou.
@@ -246,6 +261,25 @@ mod tests {
             score: p,
             scores: ExpressionScores(scores),
         }
+    }
+
+    #[test]
+    fn a_crowd_is_tracked_up_to_max_faces_best_first() {
+        let mut tracker = Tracker::new(TrackerConfig {
+            min_hits: 1,
+            max_faces: 3,
+            ..Default::default()
+        });
+        // 10 faces side by side, scores falling from left to right.
+        let crowd: Vec<Face> = (0..10)
+            .map(|i| face(100.0 * i as f32, Expression::Neutral, 0.9 - 0.05 * i as f32))
+            .collect();
+        let events = tracker.update(&crowd, 0.0);
+        let tracked: Vec<f32> = events.iter().map(|e| e.bbox[0]).collect();
+        assert_eq!(tracked, [0.0, 100.0, 200.0]);
+        assert_eq!(tracker.visible(), 3);
+        assert!(tracker.update(&crowd, 0.1).is_empty());
+        assert_eq!(tracker.finish(0.2).len(), 3);
     }
 
     fn kinds(events: &[TrackEvent]) -> Vec<(EventKind, u64, Expression)> {
