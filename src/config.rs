@@ -13,7 +13,7 @@ use crate::decode::DecodeOptions;
 use crate::device::Device;
 use crate::infer::ModelSource;
 use crate::service::metrics::HttpConfig;
-use crate::signal::{GpioConfig, LogConfig, MqttConfig};
+use crate::signal::{GpioConfig, LogConfig, MqttConfig, MqttError};
 use crate::track::TrackerConfig;
 use serde::{Deserialize, Serialize};
 use std::ops::RangeInclusive;
@@ -300,9 +300,10 @@ impl Config {
         self.capture.check()?;
         self.tracker.check()?;
         // The log sink uses the MQTT topic names even when MQTT is off.
-        self.mqtt
-            .check()
-            .map_err(|e| InvalidKey::new("mqtt", e.to_string()))?;
+        self.mqtt.check().map_err(|e| match e {
+            MqttError::OutOfRange(invalid) => invalid,
+            other => InvalidKey::new("mqtt", other.to_string()),
+        })?;
         if self.gpio.enabled || !self.gpio.pins.is_empty() {
             self.gpio
                 .check()

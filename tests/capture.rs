@@ -43,10 +43,14 @@ fn file_config(source: SourceKind, path: &Path) -> CaptureConfig {
     }
 }
 
-/// Reads a source to its end: the frames, and the corrupt-frame errors.
+/// Reads a source to its end, at its pace (as the capture thread does):
+/// the frames, and the corrupt-frame errors.
 fn read_all(source: &mut dyn FrameSource) -> (Vec<CapturedFrame>, Vec<String>) {
     let (mut frames, mut corrupt) = (Vec::new(), Vec::new());
     loop {
+        if let Some(due) = source.next_due() {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         match source.next_frame() {
             Ok(frame) => frames.push(frame),
             Err(CaptureError::Corrupt(reason)) => corrupt.push(reason),
@@ -704,7 +708,10 @@ impl log::Log for LogRecorder {
         true
     }
     fn log(&self, record: &log::Record) {
-        self.0.lock().unwrap().push(record.args().to_string());
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", record.level(), record.args()));
     }
     fn flush(&self) {}
 }
@@ -715,7 +722,7 @@ fn logged_lines() -> &'static LogRecorder {
         let recorder: &'static LogRecorder =
             Box::leak(Box::new(LogRecorder(Mutex::new(Vec::new()))));
         log::set_logger(recorder).unwrap();
-        log::set_max_level(log::LevelFilter::Info);
+        log::set_max_level(log::LevelFilter::Debug);
         recorder
     })
 }
@@ -811,7 +818,7 @@ fn unplugged_camera_is_retried_with_capped_backoff_and_frames_resume() {
 
     // The delays the service chose, from its log: doubling, capped at 40 ms,
     // back to 10 ms after the camera had delivered frames.
-    let retries: Vec<String> = log
+    let failures: Vec<String> = log
         .0
         .lock()
         .unwrap()
@@ -819,12 +826,21 @@ fn unplugged_camera_is_retried_with_capped_backoff_and_frames_resume() {
         .filter(|line| {
             line.contains("/dev/reconnect-test") || line.contains("fake camera unplugged")
         })
-        .map(|line| line.rsplit("retrying in ").next().unwrap().to_string())
+        .cloned()
+        .collect();
+    let retries: Vec<&str> = failures
+        .iter()
+        .map(|line| line.rsplit("retrying in ").next().unwrap())
         .collect();
     assert_eq!(
         retries,
         ["10ms", "20ms", "40ms", "40ms", "40ms", "10ms", "20ms", "40ms", "40ms"]
     );
+    // A warning for the first failure of each outage; the retries at debug.
+    let warnings: Vec<usize> = (0..failures.len())
+        .filter(|&i| failures[i].starts_with("WARN"))
+        .collect();
+    assert_eq!(warnings, [0, 5], "{failures:#?}");
     // And it waited that long between attempts.
     let attempts = attempts.lock().unwrap();
     let waits = [10, 20, 40, 40, 40];

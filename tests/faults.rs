@@ -443,6 +443,72 @@ fn sighup_reloads_the_config_and_keeps_the_mqtt_session() {
     assert_eq!(connects, 1, "{}", broker.log());
 }
 
+/// A missing camera and an unreachable broker show in the status file (and
+/// the stats topic it copies): not open, since when, the last error; the
+/// camera's warning is logged once, not at every retry.
+#[test]
+fn the_status_shows_a_missing_camera_and_an_unreachable_broker() {
+    require_native!();
+    let dir = TempDir::new();
+    let closed = broker::free_port();
+    let config = write_config(
+        &dir,
+        &format!(
+            "[capture]\ndevice = \"/dev/video-fer-edge-missing\"\n\
+             [capture.reconnect]\ninitial_delay_ms = 100\nmax_delay_ms = 200\n\
+             [mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {closed}\n\
+             reconnect_max_ms = 250\nshutdown_timeout_ms = 100\n\
+             [service]\nstats_interval_s = 0.5\nstatus_file = \"{}\"\n",
+            dir.file("status.json").display()
+        ),
+    );
+    let mut child = fer_edge()
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = StderrLog::read(&mut child);
+    let read_status = || -> Option<Value> {
+        serde_json::from_str(&std::fs::read_to_string(dir.file("status.json")).ok()?).ok()
+    };
+    broker::wait_until("the status file reports both outages", || {
+        read_status().is_some_and(|s| !s["stats"]["mqtt"]["last_error"].is_null())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let status = read_status().unwrap();
+    signal(&child, libc::SIGTERM);
+    assert_eq!(
+        wait_within(&mut child, Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+
+    assert_eq!(status["capture_alive"], false, "{status}");
+    let capture = &status["stats"]["capture"];
+    assert_eq!(capture["open"], false, "{status}");
+    assert!(
+        capture["failing_since"].as_f64().unwrap() > 1.7e9,
+        "{status}"
+    );
+    let error = capture["last_error"].as_str().unwrap();
+    assert!(error.contains("/dev/video-fer-edge-missing"), "{error}");
+    let mqtt = &status["stats"]["mqtt"];
+    assert_eq!(mqtt["connected"], false, "{status}");
+    assert!(mqtt["pending"].as_u64().unwrap() > 0, "{status}");
+    let camera_warnings = log
+        .text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("video-fer-edge-missing"))
+        .count();
+    assert_eq!(
+        camera_warnings,
+        1,
+        "one warning a minute at most:\n{}",
+        log.text()
+    );
+}
+
 fn signal(child: &Child, signal: libc::c_int) {
     // SAFETY: kill has no memory-safety preconditions.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);

@@ -1,16 +1,20 @@
 //! The MQTT sink against a real mosquitto broker that each test starts on a
 //! free loopback port (and stops): topics and payloads of a tracked face,
 //! the same lines in the JSON log, retained availability with the last will,
-//! buffering across a broker restart, Home Assistant discovery, and TLS with
-//! a client certificate and a password. Skipped, loudly, without mosquitto.
+//! buffering across a broker restart or stall with every lost message
+//! counted, the newest retained state last after an outage, what shutdown
+//! says and counts, Home Assistant discovery, and TLS with a client
+//! certificate and a password (and no password in clear text). Skipped,
+//! loudly, without mosquitto.
 
 use fer_edge::face::{Expression, ExpressionScores, Face};
-use fer_edge::signal::{JsonLogSink, MqttConfig, MqttSink, Sink, Stats, TlsConfig};
+use fer_edge::signal::{JsonLogSink, MessageBuilder, MqttConfig, MqttSink, Sink, Stats, TlsConfig};
 use fer_edge::track::{TrackEvent, Tracker, TrackerConfig};
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 #[path = "common/broker.rs"]
@@ -36,6 +40,47 @@ fn stats(frames: u64) -> Stats {
         frames,
         ..Default::default()
     }
+}
+
+/// Warnings and errors logged so far (by every test of this binary) that
+/// mention `needle`, e.g. a test's own broker address. The first call
+/// installs the logger.
+fn logged(needle: &str) -> Vec<String> {
+    struct Recorder(Mutex<Vec<String>>);
+    impl log::Log for Recorder {
+        fn enabled(&self, metadata: &log::Metadata) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+        fn log(&self, record: &log::Record) {
+            if self.enabled(record.metadata()) {
+                self.0.lock().unwrap().push(record.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static RECORDER: OnceLock<&'static Recorder> = OnceLock::new();
+    let recorder = RECORDER.get_or_init(|| {
+        let recorder = Box::leak(Box::new(Recorder(Mutex::new(Vec::new()))));
+        log::set_logger(recorder).unwrap();
+        log::set_max_level(log::LevelFilter::Warn);
+        recorder
+    });
+    let lines = recorder.0.lock().unwrap();
+    lines
+        .iter()
+        .filter(|l| l.contains(needle))
+        .cloned()
+        .collect()
+}
+
+/// The one logged line about `broker` that contains `what`.
+fn logged_line(broker: &str, what: &str) -> String {
+    let lines: Vec<String> = logged(broker)
+        .into_iter()
+        .filter(|l| l.contains(what))
+        .collect();
+    assert_eq!(lines.len(), 1, "{what:?} about {broker}: {lines:#?}");
+    lines[0].clone()
 }
 
 fn frames_of(messages: &[Received]) -> Vec<u64> {
@@ -236,8 +281,16 @@ fn messages_buffered_while_the_broker_is_down_arrive_in_order_after_restart() {
         [0, 1, 2]
     );
 
+    assert_eq!(sink.link().unwrap().last_error, None);
+
     broker.stop();
     wait_until("the sink noticed", || !sink.is_connected());
+    let error = sink
+        .link()
+        .unwrap()
+        .last_error
+        .expect("the error of the lost connection");
+    assert!(!error.is_empty());
     for frames in 3..13 {
         sink.stats(&stats(frames));
     }
@@ -247,6 +300,11 @@ fn messages_buffered_while_the_broker_is_down_arrive_in_order_after_restart() {
     let delivered = subscriber.take_on(&topics.stats(), 10);
     assert_eq!(frames_of(&delivered), (3..13).collect::<Vec<_>>());
     wait_until("all acknowledged", || sink.buffered() == 0);
+    assert_eq!(
+        sink.link().unwrap().last_error,
+        None,
+        "cleared on connecting"
+    );
     assert!(subscriber
         .rest_on(&topics.stats(), Duration::from_millis(300))
         .is_empty());
@@ -284,6 +342,202 @@ fn beyond_the_buffer_the_oldest_are_dropped_and_counted() {
         subscriber.next_on(&topics.stats()).json()["sink_dropped"]["mqtt"],
         3
     );
+}
+
+/// The distinct `frames` of the stats that reach `subscriber` until it has
+/// been quiet for a second (QoS 1 may deliver one twice).
+fn distinct_frames(subscriber: &Subscriber, topic: &str) -> BTreeSet<u64> {
+    frames_of(&subscriber.rest_on(topic, Duration::from_secs(1)))
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn every_message_is_received_or_counted_as_dropped_across_outages() {
+    require_mosquitto!();
+    let mut broker = Broker::start();
+    let address = format!("127.0.0.1:{}", broker.port);
+    logged(&address);
+    let config = MqttConfig {
+        buffer: 5,
+        ..sink_config(broker.port, "kiosk-exact")
+    };
+    let topics = config.topics().unwrap();
+    let subscriber = persistent_subscriber(broker.port, &topics.stats());
+    let mut sink = MqttSink::start(&config).unwrap();
+    wait_until("the sink is connected", || sink.is_connected());
+
+    // A hung broker, for less than the keep-alive: the connection stays up
+    // while far more than the buffer goes out. What the client wrote or
+    // holds may arrive; only the oldest of the rest is dropped.
+    broker.pause();
+    for frames in 0..150 {
+        sink.stats(&stats(frames));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(sink.is_connected());
+    let stalled_drops = sink.dropped();
+    assert!(stalled_drops > 0, "150 messages fit in a buffer of 5?");
+    logged_line(&address, "does not acknowledge");
+    broker.resume();
+    wait_until("all acknowledged", || sink.buffered() == 0);
+
+    // A broker gone, then back; more messages right after the reconnect,
+    // while the buffered ones are still in flight.
+    broker.stop();
+    wait_until("the sink noticed", || !sink.is_connected());
+    for frames in 150..170 {
+        sink.stats(&stats(frames));
+    }
+    assert_eq!(sink.dropped(), stalled_drops + 15);
+    logged_line(&address, "is unreachable");
+    broker.restart();
+    wait_until("the sink is connected", || sink.is_connected());
+    for frames in 170..190 {
+        sink.stats(&stats(frames));
+    }
+    wait_until("all acknowledged", || sink.buffered() == 0);
+
+    let received = distinct_frames(&subscriber, &topics.stats());
+    assert_eq!(
+        received.len() as u64 + sink.dropped(),
+        190,
+        "{} received, {} counted as dropped",
+        received.len(),
+        sink.dropped()
+    );
+}
+
+#[test]
+fn after_an_outage_the_newest_state_is_the_last_one_sent() {
+    require_mosquitto!();
+    let mut broker = Broker::start();
+    let config = sink_config(broker.port, "kiosk-state");
+    let topics = config.topics().unwrap();
+    let subscriber = persistent_subscriber(broker.port, &topics.state());
+    let mut sink = MqttSink::start(&config).unwrap();
+    wait_until("the sink is connected", || sink.is_connected());
+    assert_eq!(
+        subscriber.next_on(&topics.state()).json()["face_present"],
+        false
+    );
+
+    broker.stop();
+    wait_until("the sink noticed", || !sink.is_connected());
+    // A face, happy then surprised, while the broker is away.
+    let mut expected = MessageBuilder::new(topics.clone());
+    let mut changes = 0;
+    for events in &tracked_face_frames()[..20] {
+        sink.events(events, Instant::now());
+        changes += expected
+            .events(events)
+            .iter()
+            .filter(|m| m.topic == topics.state())
+            .count();
+    }
+    assert!(changes >= 2, "{changes} state changes");
+    let newest = expected.state().payload;
+    assert_eq!(newest["expression"], "surprise");
+    broker.restart();
+    wait_until("all delivered", || {
+        sink.is_connected() && sink.buffered() == 0
+    });
+
+    let states: Vec<Value> = subscriber
+        .rest_on(&topics.state(), Duration::from_millis(500))
+        .iter()
+        .map(Received::json)
+        .collect();
+    assert_eq!(
+        states,
+        std::slice::from_ref(&newest),
+        "no older state after the newest"
+    );
+    let retained = Subscriber::connect(broker.port, &topics.state()).next_on(&topics.state());
+    assert!(retained.retain);
+    assert_eq!(retained.json(), newest);
+}
+
+#[test]
+fn at_shutdown_without_ever_connecting_all_is_counted_and_no_last_will_promised() {
+    let port = free_port(); // nothing listens there
+    let address = format!("127.0.0.1:{port}");
+    logged(&address);
+    let mut sink = MqttSink::start(&MqttConfig {
+        shutdown_timeout_ms: 200,
+        ..sink_config(port, "kiosk-never")
+    })
+    .unwrap();
+    for frames in 0..3 {
+        sink.stats(&stats(frames));
+    }
+    sink.shutdown();
+    assert_eq!(sink.dropped(), 4, "3 stats and `offline`");
+    let line = logged_line(&address, "at shutdown");
+    assert!(line.contains("4 messages not delivered"), "{line}");
+    assert!(line.contains("never connected"), "{line}");
+    assert!(line.contains("no last will"), "{line}");
+}
+
+#[test]
+fn at_shutdown_after_losing_the_broker_what_is_left_is_counted() {
+    require_mosquitto!();
+    let mut broker = Broker::start();
+    let address = format!("127.0.0.1:{}", broker.port);
+    logged(&address);
+    let config = MqttConfig {
+        shutdown_timeout_ms: 200,
+        ..sink_config(broker.port, "kiosk-lost")
+    };
+    let topics = config.topics().unwrap();
+    let subscriber = persistent_subscriber(broker.port, &topics.stats());
+    let mut sink = MqttSink::start(&config).unwrap();
+    wait_until("the sink is connected", || sink.is_connected());
+    for frames in 0..2 {
+        sink.stats(&stats(frames));
+    }
+    assert_eq!(frames_of(&subscriber.take_on(&topics.stats(), 2)), [0, 1]);
+    broker.stop();
+    wait_until("the sink noticed", || !sink.is_connected());
+    for frames in 2..5 {
+        sink.stats(&stats(frames));
+    }
+    sink.shutdown();
+    assert_eq!(sink.dropped(), 4, "3 stats and `offline`");
+    let line = logged_line(&address, "at shutdown");
+    assert!(line.contains("4 messages not delivered"), "{line}");
+    assert!(line.contains("was lost"), "{line}");
+    assert!(line.contains("last will"), "{line}");
+
+    broker.restart();
+    assert!(distinct_frames(&subscriber, &topics.stats()).is_empty());
+}
+
+#[test]
+fn at_shutdown_with_a_hung_broker_the_unacknowledged_are_counted() {
+    require_mosquitto!();
+    let broker = Broker::start();
+    let address = format!("127.0.0.1:{}", broker.port);
+    logged(&address);
+    let mut sink = MqttSink::start(&MqttConfig {
+        shutdown_timeout_ms: 200,
+        ..sink_config(broker.port, "kiosk-hung")
+    })
+    .unwrap();
+    wait_until("the sink is connected", || sink.is_connected());
+    broker.pause();
+    for frames in 0..3 {
+        sink.stats(&stats(frames));
+    }
+    sink.shutdown();
+    broker.resume();
+    assert_eq!(sink.dropped(), 4, "3 stats and `offline`");
+    let line = logged_line(&address, "at shutdown");
+    assert!(
+        line.contains("did not acknowledge them within 200 ms"),
+        "{line}"
+    );
+    assert!(line.contains("last will"), "{line}");
 }
 
 #[test]
@@ -454,16 +708,61 @@ fn tls_with_a_client_certificate_and_a_password() {
     sink.stats(&stats(42));
     assert_eq!(frames_of(&[subscriber.next_on(&topics.stats())]), [42]);
 
-    // A wrong password: the sink keeps running, buffering, and says why in
-    // the log (connection refused), never connected.
+    // A wrong password: the sink keeps running, buffering, and says why
+    // (connection refused), never connected.
     let mut refused = MqttSink::start(&MqttConfig {
         password: Some("wrong".into()),
         device_id: Some("kiosk-tls-2".into()),
-        ..config
+        ..config.clone()
     })
     .unwrap();
     refused.stats(&stats(1));
-    std::thread::sleep(Duration::from_millis(500));
+    let error = wait_for_error(&refused);
+    assert!(error.contains("refused"), "{error}");
+    assert!(!error.contains("TLS listener"), "{error}");
     assert!(!refused.is_connected());
     assert_eq!(refused.buffered(), 1);
+
+    // Without [mqtt.tls] at the TLS port: the likely cause is named.
+    let plain = MqttSink::start(&MqttConfig {
+        username: None,
+        password: None,
+        tls: None,
+        device_id: Some("kiosk-tls-3".into()),
+        ..config.clone()
+    })
+    .unwrap();
+    let error = wait_for_error(&plain);
+    let hint = format!("is port {tls_port} a TLS listener? set [mqtt.tls]");
+    assert!(error.contains(&hint), "{error}");
+
+    // The password in clear text, to the plain listener: refused unless
+    // the config accepts it, and then said once at start.
+    let clear = MqttConfig {
+        port: Some(plain_port),
+        tls: None,
+        device_id: Some("kiosk-tls-4".into()),
+        ..config
+    };
+    let error = MqttSink::start(&clear).err().unwrap().to_string();
+    assert!(error.contains("allow_insecure_auth = true"), "{error}");
+    let address = format!("127.0.0.1:{plain_port}");
+    logged(&address);
+    let insecure = MqttSink::start(&MqttConfig {
+        allow_insecure_auth: true,
+        ..clear
+    })
+    .unwrap();
+    wait_until("the sink is connected in clear text", || {
+        insecure.is_connected()
+    });
+    logged_line(&address, "clear text");
+}
+
+/// The sink's first connection error, waited for.
+fn wait_for_error(sink: &MqttSink) -> String {
+    wait_until("a connection error", || {
+        sink.link().unwrap().last_error.is_some()
+    });
+    sink.link().unwrap().last_error.unwrap()
 }

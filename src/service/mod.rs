@@ -20,7 +20,7 @@ use crate::capture::{Capture, CaptureConfig, CaptureStats, CapturedFrame, Source
 use crate::config::Config;
 use crate::detector::{DetectError, Detector};
 use crate::preprocess::Frame;
-use crate::signal::{build_sinks, Sink, Sinks, Stats};
+use crate::signal::{build_sinks, Sink, Sinks, SourceState, Stats};
 use crate::track::Tracker;
 use crate::unix_now;
 use anyhow::Context;
@@ -345,6 +345,13 @@ impl Service {
         };
         self.count_lost_frames();
         self.stats.sink_dropped = self.sinks.dropped_by_sink();
+        let outage = self.capture.outage();
+        self.stats.capture = SourceState {
+            open: self.capture.is_open(),
+            failing_since: outage.as_ref().map(|o| o.since),
+            last_error: outage.map(|o| o.last_error),
+        };
+        self.stats.mqtt = self.sinks.get("mqtt").and_then(|sink| sink.link());
         self.sinks.stats(&self.stats);
         if let Some(monitor) = &self.monitor {
             monitor.fps(self.stats.fps);

@@ -59,12 +59,15 @@ pub trait Sink: Send {
 }
 
 /// A sink's link to the outside world.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct LinkState {
     /// The peer (the broker) accepted the current connection.
     pub connected: bool,
     /// Messages waiting for the peer's acknowledgement.
     pub pending: usize,
+    /// Why the last connection failed or could not be made; none since the
+    /// peer last accepted one.
+    pub last_error: Option<String>,
 }
 
 /// All configured sinks, driven as one.
@@ -214,6 +217,21 @@ pub struct Stats {
     /// Messages or pin changes each sink could not deliver, by sink name
     /// (from [`Sinks::dropped_by_sink`]).
     pub sink_dropped: BTreeMap<String, u64>,
+    /// The frame source now: an outage shows here.
+    pub capture: SourceState,
+    /// The MQTT link now, when MQTT is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<LinkState>,
+}
+
+/// Whether the frame source is open, and since when and why it fails.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SourceState {
+    pub open: bool,
+    /// Unix time, seconds, of the first failure of the current outage.
+    pub failing_since: Option<f64>,
+    /// The latest failure of the current outage.
+    pub last_error: Option<String>,
 }
 
 impl Stats {

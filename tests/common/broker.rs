@@ -126,18 +126,35 @@ impl Broker {
     /// Stops mosquitto gracefully (SIGTERM: it saves its sessions).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let status = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(status.success());
+            signal(&child, "TERM");
             child.wait().unwrap();
         }
+    }
+
+    /// Freezes mosquitto (SIGSTOP): connections stay open, nothing is
+    /// read or answered, as with a hung broker or a cut cable.
+    pub fn pause(&self) {
+        signal(self.child.as_ref().unwrap(), "STOP");
+    }
+
+    /// Lets a paused mosquitto go on (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.child.as_ref().unwrap(), "CONT");
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.file("mosquitto.log")).unwrap_or_default()
     }
+}
+
+/// Sends `child` the signal `name` (as `kill -NAME`).
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name}");
 }
 
 impl Drop for Broker {

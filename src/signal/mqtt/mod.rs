@@ -7,7 +7,8 @@
 //! of its own runs the connection (a current-thread tokio runtime),
 //! reconnects with exponential backoff, and on every connection republishes
 //! `online`, the discovery configs and the state, then every buffered message
-//! the broker has not acknowledged, in order.
+//! the broker has not acknowledged, in order. What it cannot deliver it
+//! counts in [`Sink::dropped`] (`outbox.rs` says how exactly).
 
 mod outbox;
 mod tls;
@@ -16,12 +17,15 @@ pub use tls::TlsError;
 
 use super::message::{Message, MessageBuilder, TopicError, Topics};
 use super::{LinkState, Sink, Stats};
+use crate::config::{in_range, InvalidKey};
 use crate::track::TrackEvent;
 use outbox::Outbox;
 use rumqttc::{
-    AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, LastWill, MqttOptions, Outgoing, Packet, PubAck, PubComp,
+    QoS, TlsConfiguration, Transport,
 };
 use serde::{Deserialize, Serialize};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -49,6 +53,9 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Password for the broker (needs `username`).
     pub password: Option<String>,
+    /// Accept sending `username` and `password` in clear text, without
+    /// `[mqtt.tls]` (refused otherwise).
+    pub allow_insecure_auth: bool,
     /// Connect with TLS (`[mqtt.tls]`).
     pub tls: Option<TlsConfig>,
     /// QoS of every publish: 0, 1 or 2.
@@ -56,14 +63,15 @@ pub struct MqttConfig {
     /// Seconds between keep-alive pings; the broker publishes the last will
     /// (`offline`) after 1.5 times this without hearing from the device.
     pub keep_alive_s: u16,
-    /// Messages kept while the broker is unreachable; beyond this the oldest
-    /// are dropped (and counted).
+    /// Messages kept waiting while the broker is unreachable or slow; beyond
+    /// this the oldest waiting ones are dropped (and counted). Messages
+    /// already sent stay until acknowledged, on top of these.
     pub buffer: usize,
     /// Longest wait between reconnection attempts, milliseconds (the wait
     /// doubles from 250 ms up to this).
     pub reconnect_max_ms: u64,
     /// At shutdown, how long to wait for buffered messages and `offline` to
-    /// be acknowledged, milliseconds.
+    /// be acknowledged, milliseconds (at most [`MAX_SHUTDOWN_TIMEOUT_MS`]).
     pub shutdown_timeout_ms: u64,
     /// Publish Home Assistant MQTT discovery configs (retained).
     pub homeassistant_discovery: bool,
@@ -82,6 +90,7 @@ impl Default for MqttConfig {
             device_id: None,
             username: None,
             password: None,
+            allow_insecure_auth: false,
             tls: None,
             qos: 1,
             keep_alive_s: 30,
@@ -124,10 +133,15 @@ pub enum MqttError {
     Topic(#[from] TopicError),
     #[error("qos must be 0, 1 or 2, not {0}")]
     InvalidQos(u8),
-    #[error("buffer must hold at least one message")]
-    EmptyBuffer,
+    #[error(transparent)]
+    OutOfRange(#[from] InvalidKey),
     #[error("a password needs a username")]
     PasswordWithoutUsername,
+    #[error(
+        "username/password without [mqtt.tls] would cross the network in clear text: \
+         set up [mqtt.tls], or set allow_insecure_auth = true to accept that"
+    )]
+    InsecureAuth,
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
     #[error("cannot start the MQTT connection thread: {0}")]
@@ -163,7 +177,7 @@ impl MqttConfig {
         Ok(Topics::new(&self.prefix, &self.device_id())?)
     }
 
-    /// Checks everything [`MqttSink::start`] checks (topics, QoS, buffer,
+    /// Checks everything [`MqttSink::start`] checks (topics, QoS, ranges,
     /// credentials, TLS files), without connecting.
     pub fn check(&self) -> Result<(), MqttError> {
         self.prepare().map(drop)
@@ -175,12 +189,32 @@ impl MqttConfig {
         if self.homeassistant_discovery {
             topics = topics.with_discovery(&self.discovery_prefix)?;
         }
-        if self.buffer == 0 {
-            return Err(MqttError::EmptyBuffer);
-        }
+        self.check_ranges()?;
         let qos = self.qos()?;
         let options = self.client_options(&topics, qos)?;
         Ok((topics, qos, options))
+    }
+
+    /// Refuses numbers outside the ranges this sink is built for.
+    fn check_ranges(&self) -> Result<(), InvalidKey> {
+        in_range("mqtt.keep_alive_s", self.keep_alive_s, KEEP_ALIVE_S)?;
+        in_range("mqtt.buffer", self.buffer, BUFFER)?;
+        in_range(
+            "mqtt.reconnect_max_ms",
+            self.reconnect_max_ms,
+            RECONNECT_MAX_MS,
+        )?;
+        in_range(
+            "mqtt.shutdown_timeout_ms",
+            self.shutdown_timeout_ms,
+            0..=MAX_SHUTDOWN_TIMEOUT_MS,
+        )
+    }
+
+    /// True if credentials go to the broker in clear text (allowed by
+    /// `allow_insecure_auth`).
+    fn insecure_auth(&self) -> bool {
+        self.username.is_some() && self.tls.is_none()
     }
 
     fn qos(&self) -> Result<QoS, MqttError> {
@@ -211,6 +245,9 @@ impl MqttConfig {
                 qos,
                 true,
             ));
+        if self.insecure_auth() && !self.allow_insecure_auth {
+            return Err(MqttError::InsecureAuth);
+        }
         match (&self.username, &self.password) {
             (Some(username), password) => {
                 options.set_credentials(username, password.clone().unwrap_or_default());
@@ -226,6 +263,21 @@ impl MqttConfig {
     }
 }
 
+/// Longest `shutdown_timeout_ms`. The systemd unit (`systemd/fer-edge.service`)
+/// kills the service 15 s after asking it to stop (`TimeoutStopSec=15s`);
+/// the MQTT wait must leave room for the rest of the shutdown within that
+/// (a stalled camera's read, up to `capture.frame_timeout_ms` <= 5 s; the
+/// connection thread's exit, up to 2 s), or systemd cuts it off mid-way and
+/// the last messages are lost uncounted.
+pub const MAX_SHUTDOWN_TIMEOUT_MS: u64 = 7_000;
+/// Accepted `keep_alive_s`: at least rumqttc's 1 s (0, no keep-alive, would
+/// leave a silently dead link without last will), at most an hour.
+const KEEP_ALIVE_S: RangeInclusive<u16> = 1..=3600;
+/// Accepted `buffer`, in messages (each is a few hundred bytes).
+const BUFFER: RangeInclusive<usize> = 1..=100_000;
+/// Accepted `reconnect_max_ms`: from the first wait (less would mean
+/// nothing) to ten minutes.
+const RECONNECT_MAX_MS: RangeInclusive<u64> = FIRST_RECONNECT_DELAY.as_millis() as u64..=600_000;
 /// Largest packet sent or accepted (discovery configs are the largest
 /// messages, under 1 KiB).
 const MAX_PACKET_BYTES: usize = 64 * 1024;
@@ -237,6 +289,18 @@ const CHANNEL_EXTRA: usize = 16;
 /// How long shutdown waits for the connection thread to end.
 const THREAD_EXIT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How the connection to the broker stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    /// Never connected: the broker has no last will of this device.
+    Never,
+    /// The broker accepted the current connection.
+    Connected,
+    /// Connected before, not now: the broker publishes the last will when
+    /// it notices.
+    Lost,
+}
+
 /// What the frame loop and the connection thread share.
 struct Link {
     outbox: Outbox,
@@ -245,7 +309,11 @@ struct Link {
     qos: QoS,
     /// What each new connection publishes first.
     greeting: Vec<Message>,
-    connected: bool,
+    reach: Reach,
+    /// The last connection error; none since the last accepted connection.
+    last_error: Option<String>,
+    /// `host:port` of the broker, for the log.
+    broker: String,
 }
 
 impl Link {
@@ -270,9 +338,26 @@ impl Link {
         let first_drop = self
             .outbox
             .push(message, Link::sender(&self.client, self.qos));
-        if first_drop {
+        self.warn_of_drops(first_drop);
+    }
+
+    /// Warns of the first drop since the connection came up or went down,
+    /// saying why for the state it is in.
+    fn warn_of_drops(&self, first_drop: bool) {
+        if !first_drop {
+            return;
+        }
+        let broker = &self.broker;
+        if self.reach == Reach::Connected {
             log::warn!(
-                "MQTT: buffer full, dropping the oldest messages until the broker is reachable"
+                "MQTT: {broker} does not acknowledge messages as fast as they come and the \
+                 buffer is full; dropping the oldest waiting messages (counted in \
+                 sink_dropped.mqtt)"
+            );
+        } else {
+            log::warn!(
+                "MQTT: {broker} is unreachable and the buffer is full; dropping the oldest \
+                 messages until it is back (counted in sink_dropped.mqtt)"
             );
         }
     }
@@ -282,15 +367,43 @@ impl Link {
     }
 
     fn on_connected(&mut self) {
-        self.connected = true;
+        self.reach = Reach::Connected;
+        self.last_error = None;
         self.outbox
             .on_connected(&self.greeting, Link::sender(&self.client, self.qos));
     }
 
-    fn on_disconnected(&mut self) {
-        self.connected = false;
+    /// The connection ended, or could not be made, with `error`.
+    fn on_disconnected(&mut self, error: String) {
+        if self.reach == Reach::Connected {
+            self.reach = Reach::Lost;
+        }
         self.client = None;
-        self.outbox.on_disconnected();
+        self.last_error = Some(error);
+        let first_drop = self.outbox.on_disconnected();
+        self.warn_of_drops(first_drop);
+    }
+
+    /// Says what becomes of the `count` messages left at shutdown, `offline`
+    /// among them, which depends on how the connection stands.
+    fn log_abandoned(&self, count: usize, timeout: Duration) {
+        let broker = &self.broker;
+        let fate = match self.reach {
+            Reach::Never => format!(
+                "never connected to {broker}, so it has no last will and publishes no `offline`"
+            ),
+            Reach::Lost => format!(
+                "the connection to {broker} was lost; it publishes `offline` as the last will \
+                 when it notices"
+            ),
+            Reach::Connected => format!(
+                "connected, but {broker} did not acknowledge them within {} ms (it may have \
+                 some); closing the connection without DISCONNECT, so it publishes `offline` \
+                 as the last will",
+                timeout.as_millis()
+            ),
+        };
+        log::warn!("MQTT: {count} messages not delivered at shutdown, counted as dropped; {fate}");
     }
 }
 
@@ -326,6 +439,14 @@ impl MqttSink {
     /// once, whether or not the broker is reachable.
     pub fn start(config: &MqttConfig) -> Result<Self, MqttError> {
         let (topics, qos, options) = config.prepare()?;
+        let (host, port) = options.broker_address();
+        let broker = format!("{host}:{port}");
+        if config.insecure_auth() {
+            log::warn!(
+                "MQTT: allow_insecure_auth = true: the username and password go to {broker} in \
+                 clear text on every connection"
+            );
+        }
         let builder = MessageBuilder::new(topics);
         let shared = Arc::new(Shared {
             link: Mutex::new(Link {
@@ -333,7 +454,9 @@ impl MqttSink {
                 client: None,
                 qos,
                 greeting: builder.on_connect(),
-                connected: false,
+                reach: Reach::Never,
+                last_error: None,
+                broker,
             }),
             changed: Condvar::new(),
         });
@@ -342,7 +465,7 @@ impl MqttSink {
             shared: Arc::clone(&shared),
             options,
             channel_capacity: config.buffer + CHANNEL_EXTRA,
-            max_delay: Duration::from_millis(config.reconnect_max_ms).max(FIRST_RECONNECT_DELAY),
+            max_delay: Duration::from_millis(config.reconnect_max_ms),
             stopped,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -375,8 +498,9 @@ impl MqttSink {
     fn link_state(&self) -> LinkState {
         let link = self.shared.lock();
         LinkState {
-            connected: link.connected,
+            connected: link.reach == Reach::Connected,
             pending: link.outbox.len(),
+            last_error: link.last_error.clone(),
         }
     }
 }
@@ -409,7 +533,8 @@ impl Sink for MqttSink {
     }
 
     /// Delivers what is buffered and `offline` within `shutdown_timeout_ms`
-    /// and disconnects cleanly; if that does not work out, drops the
+    /// and disconnects cleanly; if that does not work out, counts what is
+    /// left as dropped, says what becomes of `offline`, and drops the
     /// connection without DISCONNECT so the broker publishes the last will.
     fn shutdown(&mut self) {
         let Some(thread) = self.thread.take() else {
@@ -430,18 +555,14 @@ impl Sink for MqttSink {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        let flushed = link.outbox.is_empty();
-        let disconnecting = flushed
+        let abandoned = link.outbox.abandon();
+        let disconnecting = abandoned == 0
             && link
                 .client
                 .as_ref()
                 .is_some_and(|client| client.try_disconnect().is_ok());
-        if !flushed {
-            log::warn!(
-                "MQTT: {} messages not delivered at shutdown; the broker will publish `offline` \
-                 as the last will",
-                link.outbox.len()
-            );
+        if abandoned > 0 {
+            link.log_abandoned(abandoned, self.shutdown_timeout);
         }
         drop(link);
         if disconnecting {
@@ -501,6 +622,7 @@ impl Connection {
             let (client, mut eventloop) =
                 AsyncClient::new(self.options.clone(), self.channel_capacity);
             self.shared.update(|link| link.client = Some(client));
+            let mut accepted = false;
             let error = loop {
                 let event = tokio::select! {
                     _ = self.stopped.wait_for(|&stop| stop) => return,
@@ -511,25 +633,27 @@ impl Connection {
                         log::info!("MQTT: connected to {host}:{port}");
                         failures = 0;
                         delay = FIRST_RECONNECT_DELAY;
+                        accepted = true;
                         self.shared.update(Link::on_connected);
                     }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => self.acknowledged(ack.pkid),
-                    Ok(Event::Incoming(Packet::PubComp(done))) => self.acknowledged(done.pkid),
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        self.shared.update(|link| link.outbox.on_written(pkid));
-                    }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
-                    Ok(_) => {}
+                    Ok(event) => self.on_event(event),
                     Err(error) => break error,
                 }
             };
+            // What the client did before failing but had not reported yet:
+            // a publish it wrote may have reached the broker.
+            for event in std::mem::take(&mut eventloop.state.events) {
+                self.on_event(event);
+            }
             drop(eventloop);
-            self.shared.update(Link::on_disconnected);
+            let error = self.explain(error, accepted);
             if failures == 0 {
                 log::warn!("MQTT: {host}:{port}: {error}; buffering messages and reconnecting");
             } else {
                 log::debug!("MQTT: {host}:{port}: {error} (attempt {failures})");
             }
+            self.shared.update(|link| link.on_disconnected(error));
             failures += 1;
             tokio::select! {
                 _ = self.stopped.wait_for(|&stop| stop) => return,
@@ -539,11 +663,37 @@ impl Connection {
         }
     }
 
-    fn acknowledged(&self, pkid: u16) {
-        self.shared.update(|link| {
-            link.outbox.on_acknowledged(pkid);
-            link.hand_over();
-        });
+    /// Feeds a write or an acknowledgement of the client to the outbox.
+    fn on_event(&self, event: Event) {
+        match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                self.shared.update(|link| link.outbox.on_written(pkid));
+            }
+            Event::Incoming(Packet::PubAck(PubAck { pkid, .. }))
+            | Event::Incoming(Packet::PubComp(PubComp { pkid, .. })) => {
+                self.shared.update(|link| {
+                    link.outbox.on_acknowledged(pkid);
+                    link.hand_over();
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// The text of a connection error, with the likely cause when a plain
+    /// connection broke before the broker answered: a TLS listener.
+    fn explain(&self, error: ConnectionError, accepted: bool) -> String {
+        let plain = matches!(self.options.transport(), Transport::Tcp);
+        let broke_off = matches!(
+            error,
+            ConnectionError::MqttState(_) | ConnectionError::NotConnAck(_)
+        );
+        if plain && !accepted && broke_off {
+            let port = self.options.broker_address().1;
+            format!("{error} (is port {port} a TLS listener? set [mqtt.tls])")
+        } else {
+            error.to_string()
+        }
     }
 }
 
@@ -601,15 +751,77 @@ mod tests {
         })
         .contains("username"));
         assert!(refused(MqttConfig {
-            buffer: 0,
-            ..Default::default()
-        })
-        .contains("buffer"));
-        assert!(refused(MqttConfig {
             device_id: Some("kiosk 1".into()),
             ..Default::default()
         })
         .contains("device id"));
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_naming_key_value_and_range() {
+        let refused = |config: MqttConfig| config.check().err().map(|e| e.to_string());
+        let cases = [
+            (
+                MqttConfig {
+                    shutdown_timeout_ms: MAX_SHUTDOWN_TIMEOUT_MS + 1,
+                    ..Default::default()
+                },
+                "`mqtt.shutdown_timeout_ms`: 7001 is not in [0, 7000]",
+            ),
+            (
+                MqttConfig {
+                    keep_alive_s: 0,
+                    ..Default::default()
+                },
+                "`mqtt.keep_alive_s`: 0 is not in [1, 3600]",
+            ),
+            (
+                MqttConfig {
+                    reconnect_max_ms: 100,
+                    ..Default::default()
+                },
+                "`mqtt.reconnect_max_ms`: 100 is not in [250, 600000]",
+            ),
+            (
+                MqttConfig {
+                    buffer: 0,
+                    ..Default::default()
+                },
+                "`mqtt.buffer`: 0 is not in [1, 100000]",
+            ),
+        ];
+        for (config, error) in cases {
+            assert_eq!(refused(config).as_deref(), Some(error));
+        }
+        let edges = MqttConfig {
+            shutdown_timeout_ms: MAX_SHUTDOWN_TIMEOUT_MS,
+            keep_alive_s: 3600,
+            reconnect_max_ms: 600_000,
+            buffer: 100_000,
+            ..Default::default()
+        };
+        assert_eq!(refused(edges), None);
+    }
+
+    #[test]
+    fn credentials_without_tls_need_allow_insecure_auth() {
+        let config = MqttConfig {
+            username: Some("kiosk".into()),
+            password: Some("secret".into()),
+            ..Default::default()
+        };
+        let error = config.check().unwrap_err().to_string();
+        assert!(
+            error.contains("clear text")
+                && error.contains("[mqtt.tls]")
+                && error.contains("allow_insecure_auth = true"),
+            "{error}"
+        );
+        let allowed = MqttConfig {
+            allow_insecure_auth: true,
+            ..config
+        };
+        assert!(allowed.check().is_ok());
     }
 
     #[test]
@@ -634,7 +846,27 @@ mod tests {
         assert_eq!(sink.dropped(), 3);
         assert_eq!(sink.buffered(), 2);
         sink.shutdown();
-        // `offline` pushed one more out.
-        assert_eq!(sink.dropped(), 4);
+        // All 5 and `offline`: none was delivered.
+        assert_eq!(sink.dropped(), 6);
+        assert_eq!(sink.buffered(), 0);
+    }
+
+    #[test]
+    fn the_link_state_names_the_last_connection_error() {
+        let sink = MqttSink::start(&MqttConfig {
+            port: Some(1),
+            ..Default::default()
+        })
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.link().unwrap().last_error.is_none() {
+            assert!(Instant::now() < deadline, "no error within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let link = sink.link().unwrap();
+        let error = link.last_error.unwrap();
+        assert!(error.contains("refused"), "{error}");
+        assert!(!error.contains("TLS"), "{error}");
+        assert!(!link.connected);
     }
 }

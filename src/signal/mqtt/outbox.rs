@@ -7,6 +7,17 @@
 //! (`EventLoop::clean` moves them to `pending`, and the next CONNACK without
 //! `session_present` clears that). So every connection gets a fresh client,
 //! and this buffer is the only place messages wait.
+//!
+//! Counting is exact while running: a message is counted as dropped only
+//! when it leaves without having reached the network, so the broker cannot
+//! have it. Room is made by dropping the oldest *waiting* message (neither
+//! handed to the current connection nor ever written to one); messages the
+//! client holds or wrote (the broker may have them) stay until acknowledged,
+//! on top of `capacity`. Those are bounded by the client's request channel
+//! and its in-flight window. A retained message replaces the older retained
+//! one of its topic (only the newest is worth sending); that is not a drop.
+//! At shutdown everything left is counted, written or not: a broker that did
+//! not acknowledge in time may still have some of it.
 
 use super::super::message::Message;
 use rumqttc::QoS;
@@ -17,10 +28,16 @@ use std::collections::{HashMap, VecDeque};
 struct Queued {
     seq: u64,
     message: Message,
+    /// Written to some connection: the broker may have it, so it is never
+    /// dropped to make room, only sent again.
+    written: bool,
 }
 
 /// Messages waiting for the broker, and which of them the current
 /// connection has been given.
+///
+/// The queue is in sequence order, and the messages handed to the current
+/// connection or ever written come first: both are handed out oldest first.
 #[derive(Debug)]
 pub(super) struct Outbox {
     capacity: usize,
@@ -38,7 +55,8 @@ pub(super) struct Outbox {
     unacknowledged: HashMap<u16, u64>,
     connected: bool,
     dropped: u64,
-    dropped_this_outage: u64,
+    /// Drops since the connection last came up or went down.
+    dropped_since_change: u64,
 }
 
 impl Outbox {
@@ -53,41 +71,63 @@ impl Outbox {
             unacknowledged: HashMap::new(),
             connected: false,
             dropped: 0,
-            dropped_this_outage: 0,
+            dropped_since_change: 0,
         }
     }
 
-    /// Buffers `message`, dropping the oldest one if the buffer is full, and
-    /// hands it on if connected. True if this was the first drop since the
-    /// last connection (worth one warning).
+    /// Buffers `message` (replacing the queued retained message of its topic
+    /// if it is retained), hands it on if connected, and drops the oldest
+    /// waiting message if more than `capacity` wait. True if this was the
+    /// first drop since the connection came up or went down (worth one
+    /// warning).
     pub(super) fn push(&mut self, message: Message, send: impl FnMut(&Message) -> bool) -> bool {
-        let mut first_drop = false;
-        if self.queue.len() == self.capacity {
-            self.queue.pop_front();
-            self.dropped += 1;
-            self.dropped_this_outage += 1;
-            first_drop = self.dropped_this_outage == 1;
+        if message.retain {
+            self.queue
+                .retain(|q| !(q.message.retain && q.message.topic == message.topic));
         }
         self.queue.push_back(Queued {
             seq: self.next_seq,
             message,
+            written: false,
         });
         self.next_seq += 1;
         self.hand_over(send);
-        first_drop
+        self.make_room()
     }
 
-    /// A new connection is up: hands it `greeting` (not buffered), then every
-    /// buffered message, oldest first.
+    /// Drops the oldest waiting messages beyond `capacity`; true if these
+    /// are the first drops since the connection came up or went down.
+    fn make_room(&mut self) -> bool {
+        let kept = self
+            .queue
+            .partition_point(|q| q.written || q.seq < self.next_to_hand);
+        let excess = (self.queue.len() - kept).saturating_sub(self.capacity);
+        if excess == 0 {
+            return false;
+        }
+        self.queue.drain(kept..kept + excess);
+        self.dropped += excess as u64;
+        let first = self.dropped_since_change == 0;
+        self.dropped_since_change += excess as u64;
+        first
+    }
+
+    /// A new connection is up: hands it `greeting` (not buffered) but for
+    /// the topics that have a retained message queued (newer, or as new),
+    /// then every buffered message, oldest first.
     pub(super) fn on_connected(
         &mut self,
         greeting: &[Message],
         mut send: impl FnMut(&Message) -> bool,
     ) {
         self.connected = true;
-        self.dropped_this_outage = 0;
+        self.dropped_since_change = 0;
         for message in greeting {
-            if send(message) {
+            let superseded = self
+                .queue
+                .iter()
+                .any(|q| q.message.retain && q.message.topic == message.topic);
+            if !superseded && send(message) {
                 self.unwritten.push_back(None);
             }
         }
@@ -95,12 +135,16 @@ impl Outbox {
     }
 
     /// The connection is gone: what it was given but did not get
-    /// acknowledged goes to the next one.
-    pub(super) fn on_disconnected(&mut self) {
+    /// acknowledged goes to the next one; what it held unwritten waits
+    /// again, within `capacity`. True if that dropped the first messages
+    /// since the connection came up.
+    pub(super) fn on_disconnected(&mut self) -> bool {
         self.connected = false;
+        self.dropped_since_change = 0;
         self.next_to_hand = self.queue.front().map_or(self.next_seq, |q| q.seq);
         self.unwritten.clear();
         self.unacknowledged.clear();
+        self.make_room()
     }
 
     /// Hands the connection the queued messages it does not have yet, while
@@ -121,13 +165,17 @@ impl Outbox {
 
     /// The client wrote its next publish with packet id `pkid`.
     pub(super) fn on_written(&mut self, pkid: u16) {
-        if let Some(Some(seq)) = self.unwritten.pop_front() {
-            if self.qos == QoS::AtMostOnce {
-                self.remove(seq);
-            } else {
-                self.unacknowledged.insert(pkid, seq);
-            }
+        let Some(Some(seq)) = self.unwritten.pop_front() else {
+            return;
+        };
+        if self.qos == QoS::AtMostOnce {
+            self.remove(seq);
+            return;
         }
+        if let Ok(index) = self.index_of(seq) {
+            self.queue[index].written = true;
+        }
+        self.unacknowledged.insert(pkid, seq);
     }
 
     /// The broker acknowledged packet `pkid` (PUBACK for QoS 1, PUBCOMP for
@@ -138,10 +186,24 @@ impl Outbox {
         }
     }
 
+    /// Position of message `seq` in the queue, if still there.
+    fn index_of(&self, seq: u64) -> Result<usize, usize> {
+        self.queue.binary_search_by_key(&seq, |q| q.seq)
+    }
+
     fn remove(&mut self, seq: u64) {
-        if let Ok(index) = self.queue.binary_search_by_key(&seq, |q| q.seq) {
+        if let Ok(index) = self.index_of(seq) {
             self.queue.remove(index);
         }
+    }
+
+    /// Gives up on every message still here (at shutdown) and counts them as
+    /// dropped; returns how many there were.
+    pub(super) fn abandon(&mut self) -> usize {
+        let count = self.queue.len();
+        self.queue.clear();
+        self.dropped += count as u64;
+        count
     }
 
     /// Nothing left to deliver.
@@ -153,7 +215,9 @@ impl Outbox {
         self.queue.len()
     }
 
-    /// Messages dropped, oldest first, because the buffer was full.
+    /// Messages that left without reaching the network: the oldest waiting
+    /// ones when more than `capacity` waited, and all left at
+    /// [`Outbox::abandon`].
     pub(super) fn dropped(&self) -> u64 {
         self.dropped
     }
@@ -169,6 +233,15 @@ mod tests {
             topic: "t".into(),
             payload: json!(n),
             retain: false,
+        }
+    }
+
+    /// A retained message numbered `n` on `topic`.
+    fn retained(topic: &str, n: u64) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: json!(n),
+            retain: true,
         }
     }
 
@@ -238,6 +311,76 @@ mod tests {
         assert_eq!(outbox.dropped(), 2);
         outbox.on_connected(&[], accept(&mut sent));
         assert_eq!(sent, [2, 3, 4]);
+    }
+
+    #[test]
+    fn messages_the_client_holds_or_wrote_are_never_dropped_for_room() {
+        let mut outbox = Outbox::new(2, QoS::AtLeastOnce);
+        let mut sent = Vec::new();
+        outbox.on_connected(&[], accept(&mut sent));
+        for n in 0..3 {
+            outbox.push(message(n), accept(&mut sent));
+        }
+        for pkid in 1..=3 {
+            outbox.on_written(pkid);
+        }
+        // The client's channel is full: 3, 4 and 5 wait; only the oldest
+        // waiting one makes room, the three in flight may be delivered yet.
+        let first_drops: Vec<bool> = (3..6).map(|n| outbox.push(message(n), |_| false)).collect();
+        assert_eq!(first_drops, [false, false, true]);
+        assert_eq!(outbox.dropped(), 1);
+        // Written ones go to the next connection, whatever the capacity.
+        assert!(!outbox.on_disconnected());
+        sent.clear();
+        outbox.on_connected(&[], accept(&mut sent));
+        assert_eq!(sent, [0, 1, 2, 4, 5]);
+        assert_eq!(outbox.dropped(), 1);
+    }
+
+    #[test]
+    fn what_a_lost_connection_held_unwritten_waits_within_the_capacity() {
+        let mut outbox = Outbox::new(2, QoS::AtLeastOnce);
+        let mut sent = Vec::new();
+        outbox.on_connected(&[], accept(&mut sent));
+        for n in 0..4 {
+            outbox.push(message(n), accept(&mut sent));
+        }
+        outbox.on_written(1);
+        assert_eq!(outbox.dropped(), 0);
+        // 0 may have reached the broker; 1, 2 and 3 never left the client.
+        assert!(outbox.on_disconnected());
+        assert_eq!(outbox.dropped(), 1);
+        sent.clear();
+        outbox.on_connected(&[], accept(&mut sent));
+        assert_eq!(sent, [0, 2, 3]);
+    }
+
+    #[test]
+    fn a_retained_message_replaces_the_queued_one_of_its_topic() {
+        let mut outbox = Outbox::new(10, QoS::AtLeastOnce);
+        let mut sent = Vec::new();
+        outbox.push(message(0), accept(&mut sent));
+        outbox.push(retained("state", 1), accept(&mut sent));
+        outbox.push(message(2), accept(&mut sent));
+        outbox.push(retained("other", 3), accept(&mut sent));
+        outbox.push(retained("state", 4), accept(&mut sent));
+        assert_eq!(outbox.len(), 4);
+        assert_eq!(outbox.dropped(), 0);
+        // The greeting's state is no newer than the queued one: left out.
+        let greeting = [retained("availability", 5), retained("state", 6)];
+        outbox.on_connected(&greeting, accept(&mut sent));
+        assert_eq!(sent, [5, 0, 2, 3, 4]);
+    }
+
+    #[test]
+    fn what_is_left_at_shutdown_is_counted_as_dropped() {
+        let mut outbox = Outbox::new(2, QoS::AtLeastOnce);
+        for n in 0..3 {
+            outbox.push(message(n), |_| false);
+        }
+        assert_eq!(outbox.abandon(), 2);
+        assert_eq!(outbox.dropped(), 3);
+        assert!(outbox.is_empty());
     }
 
     #[test]
