@@ -353,14 +353,7 @@ fn a_second_sigterm_exits_at_once() {
         "[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = {port}\nshutdown_timeout_ms = 5000\n"
     );
     let config = write_config(&dir, &sequence_config(&dir, &mqtt));
-    let mut child = fer_edge()
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = StderrLog::read(&mut child);
+    let (mut child, log) = start_service(&config);
     assert!(
         log.wait_for("capture: reading", Duration::from_secs(20)),
         "{}",
@@ -400,14 +393,7 @@ fn sighup_reloads_the_config_and_keeps_the_mqtt_session() {
         broker.port
     );
     let config = write_config(&dir, &sequence_config(&dir, &mqtt));
-    let mut child = fer_edge()
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = StderrLog::read(&mut child);
+    let (mut child, log) = start_service(&config);
     assert!(
         log.wait_for("MQTT: connected", Duration::from_secs(20)),
         "{}",
@@ -462,14 +448,7 @@ fn the_status_shows_a_missing_camera_and_an_unreachable_broker() {
             dir.file("status.json").display()
         ),
     );
-    let mut child = fer_edge()
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = StderrLog::read(&mut child);
+    let (mut child, log) = start_service(&config);
     let read_status = || -> Option<Value> {
         serde_json::from_str(&std::fs::read_to_string(dir.file("status.json")).ok()?).ok()
     };
@@ -507,6 +486,19 @@ fn the_status_shows_a_missing_camera_and_an_unreachable_broker() {
         "one warning a minute at most:\n{}",
         log.text()
     );
+}
+
+/// `fer-edge run --config config`, its stderr read as it comes.
+fn start_service(config: &Path) -> (Child, StderrLog) {
+    let mut child = fer_edge()
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = StderrLog::read(&mut child);
+    (child, log)
 }
 
 fn signal(child: &Child, signal: libc::c_int) {
