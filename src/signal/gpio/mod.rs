@@ -228,9 +228,13 @@ struct Output {
     on_since: Instant,
 }
 
+/// Signals a pin can show: `face_present` and each expression.
+const PIN_SIGNALS: usize = 1 + Expression::COUNT;
+
 /// Drives the configured pins from track events.
 pub struct GpioSink {
-    outputs: Vec<Output>,
+    /// One per configured signal: a fixed array, as the signals are few.
+    outputs: heapless::Vec<Output, PIN_SIGNALS>,
     pins: Box<dyn OutputPins>,
     presence: Presence,
     on_level: Level,
