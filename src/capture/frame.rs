@@ -45,8 +45,7 @@ impl CapturedFrame {
     /// error says what is wrong with its markers, or that the header claims
     /// more than `max_pixels` (checked before anything is decoded).
     pub fn mjpeg(data: Vec<u8>, sequence: u64, max_pixels: u64) -> Result<Self, String> {
-        let (width, height) = jpeg::check(&data)?;
-        check_pixels(width, height, max_pixels)?;
+        let (width, height) = jpeg_size_within(&data, max_pixels)?;
         Ok(Self::new(PixelFormat::Mjpeg, width, height, data, sequence))
     }
 
@@ -70,6 +69,14 @@ impl CapturedFrame {
             data: &self.data,
         }
     }
+}
+
+/// The size of a whole JPEG (markers checked by [`jpeg::check`]) whose
+/// header claims at most `max_pixels`: what a JPEG must be to be decoded.
+pub(crate) fn jpeg_size_within(jpeg: &[u8], max_pixels: u64) -> Result<(usize, usize), String> {
+    let (width, height) = jpeg::check(jpeg)?;
+    check_pixels(width, height, max_pixels)?;
+    Ok((width, height))
 }
 
 /// Refuses an image of `width` x `height` above `max_pixels` (the

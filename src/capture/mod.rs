@@ -31,7 +31,7 @@ pub use config::{
 };
 pub use frame::CapturedFrame;
 pub use negotiate::{Interval, StreamFormat};
-pub use service::{Capture, CaptureStats, SourceOutage};
+pub use service::{Capture, CaptureStats, SourceState};
 
 use image_dir::ImageDir;
 use mjpeg_file::MjpegFile;

@@ -28,13 +28,23 @@ pub struct CaptureStats {
     pub reconnects: u64,
 }
 
-/// A source that is failing or missing: since when, and the latest error.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct SourceOutage {
-    /// Unix time, seconds, of the first failure in a row.
-    pub since: f64,
-    /// The latest failure, e.g. `cannot open camera /dev/video0: No such file or directory`.
-    pub last_error: String,
+/// Whether the source is open, and since when and why it fails: what the
+/// `stats` topic and the status file show of it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SourceState {
+    pub open: bool,
+    /// Unix time, seconds, of the first failure of the current outage.
+    pub failing_since: Option<f64>,
+    /// The latest failure of the current outage, e.g. `camera /dev/video0:
+    /// cannot open the device: No such file or directory`.
+    pub last_error: Option<String>,
+}
+
+/// A source that is failing or missing: since when (Unix seconds), and the
+/// latest error.
+struct Outage {
+    since: f64,
+    last_error: String,
 }
 
 /// While a source stays unavailable, one warning per this much time (the
@@ -62,7 +72,7 @@ struct Shared {
     /// backoff delay it is sleeping through.
     alive_until: Mutex<Option<Instant>>,
     /// Set from the first failure of a source until it opens again.
-    outage: Mutex<Option<SourceOutage>>,
+    outage: Mutex<Option<Outage>>,
     stop: StopSignal,
 }
 
@@ -72,7 +82,7 @@ impl Shared {
         let mut outage = self.outage.lock().unwrap_or_else(PoisonError::into_inner);
         let first = outage.is_none();
         let since = outage.as_ref().map_or_else(unix_now, |o| o.since);
-        *outage = Some(SourceOutage {
+        *outage = Some(Outage {
             since,
             last_error: error.to_string(),
         });
@@ -168,14 +178,20 @@ impl Capture {
         self.shared.open.load(Ordering::Relaxed)
     }
 
-    /// Since when, and why, the source has been failing or missing; `None`
-    /// while it is open (or before its first failure).
-    pub fn outage(&self) -> Option<SourceOutage> {
-        self.shared
+    /// Whether the source is open, and since when and why it has been
+    /// failing or missing (nothing while it is open, or before its first
+    /// failure).
+    pub fn state(&self) -> SourceState {
+        let outage = self
+            .shared
             .outage
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .unwrap_or_else(PoisonError::into_inner);
+        SourceState {
+            open: self.is_open(),
+            failing_since: outage.as_ref().map(|o| o.since),
+            last_error: outage.as_ref().map(|o| o.last_error.clone()),
+        }
     }
 
     /// True once no frame will come any more: a file source ended, the

@@ -8,7 +8,7 @@
 //! PNG's header within the limit and its decoded bytes within those of an
 //! RGBA image of the limit (a 16-bit or alpha PNG at the limit is refused).
 
-use super::frame::check_pixels;
+use super::frame::{check_pixels, jpeg_size_within};
 use super::jpeg;
 use crate::preprocess::mjpeg_to_rgb;
 use image::codecs::png::PngDecoder;
@@ -56,8 +56,7 @@ pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, String> {
 
 /// Decodes a whole JPEG (see the module documentation) to RGB8.
 fn decode_jpeg(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, String> {
-    let (width, height) = jpeg::check(bytes)?;
-    check_pixels(width, height, max_pixels)?;
+    let (width, height) = jpeg_size_within(bytes, max_pixels)?;
     let mut rgb = Vec::new();
     mjpeg_to_rgb(bytes, Some((width, height)), &mut rgb).map_err(|e| e.to_string())?;
     Ok(RgbImage::from_raw(width as u32, height as u32, rgb)

@@ -20,7 +20,7 @@ use crate::capture::{Capture, CaptureConfig, CaptureStats, CapturedFrame, Source
 use crate::config::Config;
 use crate::detector::{DetectError, Detector};
 use crate::preprocess::Frame;
-use crate::signal::{build_sinks, Sink, Sinks, SourceState, Stats};
+use crate::signal::{build_sinks, Sink, Sinks, Stats};
 use crate::track::Tracker;
 use crate::unix_now;
 use anyhow::Context;
@@ -230,7 +230,8 @@ impl Service {
     /// been replaced); each part whose table changed is restarted; the
     /// others, an MQTT session among them, go on untouched. Returns the
     /// parts restarted. Nothing changes when it fails, except the sinks or
-    /// the capture, which fall back to their previous config.
+    /// the capture, which fall back to their previous config, and the
+    /// inference thread count, which is set before the new model loads.
     fn apply(&mut self, new: Config) -> anyhow::Result<Vec<&'static str>> {
         anyhow::ensure!(
             new.http == self.config.http,
@@ -345,12 +346,7 @@ impl Service {
         };
         self.count_lost_frames();
         self.stats.sink_dropped = self.sinks.dropped_by_sink();
-        let outage = self.capture.outage();
-        self.stats.capture = SourceState {
-            open: self.capture.is_open(),
-            failing_since: outage.as_ref().map(|o| o.since),
-            last_error: outage.map(|o| o.last_error),
-        };
+        self.stats.capture = self.capture.state();
         self.stats.mqtt = self.sinks.get("mqtt").and_then(|sink| sink.link());
         self.sinks.stats(&self.stats);
         if let Some(monitor) = &self.monitor {

@@ -218,20 +218,10 @@ pub struct Stats {
     /// (from [`Sinks::dropped_by_sink`]).
     pub sink_dropped: BTreeMap<String, u64>,
     /// The frame source now: an outage shows here.
-    pub capture: SourceState,
+    pub capture: crate::capture::SourceState,
     /// The MQTT link now, when MQTT is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<LinkState>,
-}
-
-/// Whether the frame source is open, and since when and why it fails.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct SourceState {
-    pub open: bool,
-    /// Unix time, seconds, of the first failure of the current outage.
-    pub failing_since: Option<f64>,
-    /// The latest failure of the current outage.
-    pub last_error: Option<String>,
 }
 
 impl Stats {
