@@ -43,3 +43,14 @@ def test_trains_evaluates_and_resumes(tiny_data, tmp_path):
     best = torch.load(out / "best.pt", weights_only=True)["ema"]
     tuned = torch.load(fine / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(best[k], tuned[k]) for k in best if k.endswith(".weight"))
+
+
+def test_close_up_batch_takes_part_in_every_step(tiny_data, tmp_path):
+    plain, with_close_ups = tmp_path / "plain", tmp_path / "close"
+    assert run(tiny_data, plain, 1) == 0
+    extra = ("--close-up-batch", "2", "--close-up-sizes", "48", "64")
+    assert run(tiny_data, with_close_ups, 1, *extra) == 0
+    a = torch.load(plain / "last.pt", weights_only=True)["model"]
+    b = torch.load(with_close_ups / "last.pt", weights_only=True)["model"]
+    # same seed, same frames: only the close-ups' gradient can make the steps differ
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith(".weight"))
