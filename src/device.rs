@@ -7,6 +7,9 @@
 //! probed first (by dlopen, before anything touches cudarc, which panics
 //! without them), so a machine without a GPU gets an error, or with `auto`
 //! one warning and the CPU plan.
+//!
+//! On the CPU, [`avoid_faulty_cpu_kernels`] keeps tract away from its Intel
+//! AMX int8 kernels, which read past the end of their packed operand.
 
 use tract_onnx::prelude::*;
 
@@ -59,6 +62,54 @@ impl Device {
             Device::Auto => prepare_cpu(model),
         }
     }
+}
+
+/// The edit of tract's detected CPU features that keeps its AMX int8 kernels
+/// out of the kernel pool, in `TRACT_CPU_ISA`'s syntax.
+pub const WITHOUT_AMX_INT8: &str = "-amx-int8";
+
+/// Takes tract-linalg 0.23.9's Intel AMX int8 matmul kernels out of use, on
+/// x86_64; a no-op elsewhere. Runs before tract first probes the CPU (the
+/// probe is cached for the life of the process), so every model loads
+/// through it: [`crate::infer::Model::load_on`] calls it first.
+///
+/// The fault: `avx512amx_mmm_i32_16x16` (and its 8x8 sibling) load the B
+/// operand in AMX tiles of 64 K-values per step, but B is packed as
+/// `PackedI8K4`, whose panels pad K to a multiple of 4 only. When K is not a
+/// multiple of 64 (a 3x3 conv over 8 channels has K = 72), the last tile
+/// load reads up to 960 bytes past the last panel. The extra values meet
+/// A's zero padding, so results stay right; but when the packed buffer ends
+/// near an unmapped page (more likely in a worker thread's malloc arena)
+/// the read faults: the SIGSEGV in `tileloaddt1` seen on Sapphire Rapids.
+///
+/// The setting is tract's process-wide default for `TRACT_CPU_ISA`: an
+/// operator who sets that variable still decides. Idempotent.
+pub fn avoid_faulty_cpu_kernels() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if let Err(e) = tract_core::knobs::set_config_global("TRACT_CPU_ISA", WITHOUT_AMX_INT8)
+            {
+                log::warn!("cannot keep tract off its AMX int8 kernels: {e}");
+            } else if cpu_has_amx_int8() && std::env::var_os("TRACT_CPU_ISA").is_none() {
+                log::info!(
+                    "this CPU has AMX int8; tract's AMX int8 kernels stay unused \
+                     (they can read past their operand and crash): AVX-512 kernels instead"
+                );
+            }
+        });
+    }
+}
+
+/// CPUID leaf 7: AMX-TILE (EDX bit 24) and AMX-INT8 (EDX bit 25).
+#[cfg(target_arch = "x86_64")]
+fn cpu_has_amx_int8() -> bool {
+    const AMX_TILE_AND_INT8: u32 = 0b11 << 24;
+    #[allow(unused_unsafe)] // safe since Rust 1.89
+    // SAFETY: CPUID leaf 7 exists on every x86_64 CPU this runs on.
+    let leaf7 = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+    leaf7.edx & AMX_TILE_AND_INT8 == AMX_TILE_AND_INT8
 }
 
 fn prepare_cpu(model: TypedModel) -> TractResult<Arc<TypedRunnableModel>> {
@@ -190,6 +241,35 @@ mod tests {
             Some(DeviceError::CudaNotBuilt)
         ));
         assert!(err.to_string().contains("--features cuda"), "{err}");
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn tract_runs_without_its_amx_int8_kernels_unless_the_operator_says_otherwise() {
+        avoid_faulty_cpu_kernels();
+        if std::env::var_os("TRACT_CPU_ISA").is_some() {
+            eprintln!("SKIPPED: TRACT_CPU_ISA is set here, and the operator's setting wins");
+            return;
+        }
+        let isa = tract_linalg::knobs::TRACT_CPU_ISA.get();
+        assert_eq!(isa.as_deref(), Some(WITHOUT_AMX_INT8));
+        let native = tract_linalg::isa::native();
+        assert!(!native
+            .iter()
+            .any(|i| i == tract_linalg::isa::Isa::X86_64AmxInt8));
+    }
+
+    /// The cause of the AMX fault, in tract's own packing: a B panel of the
+    /// 16x16 AMX kernel holds K rounded up to 4, while the kernel reads K
+    /// rounded up to 64. When this fails, tract pads B for its AMX tiles and
+    /// `avoid_faulty_cpu_kernels` can go (after a run on an AMX machine).
+    #[test]
+    fn tract_still_packs_less_b_than_its_amx_kernel_reads() {
+        let packing = tract_linalg::pack::PackedI8K4::new(16);
+        let k: usize = 72; // a 3x3 conv over 8 channels
+        let amx_reads = k.div_ceil(64) * 64 * 16;
+        assert_eq!(packing.single_panel_len(k), 72 * 16);
+        assert!(packing.single_panel_len(k) < amx_reads);
     }
 
     #[test]
