@@ -10,8 +10,8 @@ use crate::detector::{Detector, StageTimings};
 use crate::device::Device;
 use crate::evaluate::{evaluate, format_report};
 use crate::face::Face;
-use crate::infer::{set_threads, Model, ModelSource};
-use crate::preprocess::{Frame, PixelFormat};
+use crate::infer::{set_threads, Model, ModelSource, OpProfile};
+use crate::preprocess::{Frame, PixelFormat, Preprocessor};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -212,6 +212,14 @@ struct BenchArgs {
     /// time); without it, a built-in portrait (`samples/obama.jpg`).
     #[arg(long)]
     image: Option<PathBuf>,
+    /// Start a frame every this many milliseconds, as the service paced by
+    /// `capture.fps` does (0: back to back).
+    #[arg(long, default_value_t = 0)]
+    pace_ms: u64,
+    /// Then time every op of the network over as many more frames, and
+    /// print the time per kind of op (tract's op names).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Args, Debug)]
@@ -429,17 +437,23 @@ fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     for _ in 0..args.warmup {
         detector.detect(&frame)?;
     }
-    let samples: Vec<StageTimings> = (0..args.frames)
-        .map(|_| detector.detect_timed(&frame).map(|(_, timings)| timings))
-        .collect::<Result<_, _>>()?;
+    let pace = std::time::Duration::from_millis(args.pace_ms);
+    let mut next_frame = std::time::Instant::now();
+    let mut samples: Vec<StageTimings> = Vec::with_capacity(args.frames);
+    for _ in 0..args.frames {
+        std::thread::sleep(next_frame.saturating_duration_since(std::time::Instant::now()));
+        next_frame += pace;
+        samples.push(detector.detect_timed(&frame)?.1);
+    }
     let (h, w) = detector.model().input_size();
     println!(
-        "fer-edge {}, {} ({w}x{h}), {} threads, {} frames after {} warm-up",
+        "fer-edge {}, {} ({w}x{h}), {} threads, {} frames after {} warm-up, one every {} ms",
         env!("CARGO_PKG_VERSION"),
         detector.model().source(),
         args.model.thread_count(),
         args.frames,
-        args.warmup
+        args.warmup,
+        args.pace_ms
     );
     let isa = tract_linalg::isa::native();
     println!(
@@ -448,7 +462,10 @@ fn bench(args: BenchArgs) -> anyhow::Result<i32> {
         crate::scan::kernel::best().name(),
         isa.nickname()
     );
-    println!("{:<12} {:>10} {:>10}", "stage", "median ms", "p90 ms");
+    println!(
+        "{:<12} {:>10} {:>10} {:>10}",
+        "stage", "median ms", "p90 ms", "mean ms"
+    );
     for (stage, name) in StageTimings::NAMES.iter().enumerate() {
         let mut ms: Vec<f64> = samples
             .iter()
@@ -456,12 +473,49 @@ fn bench(args: BenchArgs) -> anyhow::Result<i32> {
             .collect();
         ms.sort_by(f64::total_cmp);
         println!(
-            "{name:<12} {:>10.2} {:>10.2}",
+            "{name:<12} {:>10.2} {:>10.2} {:>10.2}",
             percentile(&ms, 0.5),
-            percentile(&ms, 0.9)
+            percentile(&ms, 0.9),
+            ms.iter().sum::<f64>() / ms.len().max(1) as f64
         );
     }
+    if args.profile {
+        print_op_profile(detector.model(), &frame, args.frames)?;
+    }
     Ok(0)
+}
+
+/// The network's time per kind of op over `frames` runs on `frame`, most
+/// expensive first.
+fn print_op_profile(model: &Model, frame: &Frame, frames: usize) -> anyhow::Result<()> {
+    let (height, width) = model.input_size();
+    let (input, _) = Preprocessor::new(height, width).run(frame)?;
+    let mut profile = OpProfile::default();
+    for _ in 0..frames {
+        model.run_profiled(input.clone(), &mut profile)?;
+    }
+    let total: f64 = profile.ops.values().map(|s| s.time.as_secs_f64()).sum();
+    let mut ops: Vec<_> = profile.ops.iter().collect();
+    ops.sort_by_key(|(_, stats)| std::cmp::Reverse(stats.time));
+    let per_frame = frames.max(1) as f64;
+    println!(
+        "\nnetwork per op, {frames} frames ({:.2} ms a frame in ops):",
+        total * 1e3 / per_frame
+    );
+    println!(
+        "{:<24} {:>6} {:>10} {:>7} {:>12}",
+        "op", "nodes", "ms/frame", "share", "MB out/frame"
+    );
+    for (name, stats) in ops {
+        println!(
+            "{name:<24} {:>6} {:>10.2} {:>6.1}% {:>12.2}",
+            stats.calls / frames.max(1),
+            stats.time.as_secs_f64() * 1e3 / per_frame,
+            100.0 * stats.time.as_secs_f64() / total.max(f64::MIN_POSITIVE),
+            stats.output_bytes as f64 / 1e6 / per_frame
+        );
+    }
+    Ok(())
 }
 
 /// The `q` quantile of sorted values (nearest rank).

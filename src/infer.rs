@@ -1,11 +1,14 @@
 //! Inference: loading an exported FER-YOLO-Mamba ONNX file into tract, with
-//! the `fer_edge::SelectiveScan` op registered, and running it.
+//! the `fer_edge::SelectiveScan` op registered, and running it, frame after
+//! frame, in one tract state (the ops' scratch buffers live as long as the
+//! model, not one frame).
 
 use crate::decode::level_geometry;
 use crate::device::Device;
 use crate::scan;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use tract_linalg::multithread::{current_tract_executor, set_default_executor, Executor};
 use tract_onnx::prelude::*;
 
@@ -101,7 +104,8 @@ pub fn set_threads(threads: usize) {
 /// An optimised, runnable detector network.
 #[derive(Debug)]
 pub struct Model {
-    plan: Arc<TypedRunnableModel>,
+    /// The plan's run state, kept across frames: one frame at a time.
+    state: Mutex<TypedSimpleState>,
     input_shape: [usize; 4],
     source: ModelSource,
     sha256: String,
@@ -150,8 +154,9 @@ impl Model {
             cause,
         })?;
         let plan = device.prepare(typed).map_err(prepare)?;
+        let state = plan.spawn().map_err(prepare)?;
         Ok(Model {
-            plan,
+            state: Mutex::new(state),
             input_shape,
             source: source.clone(),
             sha256,
@@ -180,13 +185,68 @@ impl Model {
 
     /// Runs the network on one `[1, 3, H, W]` input; returns its raw output maps.
     pub fn run(&self, input: Tensor) -> Result<Vec<Tensor>, ModelError> {
+        self.run_with(input, tract_core::plan::eval)
+    }
+
+    /// Like [`Model::run`], adding each node's time and output to `profile`.
+    pub fn run_profiled(
+        &self,
+        input: Tensor,
+        profile: &mut OpProfile,
+    ) -> Result<Vec<Tensor>, ModelError> {
+        self.run_with(input, |context, op_state, node, inputs| {
+            let start = std::time::Instant::now();
+            let outputs = tract_core::plan::eval(context, op_state, node, inputs);
+            let time = start.elapsed();
+            let output_bytes = outputs.as_ref().map_or(0, |values| {
+                values
+                    .iter()
+                    .map(|v| v.len() * v.datum_type().size_of())
+                    .sum()
+            });
+            let entry = profile
+                .ops
+                .entry(node.op().name().into_owned())
+                .or_default();
+            entry.calls += 1;
+            entry.time += time;
+            entry.output_bytes += output_bytes;
+            outputs
+        })
+    }
+
+    /// Runs the plan in the kept state, evaluating each node with `eval`.
+    fn run_with<Eval>(&self, input: Tensor, eval: Eval) -> Result<Vec<Tensor>, ModelError>
+    where
+        Eval: for<'a, 'b, 'c> FnMut(
+                &'a tract_core::internal::EvalContext<'a>,
+                Option<&'b mut (dyn tract_core::internal::OpState + 'static)>,
+                &'c TypedNode,
+                TVec<TValue>,
+            ) -> TractResult<TVec<TValue>>
+            + Send,
+    {
         if input.shape() != self.input_shape {
             return Err(ModelError::InputShape {
                 got: input.shape().to_vec(),
                 expected: self.input_shape.to_vec(),
             });
         }
-        let run = || self.plan.run(tvec!(input.into()));
+        // tract keeps the partial values of a run that failed or panicked
+        // (poisoning the lock): they are dropped before the state runs again.
+        let mut guard = self.state.lock().unwrap_or_else(|poisoned| {
+            let mut state = poisoned.into_inner();
+            let _ = state.reset_turn();
+            state
+        });
+        let state = &mut *guard;
+        let run = move || {
+            let outputs = state.run_plan_with_eval(tvec!(input.into()), eval);
+            if outputs.is_err() {
+                let _ = state.reset_turn();
+            }
+            outputs
+        };
         // Run the whole plan on the worker pool: with the calling thread
         // outside it, N workers plus the caller would share N cores, and the
         // workers' spinning would slow the ops that run on one thread.
@@ -197,6 +257,23 @@ impl Model {
         let outputs = outputs.map_err(|e| ModelError::Run(chain(&e)))?;
         Ok(outputs.into_iter().map(|t| t.into_tensor()).collect())
     }
+}
+
+/// Where a network's time goes, per kind of op (tract's op names), summed
+/// over the runs of [`Model::run_profiled`].
+#[derive(Debug, Default)]
+pub struct OpProfile {
+    pub ops: std::collections::BTreeMap<String, OpStats>,
+}
+
+/// One kind of op's share of the profiled runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpStats {
+    /// Nodes of this op evaluated.
+    pub calls: usize,
+    pub time: std::time::Duration,
+    /// Bytes of the tensors these nodes returned.
+    pub output_bytes: usize,
 }
 
 /// Ops that parsed as placeholders because no implementation is registered,

@@ -132,3 +132,34 @@ fn preview_of_a_missing_camera_names_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench --profile` accounts for the network op by op: the scan op and
+/// tract's matrix products are there, and the shares add up to the whole.
+/// `--pace-ms` spaces the frames out as the service does.
+#[test]
+fn bench_profiles_the_network_per_op_and_paces_frames() {
+    let started = std::time::Instant::now();
+    let output = fer_edge()
+        .args(["bench", "--threads", "1", "--frames", "3", "--warmup", "1"])
+        .args(["--pace-ms", "400", "--profile"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    // three frames, each started 400 ms after the one before
+    assert!(started.elapsed() >= std::time::Duration::from_millis(800));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("one every 400 ms"), "{stdout}");
+    let profile = stdout.split("network per op").nth(1).expect(&stdout);
+    let shares: Vec<(&str, f64)> = profile
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let share = fields.get(3)?.strip_suffix('%')?.parse().ok()?;
+            Some((fields[0], share))
+        })
+        .collect();
+    let names: Vec<&str> = shares.iter().map(|(name, _)| *name).collect();
+    assert!(names.contains(&"SelectiveScan") && names.contains(&"OptMatMul"), "{stdout}");
+    let total: f64 = shares.iter().map(|(_, share)| share).sum();
+    assert!((total - 100.0).abs() < 0.5, "shares add up to {total}: {stdout}");
+}
