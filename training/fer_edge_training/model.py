@@ -21,14 +21,19 @@ channel-attention MLP is three bias-free linears ``c -> c/16 -> c/16 -> c``.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .scan import SelectiveScan
+from .scan2d import (
+    _merge_offsets_np,
+    cross_merge,
+    cross_scan,
+    cross_scan_indices,
+    scan_2d,
+)
 
 CLASSES = ["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
 NUM_CLASSES = len(CLASSES)
@@ -172,79 +177,25 @@ class CSPDarknet(nn.Module):
 
 
 # --------------------------------------------------------------------------------------
-# Cross-scan / cross-merge (8 directions)
-# --------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=32)
-def _cross_scan_indices_np(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    # numpy, not torch: under torch.export these become constants, not traced ops.
-    length = h * w
-    # grids indexed [w_, h_] so that reshape(-1) enumerates l = w_*H + h_
-    hT, wT = np.meshgrid(np.arange(h), np.arange(w), indexing="xy")  # both [w, h]
-    k0 = np.arange(length)
-    k1 = (hT * w + wT).reshape(-1)  # seq[w*H + h] = x[h, w]
-    k4 = (hT * w + (hT + wT) % w).reshape(-1)  # seq[w*H + h] = x[h, (h+w) mod W]
-    k5 = (hT * w + (wT - hT) % w).reshape(-1)  # seq[w*H + h] = x[h, (w-h) mod W]
-    scan = np.stack([k0, k1, k0[::-1], k1[::-1], k4, k5, k4[::-1], k5[::-1]]).astype(np.int64)
-    merge = np.empty_like(scan)  # inverse permutations: merge[k, scan[k, l]] = l
-    rows = np.arange(scan.shape[0])[:, None]
-    merge[rows, scan] = np.arange(length)[None, :]
-    scan.flags.writeable = False
-    merge.flags.writeable = False
-    return scan, merge
-
-
-def cross_scan_indices(h: int, w: int) -> tuple[Tensor, Tensor]:
-    """Constant index tensors of the 8 directions on an h x w grid (flat index h*W + w).
-
-    Returns ``(scan, merge)``, both int64 ``[8, h*w]``: direction k reads pixel
-    ``scan[k, l]`` at sequence position l; ``merge[k]`` is the inverse permutation
-    (``merge[k, scan[k, l]] == l``), i.e. pixel p takes sequence position ``merge[k, p]``.
-
-    Directions: k0 row-major; k1 column-major (l = w*H + h); k2, k3 reverses of k0, k1;
-    k4 the diagonal x[h, (h+w) mod W] read at l = w*H + h; k5 the anti-diagonal
-    x[h, (w-h) mod W] read the same way; k6, k7 reverses of k4, k5.
-    """
-    scan, merge = _cross_scan_indices_np(int(h), int(w))
-    return torch.from_numpy(scan.copy()), torch.from_numpy(merge.copy())
-
-
-@lru_cache(maxsize=32)
-def _merge_offsets_np(h: int, w: int) -> np.ndarray:
-    _, merge = _cross_scan_indices_np(h, w)
-    return merge + np.arange(merge.shape[0])[:, None] * (h * w)
-
-
-def cross_scan(x: Tensor, scan_idx: Tensor) -> Tensor:
-    """[B, C, H, W] -> [B, K, C, L] with one constant-index Gather."""
-    b, c, h, w = x.shape
-    k, length = scan_idx.shape
-    xs = torch.index_select(x.reshape(b, c, h * w), 2, scan_idx.reshape(-1))  # [B, C, K*L]
-    return xs.reshape(b, c, k, length).transpose(1, 2)
-
-
-def cross_merge(y: Tensor, merge_idx: Tensor, offsets: Tensor | None = None) -> Tensor:
-    """[B, K, C, L] -> [B, C, L]: each direction back onto its source pixels, summed.
-
-    One constant-index Gather over the flattened (k, l) axis: index ``merge[k] + k*L``
-    (pass those ``offsets`` precomputed to keep the graph free of index arithmetic).
-    """
-    b, k, c, length = y.shape
-    if offsets is None:
-        offsets = merge_idx + torch.arange(k, dtype=merge_idx.dtype).view(k, 1) * length
-    ys = y.transpose(1, 2).reshape(b, c, k * length)
-    ys = torch.index_select(ys, 2, offsets.reshape(-1)).reshape(b, c, k, length)
-    return ys.sum(dim=2)
-
-
-# --------------------------------------------------------------------------------------
 # SS2D and the FER-YOLO-VSS block
 # --------------------------------------------------------------------------------------
 
 
 class SS2D(nn.Module):
-    """2-D selective scan over 8 directions. Input and output NHWC ``[B, H, W, d_model]``."""
+    """2-D selective scan over 8 directions. Input and output NHWC ``[B, H, W, d_model]``.
+
+    Two computations of the same function, chosen by the plain attribute ``fused_scan``
+    (not in the state dict; see :func:`set_fused_scan`):
+
+    * ``False`` (default, training): cross-scan the feature map into K sequences, project
+      each (``x_proj``, dt projection), run the 1-D :class:`~.scan.SelectiveScan`,
+      cross-merge. Exports as ONNX contract version 1 (``Gather``, ``SelectiveScan``,
+      ``Gather``, ``ReduceSum``).
+    * ``True`` (export of contract version 2, docs/model-contract.md): the projections
+      are computed in grid order (a projection at every position commutes with a
+      permutation of the positions) and :func:`~.scan2d.scan_2d` walks the directions
+      itself; exports as one ``SelectiveScan2D`` node, no Gather and no merge.
+    """
 
     def __init__(
         self,
@@ -281,19 +232,30 @@ class SS2D(nn.Module):
         self.scan = SelectiveScan(delta_softplus=True)
         self.out_norm = nn.LayerNorm(di)
         self.out_proj = nn.Linear(di, d_model, bias=False)
+        #: export-time choice of computation (see the class docstring); not a weight
+        self.fused_scan = False
 
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, _ = x.shape
         length = h * w
-        k, di, n, r = self.k, self.d_inner, self.d_state, self.dt_rank
+        di = self.d_inner
         xz = self.in_proj(x)
         xi, z = xz.split(di, dim=-1)
         z = F.silu(z)
         xi = F.silu(self.conv2d(xi.permute(0, 3, 1, 2)))  # [B, Di, H, W]
+        y = self._scan_fused(xi) if self.fused_scan else self._scan_sequences(xi)  # [B, Di, L]
+        y = self.out_norm(y.transpose(1, 2)) * z.reshape(b, length, di)
+        return self.out_proj(y).reshape(b, h, w, self.d_model)
+
+    def _scan_sequences(self, xi: Tensor) -> Tensor:
+        """Cross-scan, per-direction projections, 1-D scan, cross-merge: ``[B, Di, L]``."""
+        b, _, h, w = xi.shape
+        length = h * w
+        k, di, n, r = self.k, self.d_inner, self.d_state, self.dt_rank
         scan_idx, merge_idx = cross_scan_indices(h, w)
         if k != scan_idx.shape[0]:
             raise ValueError(f"SS2D supports {scan_idx.shape[0]} directions, got k={k}")
-        xs = cross_scan(xi, scan_idx.to(x.device))  # [B, K, Di, L]
+        xs = cross_scan(xi, scan_idx.to(xi.device))  # [B, K, Di, L]
         x_dbl = torch.matmul(self.x_proj_weight, xs)  # [B, K, R+2N, L]
         dts, bs, cs = x_dbl.split([r, n, n], dim=2)
         dts = torch.matmul(self.dt_projs_weight, dts)  # [B, K, Di, L]
@@ -306,10 +268,50 @@ class SS2D(nn.Module):
             self.Ds,
             self.dt_projs_bias.reshape(-1),
         )
-        offsets = torch.from_numpy(_merge_offsets_np(h, w)).to(x.device)
-        y = cross_merge(y.reshape(b, k, di, length), merge_idx, offsets)  # [B, Di, L]
-        y = self.out_norm(y.transpose(1, 2)) * z.reshape(b, length, di)
-        return self.out_proj(y).reshape(b, h, w, self.d_model)
+        offsets = torch.from_numpy(_merge_offsets_np(h, w)).to(xi.device)
+        return cross_merge(y.reshape(b, k, di, length), merge_idx, offsets)
+
+    def _scan_fused(self, xi: Tensor) -> Tensor:
+        """Projections in grid order, one SelectiveScan2D: ``[B, Di, L]``.
+
+        ``x_dbl[b, k, :, p] = W_x[k] @ xi[b, :, p]`` at every pixel p (one matmul with the
+        K weights stacked), then the dt projection; direction k's values sit on the pixels
+        its steps visit, as SelectiveScan2D's inputs want them."""
+        b, _, h, w = xi.shape
+        length = h * w
+        k, di, n, r = self.k, self.d_inner, self.d_state, self.dt_rank
+        w_x = self.x_proj_weight.reshape(k * (r + 2 * n), di)
+        x_dbl = torch.matmul(w_x, xi.reshape(b, di, length)).reshape(b, k, r + 2 * n, length)
+        dts, bs, cs = x_dbl.split([r, n, n], dim=2)
+        dts = torch.matmul(self.dt_projs_weight, dts)  # [B, K, Di, L]
+        y = scan_2d(
+            xi,
+            dts.reshape(b, k, di, h, w),
+            -torch.exp(self.A_logs),
+            bs.reshape(b, k, n, h, w),
+            cs.reshape(b, k, n, h, w),
+            self.Ds,
+            self.dt_projs_bias.reshape(-1),
+            self.scan.delta_softplus,
+            self.scan.impl,
+        )
+        return y.reshape(b, di, length)
+
+
+def set_fused_scan(module: nn.Module, fused: bool) -> dict[SS2D, bool]:
+    """Set ``fused_scan`` on every :class:`SS2D` inside ``module``; returns the previous
+    values (pass them to :func:`restore_fused_scan`)."""
+    previous = {}
+    for m in module.modules():
+        if isinstance(m, SS2D):
+            previous[m] = m.fused_scan
+            m.fused_scan = bool(fused)
+    return previous
+
+
+def restore_fused_scan(previous: dict[SS2D, bool]) -> None:
+    for m, fused in previous.items():
+        m.fused_scan = fused
 
 
 class ChannelAttention(nn.Module):

@@ -1,0 +1,231 @@
+"""The 8 scan directions of SS2D and ``fer_edge::SelectiveScan2D`` (ONNX contract v2).
+
+``docs/model-contract.md`` defines version 2 of the ONNX contract: one op,
+``SelectiveScan2D``, that takes the feature map once in its grid layout, walks the first
+K of the 8 directions of :func:`cross_scan_indices` itself and returns the merged output.
+Its definition, in PyTorch, is :func:`selective_scan_2d`: gather ``u``, ``delta``, ``Bs``
+and ``Cs`` into the K direction sequences, run the 1-D selective scan of :mod:`.scan`
+(G = K groups), put each output back on its pixel and sum over the directions.
+
+Shapes (``L = H*W``):
+
+* ``u``: ``[B, Di, H, W]``; ``delta``: ``[B, K, Di, H, W]``;
+* ``A``: ``[K*Di, N]``; ``Bs``, ``Cs``: ``[B, K, N, H, W]``; ``D``, ``delta_bias``: ``[K*Di]``;
+* output ``y``: ``[B, Di, H, W]``.
+
+``torch.ops.fer_edge.selective_scan_2d`` is the custom op the SS2D export path calls while
+``torch.export`` traces the model; :mod:`.export` turns it into one
+``fer_edge::SelectiveScan2D`` node.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .scan import selective_scan_fast, selective_scan_ref
+
+ONNX_OP_TYPE_2D = "SelectiveScan2D"
+#: The contract version that introduced SelectiveScan2D (the domain version of a v2 model).
+ONNX_OP_VERSION_2D = 2
+#: Most directions a SelectiveScan2D node may walk.
+MAX_DIRECTIONS = 8
+
+# --------------------------------------------------------------------------------------
+# Cross-scan / cross-merge (8 directions)
+# --------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=32)
+def _cross_scan_indices_np(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    # numpy, not torch: under torch.export these become constants, not traced ops.
+    length = h * w
+    # grids indexed [w_, h_] so that reshape(-1) enumerates l = w_*H + h_
+    hT, wT = np.meshgrid(np.arange(h), np.arange(w), indexing="xy")  # both [w, h]
+    k0 = np.arange(length)
+    k1 = (hT * w + wT).reshape(-1)  # seq[w*H + h] = x[h, w]
+    k4 = (hT * w + (hT + wT) % w).reshape(-1)  # seq[w*H + h] = x[h, (h+w) mod W]
+    k5 = (hT * w + (wT - hT) % w).reshape(-1)  # seq[w*H + h] = x[h, (w-h) mod W]
+    scan = np.stack([k0, k1, k0[::-1], k1[::-1], k4, k5, k4[::-1], k5[::-1]]).astype(np.int64)
+    merge = np.empty_like(scan)  # inverse permutations: merge[k, scan[k, l]] = l
+    rows = np.arange(scan.shape[0])[:, None]
+    merge[rows, scan] = np.arange(length)[None, :]
+    scan.flags.writeable = False
+    merge.flags.writeable = False
+    return scan, merge
+
+
+def cross_scan_indices(h: int, w: int) -> tuple[Tensor, Tensor]:
+    """Constant index tensors of the 8 directions on an h x w grid (flat index h*W + w).
+
+    Returns ``(scan, merge)``, both int64 ``[8, h*w]``: direction k reads pixel
+    ``scan[k, l]`` at sequence position l; ``merge[k]`` is the inverse permutation
+    (``merge[k, scan[k, l]] == l``), i.e. pixel p takes sequence position ``merge[k, p]``.
+
+    Directions: k0 row-major; k1 column-major (l = w*H + h); k2, k3 reverses of k0, k1;
+    k4 the diagonal x[h, (h+w) mod W] read at l = w*H + h; k5 the anti-diagonal
+    x[h, (w-h) mod W] read the same way; k6, k7 reverses of k4, k5.
+    """
+    scan, merge = _cross_scan_indices_np(int(h), int(w))
+    return torch.from_numpy(scan.copy()), torch.from_numpy(merge.copy())
+
+
+@lru_cache(maxsize=32)
+def _merge_offsets_np(h: int, w: int) -> np.ndarray:
+    _, merge = _cross_scan_indices_np(h, w)
+    return merge + np.arange(merge.shape[0])[:, None] * (h * w)
+
+
+def cross_scan(x: Tensor, scan_idx: Tensor) -> Tensor:
+    """[B, C, H, W] -> [B, K, C, L] with one constant-index Gather."""
+    b, c, h, w = x.shape
+    k, length = scan_idx.shape
+    xs = torch.index_select(x.reshape(b, c, h * w), 2, scan_idx.reshape(-1))  # [B, C, K*L]
+    return xs.reshape(b, c, k, length).transpose(1, 2)
+
+
+def cross_merge(y: Tensor, merge_idx: Tensor, offsets: Tensor | None = None) -> Tensor:
+    """[B, K, C, L] -> [B, C, L]: each direction back onto its source pixels, summed.
+
+    One constant-index Gather over the flattened (k, l) axis: index ``merge[k] + k*L``
+    (pass those ``offsets`` precomputed to keep the graph free of index arithmetic).
+    """
+    b, k, c, length = y.shape
+    if offsets is None:
+        offsets = merge_idx + torch.arange(k, dtype=merge_idx.dtype).view(k, 1) * length
+    ys = y.transpose(1, 2).reshape(b, c, k * length)
+    ys = torch.index_select(ys, 2, offsets.reshape(-1)).reshape(b, c, k, length)
+    return ys.sum(dim=2)
+
+
+# --------------------------------------------------------------------------------------
+# SelectiveScan2D
+# --------------------------------------------------------------------------------------
+
+
+def check_shapes_2d(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor) -> tuple:
+    """``(b, k, di, h, w, n)`` of valid SelectiveScan2D inputs; ValueError otherwise."""
+    if u.dim() != 4:
+        raise ValueError(f"u must be [B, Di, H, W], got {tuple(u.shape)}")
+    b, di, h, w = u.shape
+    if delta.dim() != 5 or delta.shape[0] != b or tuple(delta.shape[2:]) != (di, h, w):
+        raise ValueError(f"delta must be [B, K, Di={di}, H, W], got {tuple(delta.shape)}")
+    k = delta.shape[1]
+    if not 1 <= k <= MAX_DIRECTIONS:
+        raise ValueError(f"K must be 1..{MAX_DIRECTIONS}, got {k}")
+    if A.dim() != 2 or A.shape[0] != k * di:
+        raise ValueError(f"A must be [K*Di={k * di}, N], got {tuple(A.shape)}")
+    n = A.shape[1]
+    if Bs.dim() != 5 or tuple(Bs.shape) != (b, k, n, h, w):
+        raise ValueError(f"Bs must be [B, K, N, H, W] = {(b, k, n, h, w)}, got {tuple(Bs.shape)}")
+    if Cs.shape != Bs.shape:
+        raise ValueError(f"Cs must have the shape of Bs, got {tuple(Cs.shape)}")
+    return b, k, di, h, w, n
+
+
+def _gather_directions(x: Tensor, offsets: Tensor) -> Tensor:
+    """``[B, K, C, H, W]`` -> ``[B, K, C, L]``: direction k's own map, in its step order.
+
+    ``offsets[k, l] = scan[k, l] + k*L``: one constant-index gather over the flattened
+    (k, pixel) axis."""
+    b, k, c, h, w = x.shape
+    flat = x.reshape(b, k, c, h * w).transpose(1, 2).reshape(b, c, k * h * w)
+    seq = torch.index_select(flat, 2, offsets.reshape(-1))
+    return seq.reshape(b, c, k, h * w).transpose(1, 2)
+
+
+@lru_cache(maxsize=32)
+def _scan_offsets_np(h: int, w: int) -> np.ndarray:
+    scan, _ = _cross_scan_indices_np(h, w)
+    return scan + np.arange(scan.shape[0])[:, None] * (h * w)
+
+
+def _scan_fn(impl: str):
+    if impl == "fast":
+        return selective_scan_fast
+    if impl == "ref":
+        return selective_scan_ref
+    if impl == "native":
+        from .native_scan import selective_scan_native
+
+        return selective_scan_native
+    raise ValueError(f"unknown scan impl {impl!r}")
+
+
+def selective_scan_2d(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    Bs: Tensor,
+    Cs: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool = True,
+    impl: str = "ref",
+) -> Tensor:
+    """``fer_edge::SelectiveScan2D`` (docs/model-contract.md) in PyTorch.
+
+    Cross-scan of ``u`` (shared by the directions) and of each direction's own ``delta``,
+    ``Bs``, ``Cs``, the 1-D selective scan of :mod:`.scan` (``impl``: "ref", "fast" or
+    "native") with G = K groups, cross-merge. Differentiable (autograd through the gathers
+    and the chosen scan)."""
+    b, k, di, h, w, n = check_shapes_2d(u, delta, A, Bs, Cs)
+    length = h * w
+    scan_idx, merge_idx = cross_scan_indices(h, w)
+    scan_idx, merge_idx = scan_idx[:k].to(u.device), merge_idx[:k].to(u.device)
+    offsets = torch.from_numpy(_scan_offsets_np(h, w)[:k].copy()).to(u.device)
+    us = cross_scan(u, scan_idx)  # [B, K, Di, L]
+    ds = _gather_directions(delta, offsets)  # [B, K, Di, L]
+    bs = _gather_directions(Bs, offsets)  # [B, K, N, L]
+    cs = _gather_directions(Cs, offsets)
+    y = _scan_fn(impl)(
+        us.reshape(b, k * di, length),
+        ds.reshape(b, k * di, length),
+        A,
+        bs.contiguous(),
+        cs.contiguous(),
+        D,
+        delta_bias,
+        delta_softplus,
+    )
+    merge_offsets = torch.from_numpy(_merge_offsets_np(h, w)[:k].copy()).to(u.device)
+    y = cross_merge(y.reshape(b, k, di, length), merge_idx, merge_offsets)  # [B, Di, L]
+    return y.reshape(b, di, h, w)
+
+
+@torch.library.custom_op("fer_edge::selective_scan_2d", mutates_args=())
+def selective_scan_2d_op(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    Bs: Tensor,
+    Cs: Tensor,
+    D: Tensor,
+    delta_bias: Tensor,
+    delta_softplus: bool,
+) -> Tensor:
+    """``fer_edge::selective_scan_2d``: exported as one fer_edge::SelectiveScan2D node.
+
+    Only the export path calls it (no autograd): eager code calls
+    :func:`selective_scan_2d`."""
+    with torch.no_grad():
+        return selective_scan_2d(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, "fast")
+
+
+@selective_scan_2d_op.register_fake
+def _(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus):
+    check_shapes_2d(u, delta, A, Bs, Cs)
+    return torch.empty_like(u)
+
+
+def scan_2d(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool, impl: str) -> Tensor:
+    """What SS2D's export path calls: the custom op while ``torch.export`` traces (one
+    ONNX node), :func:`selective_scan_2d` with the scan ``impl`` otherwise."""
+    if torch.compiler.is_exporting():
+        return torch.ops.fer_edge.selective_scan_2d(
+            u, delta, A, Bs, Cs, D, delta_bias, bool(delta_softplus)
+        )
+    return selective_scan_2d(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, impl)
