@@ -6,6 +6,9 @@ Usage (from ``training/``)::
         --output ../models/fer-yolo-mamba-nano.onnx \\
         --golden ../tests/data/golden --block ../tests/data/vss_block
 
+Models are written in ONNX contract version 2 (``docs/model-contract.md``: one
+``fer_edge::SelectiveScan2D`` node per SS2D block) unless ``--scan-op-version 1`` asks for
+the version 1 form (cross-scan Gather, ``fer_edge::SelectiveScan``, merge Gather).
 See ``training/README.md`` for what every output is.
 """
 
@@ -28,7 +31,15 @@ import torch
 from torch import nn
 
 from .decode import decode, decode_candidates
-from .model import CLASSES, FerVSSBlock, FerYoloMamba, build_model, count_parameters
+from .model import (
+    CLASSES,
+    FerVSSBlock,
+    FerYoloMamba,
+    build_model,
+    count_parameters,
+    restore_fused_scan,
+    set_fused_scan,
+)
 from .onnx_graph import (
     count_ops,
     ensure_opset,
@@ -38,6 +49,7 @@ from .onnx_graph import (
 )
 from .preprocess import letterbox_size, load_rgb, preprocess
 from .scan import ONNX_DOMAIN, ONNX_OP_TYPE, ONNX_OP_VERSION, set_scan_impl
+from .scan2d import ONNX_OP_TYPE_2D, ONNX_OP_VERSION_2D
 
 OPSET = 18
 OUTPUT_NAMES = ["level0", "level1", "level2"]
@@ -48,12 +60,24 @@ DEFAULT_IMAGE = REPO_ROOT / "samples" / "obama.jpg"
 # torch -> ONNX
 # --------------------------------------------------------------------------------------
 
+#: Contract versions the exporter writes (docs/model-contract.md), and its default.
+SCAN_OP_VERSIONS = (ONNX_OP_VERSION, ONNX_OP_VERSION_2D)
+DEFAULT_SCAN_OP_VERSION = ONNX_OP_VERSION_2D
+
 _FER_EDGE = onnxscript.values.Opset(ONNX_DOMAIN, ONNX_OP_VERSION)
+_FER_EDGE_2 = onnxscript.values.Opset(ONNX_DOMAIN, ONNX_OP_VERSION_2D)
 
 
 def _selective_scan_to_onnx(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus):
     """onnxscript translation of torch.ops.fer_edge.selective_scan: one custom node."""
     return _FER_EDGE.SelectiveScan(
+        u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=int(bool(delta_softplus))
+    )
+
+
+def _selective_scan_2d_to_onnx(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus):
+    """onnxscript translation of torch.ops.fer_edge.selective_scan_2d: one custom node."""
+    return _FER_EDGE_2.SelectiveScan2D(
         u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=int(bool(delta_softplus))
     )
 
@@ -65,35 +89,46 @@ def torch_to_onnx(
     output_names: list[str],
     opset: int = OPSET,
     quiet: bool = True,
+    scan_op_version: int = DEFAULT_SCAN_OP_VERSION,
 ) -> onnx.ModelProto:
-    """Export with the torch.export-based exporter; SelectiveScan -> fer_edge node.
+    """Export with the torch.export-based exporter; the scans -> fer_edge nodes.
 
-    The result is checked (onnx.checker, full check with shape inference), stripped of
-    per-node metadata, and has ``fer_edge`` v1 in its opset_import.
+    ``scan_op_version`` 2 (default): every SS2D block computes its projections in grid
+    order and becomes one ``SelectiveScan2D`` node; 1: the training computation, a
+    cross-scan ``Gather``, one ``SelectiveScan`` node and the merge. The result is checked
+    (onnx.checker, full check with shape inference), stripped of per-node metadata, and
+    has ``fer_edge`` at ``scan_op_version`` in its opset_import.
     """
+    if scan_op_version not in SCAN_OP_VERSIONS:
+        raise ValueError(f"scan_op_version must be one of {SCAN_OP_VERSIONS}")
     register_onnx_schema()
     module = module.eval()
     sink = io.StringIO()
     redirect = contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext()
-    with warnings.catch_warnings(), redirect:
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module,
-            args,
-            dynamo=True,
-            input_names=input_names,
-            output_names=output_names,
-            opset_version=opset,
-            custom_translation_table={
-                torch.ops.fer_edge.selective_scan.default: _selective_scan_to_onnx
-            },
-            external_data=False,
-            optimize=True,
-            verbose=False,
-        )
+    previous = set_fused_scan(module, scan_op_version == ONNX_OP_VERSION_2D)
+    try:
+        with warnings.catch_warnings(), redirect:
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                args,
+                dynamo=True,
+                input_names=input_names,
+                output_names=output_names,
+                opset_version=opset,
+                custom_translation_table={
+                    torch.ops.fer_edge.selective_scan.default: _selective_scan_to_onnx,
+                    torch.ops.fer_edge.selective_scan_2d.default: _selective_scan_2d_to_onnx,
+                },
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
+    finally:
+        restore_fused_scan(previous)
     model = program.model_proto
     strip_metadata(model)
-    ensure_opset(model, ONNX_DOMAIN, ONNX_OP_VERSION)
+    ensure_opset(model, ONNX_DOMAIN, scan_op_version)
     model.producer_name = "fer_edge_training"
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -108,10 +143,12 @@ def check_and_save(model: onnx.ModelProto, path: str | os.PathLike) -> int:
     return path.stat().st_size
 
 
-def export_model(model: FerYoloMamba, size: int) -> onnx.ModelProto:
+def export_model(
+    model: FerYoloMamba, size: int, scan_op_version: int = DEFAULT_SCAN_OP_VERSION
+) -> onnx.ModelProto:
     """Main graph: input ``images`` [1,3,S,S]; outputs ``level0..2``."""
     x = torch.zeros(1, 3, size, size)
-    return torch_to_onnx(model, (x,), ["images"], OUTPUT_NAMES)
+    return torch_to_onnx(model, (x,), ["images"], OUTPUT_NAMES, scan_op_version=scan_op_version)
 
 
 # --------------------------------------------------------------------------------------
@@ -130,12 +167,12 @@ def run_onnxruntime(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> lis
 
 
 def run_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """onnx.reference with the numpy fer_edge::SelectiveScan."""
+    """onnx.reference with the numpy fer_edge::SelectiveScan and SelectiveScan2D."""
     from onnx.reference import ReferenceEvaluator
 
-    from .onnx_graph import SelectiveScanOpRun
+    from .onnx_graph import REFERENCE_OPS
 
-    return ReferenceEvaluator(model, new_ops=[SelectiveScanOpRun]).run(None, feeds)
+    return ReferenceEvaluator(model, new_ops=REFERENCE_OPS).run(None, feeds)
 
 
 # --------------------------------------------------------------------------------------
@@ -374,7 +411,17 @@ def build_block(seed: int = 0) -> FerVSSBlock:
     return block.eval()
 
 
+#: Golden block files: contract version 2 (default form), version 1, the Scan twin.
+BLOCK_FILES = {
+    "vss_block.onnx": ONNX_OP_VERSION_2D,
+    "vss_block_v1.onnx": ONNX_OP_VERSION,
+}
+
+
 def write_block(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, int]:
+    """The tiny block in both contract versions (same weights), its Scan twin, an input
+    and the PyTorch output (reference scan, training computation); every model is checked
+    against that output (the onnx reference evaluator, onnxruntime for the twin)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     block = build_block(seed)
@@ -384,19 +431,22 @@ def write_block(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, int]:
     with torch.no_grad():
         y = block(x)
     set_scan_impl(block, "fast")
-    main = torch_to_onnx(block, (x,), ["x"], ["y"])
-    twin = make_scan_twin(main)
-    sizes = {
-        "vss_block.onnx": check_and_save(main, out / "vss_block.onnx"),
-        "vss_block_scan.onnx": check_and_save(twin, out / "vss_block_scan.onnx"),
+    models = {
+        name: torch_to_onnx(block, (x,), ["x"], ["y"], scan_op_version=version)
+        for name, version in BLOCK_FILES.items()
     }
+    models["vss_block_scan.onnx"] = make_scan_twin(models["vss_block_v1.onnx"])
+    sizes = {name: check_and_save(m, out / name) for name, m in models.items()}
     np.save(out / "vss_block_input.npy", x.numpy())
     np.save(out / "vss_block_output.npy", y.numpy())
-    (got,) = run_onnxruntime(twin, {"x": x.numpy()})
-    err = float(np.abs(got - y.numpy()).max())
-    print(f"block: Scan twin (onnxruntime) vs PyTorch max abs diff {err:.2e}")
-    if err > 1e-3:
-        raise RuntimeError(f"block twin disagrees with PyTorch: {err}")
+    feeds = {"x": x.numpy()}
+    for name, m in models.items():
+        run = run_onnxruntime if name == "vss_block_scan.onnx" else run_reference
+        (got,) = run(m, feeds)
+        err = float(np.abs(got - y.numpy()).max())
+        print(f"block: {name} ({run.__name__}) vs PyTorch max abs diff {err:.2e}")
+        if err > 1e-5:
+            raise RuntimeError(f"block {name} disagrees with PyTorch: {err}")
     return sizes
 
 
@@ -409,19 +459,33 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fer_edge_training.export", description=__doc__)
     ap.add_argument("--variant", default="nano", help="model variant (s, nano)")
     ap.add_argument("--size", type=int, default=320, help="input size S (multiple of 32)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random init")
     ap.add_argument("--checkpoint", help="state_dict (.pt) to load instead of random weights")
-    ap.add_argument("--output", help="main ONNX path (fer_edge::SelectiveScan nodes)")
+    ap.add_argument("--output", help="main ONNX path (fer_edge scan nodes)")
+    ap.add_argument(
+        "--scan-op-version",
+        type=int,
+        choices=SCAN_OP_VERSIONS,
+        default=DEFAULT_SCAN_OP_VERSION,
+        help="ONNX contract version of --output (docs/model-contract.md): 2, one "
+        "SelectiveScan2D node per SS2D block; 1, Gather + SelectiveScan + Gather "
+        "(default %(default)s)",
+    )
     ap.add_argument("--scan-twin", help="also write the twin with standard ONNX Scan nodes")
     ap.add_argument("--golden", help="directory for golden tensors")
     ap.add_argument("--golden-image", default=str(DEFAULT_IMAGE))
     ap.add_argument("--golden-conf", type=float, help="confidence (default: auto, 2..30 boxes)")
     ap.add_argument("--block", help="directory for the tiny VSS block models")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     a = ap.parse_args(argv)
     if a.size % 32:
         ap.error("--size must be a multiple of 32")
@@ -435,9 +499,14 @@ def main(argv: list[str] | None = None) -> int:
         n_params = count_parameters(model)
         report.append(f"model: variant {a.variant}, S={a.size}, parameters {n_params:,}")
         if a.output or a.scan_twin:
-            main_model = export_model(model, a.size)
-            n_scan = count_ops(main_model, ONNX_OP_TYPE, ONNX_DOMAIN)
-            report.append(f"SelectiveScan nodes: {n_scan}")
+            main_model = export_model(model, a.size, a.scan_op_version)
+            n_scan = {
+                op: count_ops(main_model, op, ONNX_DOMAIN) for op in (ONNX_OP_TYPE, ONNX_OP_TYPE_2D)
+            }
+            report.append(
+                f"contract version {a.scan_op_version}: "
+                + ", ".join(f"{n} {op} nodes" for op, n in n_scan.items() if n)
+            )
             if a.output:
                 size = check_and_save(main_model, a.output)
                 report.append(f"{a.output}: {_mb(size)}")

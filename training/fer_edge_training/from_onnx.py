@@ -32,8 +32,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from .export import export_model
+from .export import DEFAULT_SCAN_OP_VERSION, export_model
 from .model import FerYoloMamba, build_model
+from .onnx_graph import scan_op_version
 
 #: Relative tolerance of the golden check.
 GOLDEN_TOLERANCE = 1e-3
@@ -52,10 +53,13 @@ def _identity_norms(model: nn.Module) -> None:
             module.running_var.fill_(1.0 - module.eps)
 
 
-def _fresh_export(variant: str, size: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def _fresh_export(
+    variant: str, size: int, version: int = DEFAULT_SCAN_OP_VERSION
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A ``variant`` model whose tensors hold distinct random values and whose BatchNorms
     only add their bias (so folding leaves each convolution's weight as it is and makes
-    its bias the BatchNorm's), exported, and its state dict."""
+    its bias the BatchNorm's), exported in ONNX contract ``version``, and its state
+    dict."""
     torch.manual_seed(0)
     fresh = build_model(variant)
     with torch.no_grad():
@@ -63,14 +67,16 @@ def _fresh_export(variant: str, size: int) -> tuple[onnx.ModelProto, dict[str, n
             p.copy_(torch.randn_like(p))
     _identity_norms(fresh)
     state = {k: v.detach().numpy() for k, v in fresh.state_dict().items()}
-    return export_model(fresh.eval(), size), state
+    return export_model(fresh.eval(), size, version), state
 
 
-def tensor_sources(variant: str, size: int) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]]]:
+def tensor_sources(
+    variant: str, size: int, version: int = DEFAULT_SCAN_OP_VERSION
+) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]]]:
     """The fresh export of :func:`_fresh_export` and, for each of its initializers, the
     state-dict key it holds and how (``same``, ``t``: transposed, ``reshape``), found by
     name or by value."""
-    model, state = _fresh_export(variant, size)
+    model, state = _fresh_export(variant, size, version)
     by_first_value: dict[float, list[str]] = {}
     for key, value in state.items():
         if value.dtype == np.float32 and value.size > 0:
@@ -98,13 +104,15 @@ def load_onnx_weights(path: Path, variant: str, size: int) -> FerYoloMamba:
     """The model of ``variant`` with the weights of the ONNX file at ``path``; its
     BatchNorms have scale 1 after the folded convolutions (eval mode exact).
 
-    The fresh export and the file have the same nodes in the same order; each initializer
-    input of a fresh node names, through :func:`tensor_sources`, the tensor that the same
-    input of the file's node holds (the exporter may have merged equal tensors, so names
-    alone would not do)."""
+    The fresh export is written in the file's ONNX contract version (its ``fer_edge``
+    opset_import: 1 or 2), so that it and the file have the same nodes in the same order;
+    each initializer input of a fresh node names, through :func:`tensor_sources`, the
+    tensor that the same input of the file's node holds (the exporter may have merged
+    equal tensors, so names alone would not do)."""
     shipped_model = onnx.load(str(path))
     shipped = _initializers(shipped_model)
-    fresh_model, sources = tensor_sources(variant, size)
+    version = scan_op_version(shipped_model) or DEFAULT_SCAN_OP_VERSION
+    fresh_model, sources = tensor_sources(variant, size, version)
     fresh_nodes, shipped_nodes = fresh_model.graph.node, shipped_model.graph.node
     if [n.op_type for n in fresh_nodes] != [n.op_type for n in shipped_nodes]:
         raise ValueError(f"{path}: not the graph of a {variant} model at {size}x{size}")

@@ -1,5 +1,8 @@
-"""ONNX-side helpers: the ``fer_edge::SelectiveScan`` contract, a numpy kernel for it, and
-the rewrite of every SelectiveScan node into a standard ONNX ``Scan`` (the "scan twin").
+"""ONNX-side helpers: the ``fer_edge`` contract (``SelectiveScan``, version 1, and
+``SelectiveScan2D``, version 2: docs/model-contract.md), numpy kernels for both (for
+``onnx.reference``), the lowering of every SelectiveScan2D node into the version 1 form
+(:func:`lower_scan_2d`), and the rewrite of every SelectiveScan node into a standard ONNX
+``Scan`` (the "scan twin", :func:`make_scan_twin`, which lowers first).
 """
 
 from __future__ import annotations
@@ -10,35 +13,60 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference.op_run import OpRun
 
 from .scan import ONNX_DOMAIN, ONNX_OP_TYPE, ONNX_OP_VERSION
+from .scan2d import ONNX_OP_TYPE_2D, ONNX_OP_VERSION_2D, _cross_scan_indices_np
 
 INPUT_NAMES = ("u", "delta", "A", "Bs", "Cs", "D", "delta_bias")
+#: The fer_edge op types, and the contract version that introduced each.
+SCAN_OPS = {ONNX_OP_TYPE: ONNX_OP_VERSION, ONNX_OP_TYPE_2D: ONNX_OP_VERSION_2D}
 
 
 def register_onnx_schema() -> None:
-    """Register the schema of fer_edge::SelectiveScan v1 with onnx (idempotent).
+    """Register the schemas of fer_edge::SelectiveScan (v1) and fer_edge::SelectiveScan2D
+    (v2) with onnx (idempotent).
 
-    Lets onnxscript emit the node and onnx.checker check its arity and attribute.
+    Lets onnxscript emit the nodes and onnx.checker check their arity and attribute.
     """
-    if onnx.defs.has(ONNX_OP_TYPE, ONNX_DOMAIN):
-        return
     param = onnx.defs.OpSchema.FormalParameter
-    schema = onnx.defs.OpSchema(
-        ONNX_OP_TYPE,
-        ONNX_DOMAIN,
-        ONNX_OP_VERSION,
-        doc="Selective scan of FER-YOLO-Mamba (see training/fer_edge_training/scan.py).",
-        inputs=[param(n, "T") for n in INPUT_NAMES],
-        outputs=[param("y", "T")],
-        type_constraints=[("T", ["tensor(float)"], "float32 tensors")],
-        attributes=[
-            onnx.defs.OpSchema.Attribute(
-                "delta_softplus",
-                helper.make_attribute("delta_softplus", 1),
-                "1: dt = softplus(delta + delta_bias); 0: dt = delta + delta_bias",
-            )
-        ],
-    )
-    onnx.defs.register_schema(schema)
+    docs = {
+        ONNX_OP_TYPE: "Selective scan of FER-YOLO-Mamba (training/fer_edge_training/scan.py).",
+        ONNX_OP_TYPE_2D: "SS2D's 2-D selective scan over K directions "
+        "(docs/model-contract.md, training/fer_edge_training/scan2d.py).",
+    }
+    for op_type, version in SCAN_OPS.items():
+        if onnx.defs.has(op_type, ONNX_DOMAIN):
+            continue
+        schema = onnx.defs.OpSchema(
+            op_type,
+            ONNX_DOMAIN,
+            version,
+            doc=docs[op_type],
+            inputs=[param(n, "T") for n in INPUT_NAMES],
+            outputs=[param("y", "T")],
+            type_constraints=[("T", ["tensor(float)"], "float32 tensors")],
+            attributes=[
+                onnx.defs.OpSchema.Attribute(
+                    "delta_softplus",
+                    helper.make_attribute("delta_softplus", 1),
+                    "1: dt = softplus(delta + delta_bias); 0: dt = delta + delta_bias",
+                )
+            ],
+        )
+        onnx.defs.register_schema(schema)
+
+
+def is_scan_node(node: onnx.NodeProto, op_type: str | None = None) -> bool:
+    """A fer_edge scan node (``op_type`` None: either op)."""
+    if node.domain != ONNX_DOMAIN:
+        return False
+    return node.op_type in SCAN_OPS if op_type is None else node.op_type == op_type
+
+
+def scan_op_version(model: onnx.ModelProto) -> int | None:
+    """The ``fer_edge`` version in the model's opset_import (None: not imported)."""
+    for op in model.opset_import:
+        if op.domain == ONNX_DOMAIN:
+            return int(op.version)
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -79,6 +107,52 @@ class SelectiveScanOpRun(OpRun):
 
 
 SelectiveScanOpRun.__name__ = ONNX_OP_TYPE  # the evaluator matches classes by op_type
+
+
+def selective_scan_2d_numpy(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=1) -> np.ndarray:
+    """fer_edge::SelectiveScan2D (docs/model-contract.md), written from its definition:
+    direction k reads pixel ``p_k(l)`` at step l, runs :func:`selective_scan_numpy`, and
+    each step's output is added onto the pixel it read."""
+    b, di, h, w = u.shape
+    k = delta.shape[1]
+    length = h * w
+    if not 1 <= k <= 8:
+        raise ValueError(f"SelectiveScan2D: K must be 1..8, got {k}")
+    n = A.shape[1]
+    if A.shape[0] != k * di or Bs.shape != (b, k, n, h, w) or Cs.shape != Bs.shape:
+        raise ValueError("SelectiveScan2D: inconsistent shapes")
+    visits, _ = _cross_scan_indices_np(h, w)  # visits[k, l] = p_k(l)
+    y = np.zeros((b, di, length), dtype=np.float64)
+    for kk in range(k):
+        p = visits[kk]
+        ch = slice(kk * di, (kk + 1) * di)
+        y_k = selective_scan_numpy(
+            u.reshape(b, di, length)[:, :, p],
+            delta[:, kk].reshape(b, di, length)[:, :, p],
+            A[ch],
+            Bs[:, kk : kk + 1].reshape(b, 1, n, length)[:, :, :, p],
+            Cs[:, kk : kk + 1].reshape(b, 1, n, length)[:, :, :, p],
+            D[ch],
+            delta_bias[ch],
+            delta_softplus,
+        )
+        np.add.at(y, (slice(None), slice(None), p), y_k)
+    return y.reshape(b, di, h, w).astype(u.dtype)
+
+
+class SelectiveScan2DOpRun(OpRun):
+    """fer_edge::SelectiveScan2D for ``onnx.reference.ReferenceEvaluator(new_ops=[...])``."""
+
+    op_domain = ONNX_DOMAIN
+
+    def _run(self, u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=1):
+        return (selective_scan_2d_numpy(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus),)
+
+
+SelectiveScan2DOpRun.__name__ = ONNX_OP_TYPE_2D
+
+#: Every fer_edge kernel, for ``ReferenceEvaluator(model, new_ops=REFERENCE_OPS)``.
+REFERENCE_OPS = [SelectiveScanOpRun, SelectiveScan2DOpRun]
 
 
 # --------------------------------------------------------------------------------------
@@ -139,8 +213,9 @@ def _known_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
 def static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
     """Static shapes of every named value, through onnx shape inference.
 
-    SelectiveScan's output has the shape of its input ``u``: that is added as value_info
-    (on a copy) whenever onnx cannot infer it, then inference is run again.
+    The output of SelectiveScan and SelectiveScan2D has the shape of their input ``u``:
+    that is added as value_info (on a copy) whenever onnx cannot infer it, then inference
+    is run again.
     """
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -149,7 +224,7 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
         shapes = _known_shapes(work)
         added = False
         for node in work.graph.node:
-            if node.domain == ONNX_DOMAIN and node.op_type == ONNX_OP_TYPE:
+            if is_scan_node(node):
                 y = node.output[0]
                 if y not in shapes and node.input[0] in shapes:
                     work.graph.value_info.append(
@@ -297,16 +372,119 @@ def _scan_replacement(node: onnx.NodeProto, shapes: dict, idx: int) -> list[onnx
     return nodes
 
 
+def _lowering(node: onnx.NodeProto, shapes: dict, idx: int) -> list[onnx.NodeProto]:
+    """Version 1 nodes computing what one SelectiveScan2D node computes: constant-index
+    Gathers into the K direction sequences, one SelectiveScan (G = K groups), a Gather
+    back onto the pixels and a ReduceSum over the directions (same value names in/out)."""
+    u, delta, a, bs, cs, d, dbias = node.input
+    (y,) = node.output
+    b, di, h, w = shapes[u]
+    k = shapes[delta][1]
+    n = shapes[bs][2]
+    length = h * w
+    scan, merge = _cross_scan_indices_np(h, w)
+    scan, merge = scan[:k], merge[:k]
+    steps = np.arange(k)[:, None] * length
+    p = f"scan2d_lowered{idx}_"
+    nodes = [
+        _const_i64(f"{p}u_idx", scan.reshape(-1)),
+        _const_i64(f"{p}scan_idx", (scan + steps).reshape(-1)),
+        _const_i64(f"{p}merge_idx", (merge + steps).reshape(-1)),
+        _const_i64(f"{p}s_bdl", [b, di, length]),
+        _const_i64(f"{p}s_bdkl", [b, di, k * length]),
+        _const_i64(f"{p}s_bnkl", [b, n, k * length]),
+        _const_i64(f"{p}s_bdk_l", [b, di, k, length]),
+        _const_i64(f"{p}s_bnk_l", [b, n, k, length]),
+        _const_i64(f"{p}s_bkdl", [b, k * di, length]),
+        _const_i64(f"{p}s_bkd_l", [b, k, di, length]),
+        _const_i64(f"{p}s_y", [b, di, h, w]),
+        _const_i64(f"{p}ax2", [2]),
+        # u: shared by the directions, direction k reads pixel scan[k, l]
+        helper.make_node("Reshape", [u, f"{p}s_bdl"], [f"{p}u3"]),
+        helper.make_node("Gather", [f"{p}u3", f"{p}u_idx"], [f"{p}u_g"], axis=2),
+        helper.make_node("Reshape", [f"{p}u_g", f"{p}s_bdk_l"], [f"{p}u_4"]),
+        helper.make_node("Transpose", [f"{p}u_4"], [f"{p}u_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", [f"{p}u_t", f"{p}s_bkdl"], [f"{p}u_seq"]),
+    ]
+    # delta, Bs, Cs: direction k's own map, read at (k, scan[k, l]) = k*L + scan[k, l]
+    for name, value, s_flat, s_4 in (
+        ("delta", delta, "s_bdkl", "s_bdk_l"),
+        ("bs", bs, "s_bnkl", "s_bnk_l"),
+        ("cs", cs, "s_bnkl", "s_bnk_l"),
+    ):
+        q = f"{p}{name}_"
+        nodes += [
+            helper.make_node("Transpose", [value], [f"{q}t"], perm=[0, 2, 1, 3, 4]),
+            helper.make_node("Reshape", [f"{q}t", f"{p}{s_flat}"], [f"{q}flat"]),
+            helper.make_node("Gather", [f"{q}flat", f"{p}scan_idx"], [f"{q}g"], axis=2),
+            helper.make_node("Reshape", [f"{q}g", f"{p}{s_4}"], [f"{q}4"]),
+            helper.make_node("Transpose", [f"{q}4"], [f"{q}seq4"], perm=[0, 2, 1, 3]),
+        ]
+    nodes += [
+        helper.make_node("Reshape", [f"{p}delta_seq4", f"{p}s_bkdl"], [f"{p}delta_seq"]),
+        helper.make_node(
+            ONNX_OP_TYPE,
+            [f"{p}u_seq", f"{p}delta_seq", a, f"{p}bs_seq4", f"{p}cs_seq4", d, dbias],
+            [f"{p}y_seq"],
+            domain=ONNX_DOMAIN,
+            name=f"{p}scan",
+            delta_softplus=_delta_softplus(node),
+        ),
+        # back onto the pixels: pixel q of direction k is step merge[k, q]; sum over k
+        helper.make_node("Reshape", [f"{p}y_seq", f"{p}s_bkd_l"], [f"{p}y4"]),
+        helper.make_node("Transpose", [f"{p}y4"], [f"{p}y_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", [f"{p}y_t", f"{p}s_bdkl"], [f"{p}y_flat"]),
+        helper.make_node("Gather", [f"{p}y_flat", f"{p}merge_idx"], [f"{p}y_g"], axis=2),
+        helper.make_node("Reshape", [f"{p}y_g", f"{p}s_bdk_l"], [f"{p}y_m"]),
+        helper.make_node("ReduceSum", [f"{p}y_m", f"{p}ax2"], [f"{p}y_sum"], keepdims=0),
+        helper.make_node("Reshape", [f"{p}y_sum", f"{p}s_y"], [y]),
+    ]
+    return nodes
+
+
+def _delta_softplus(node: onnx.NodeProto) -> int:
+    for attr in node.attribute:
+        if attr.name == "delta_softplus":
+            return int(attr.i)
+    return 1
+
+
+def lower_scan_2d(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy of ``model`` in contract version 1: every fer_edge::SelectiveScan2D node
+    replaced by its version 1 form (:func:`_lowering`), ``fer_edge`` version 1 in the
+    opset_import. A model without SelectiveScan2D nodes comes back as an unchanged copy."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if not any(is_scan_node(n, ONNX_OP_TYPE_2D) for n in model.graph.node):
+        return out
+    shapes = static_shapes(model)
+    new_nodes: list[onnx.NodeProto] = []
+    for idx, node in enumerate(model.graph.node):
+        if is_scan_node(node, ONNX_OP_TYPE_2D):
+            missing = [v for v in (node.input[0], node.input[1], node.input[3]) if v not in shapes]
+            if missing:
+                raise ValueError(f"static shapes unknown for {missing}")
+            new_nodes.extend(_lowering(node, shapes, idx))
+        else:
+            new_nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(new_nodes)
+    ensure_opset(out, ONNX_DOMAIN, ONNX_OP_VERSION)
+    return out
+
+
 def make_scan_twin(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy of ``model`` where every fer_edge::SelectiveScan node is replaced by standard
-    ONNX ops around one ``Scan`` (same maths, same value names in and out)."""
+    """Copy of ``model`` where every fer_edge scan node is replaced by standard ONNX ops
+    around one ``Scan`` (same maths, same value names in and out). SelectiveScan2D nodes
+    are lowered to the version 1 form first (:func:`lower_scan_2d`)."""
+    model = lower_scan_2d(model)
     shapes = static_shapes(model)
     twin = onnx.ModelProto()
     twin.CopyFrom(model)
     new_nodes: list[onnx.NodeProto] = []
     idx = 0
     for node in model.graph.node:
-        if node.domain == ONNX_DOMAIN and node.op_type == ONNX_OP_TYPE:
+        if is_scan_node(node, ONNX_OP_TYPE):
             missing = [v for v in (node.input[0], node.input[3]) if v not in shapes]
             if missing:
                 raise ValueError(f"static shapes unknown for {missing}")

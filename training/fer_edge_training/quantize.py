@@ -15,13 +15,15 @@ What it does:
    :func:`fer_edge_training.preprocess.preprocess`, the runtime's own preprocessing, at
    the input size read from the model.
 2. Activation ranges (:func:`calibrate`): onnxruntime cannot run
-   ``fer_edge::SelectiveScan``, so the frames go through the model's scan twin
+   ``fer_edge::SelectiveScan`` nor ``fer_edge::SelectiveScan2D`` (ONNX contract versions
+   1 and 2, docs/model-contract.md), so the frames go through the model's scan twin
    (:func:`~fer_edge_training.onnx_graph.make_scan_twin`: the same network, standard
    ``Scan`` nodes, the same value names), with the input and output of every Conv to
    quantize exposed as extra graph outputs. The range of a value is its min/max over the
    frames, or with ``--percentile p`` the lowest and highest per-frame ``100-p`` / ``p``
    percentiles (each frame's rarest outliers are clipped).
-3. Rewrite (:func:`quantize_convs`, on the SelectiveScan model, not the twin): every Conv
+3. Rewrite (:func:`quantize_convs`, on the model itself, not the twin, so the output
+   keeps the model's contract version and scan nodes): every Conv
    whose weight is an initializer is computed by tract's quantized convolution (int8 x
    int8 -> int32 products), with
 
@@ -52,8 +54,9 @@ What it does:
    ``integer`` one; the ``integer`` form is also more exact (no requantized output) and
    keeps per-channel weights.
 
-   Everything else stays float32: the SelectiveScan nodes (the scan state must stay
-   f32), LayerNorm, SiLU, the Mamba blocks' MatMul/Gemm, Gather, Reshape...
+   Everything else stays float32: the SelectiveScan / SelectiveScan2D nodes (the scan
+   state must stay f32), LayerNorm, SiLU, the Mamba blocks' MatMul/Gemm, Gather,
+   Reshape...
    ``--keep-f32`` keeps chosen Convs in float32 too (node or weight names, shell
    patterns).
 4. A check on a few more training frames (``--check-frames``): the rewrite applied to the
@@ -62,7 +65,7 @@ What it does:
    ``fer-edge bench`` and :mod:`fer_edge_training.card`.
 
 :func:`calibrate` and :func:`quantize_convs` work on any ONNX graph (the twin only matters
-for models with SelectiveScan nodes); ``training/tests/test_quantize.py`` checks them on a
+for models with fer_edge scan nodes); ``training/tests/test_quantize.py`` checks them on a
 two-conv model.
 """
 
@@ -79,8 +82,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .onnx_graph import count_ops, make_scan_twin, register_onnx_schema
-from .scan import ONNX_DOMAIN, ONNX_OP_TYPE
+from .onnx_graph import count_ops, is_scan_node, make_scan_twin, register_onnx_schema
 
 #: Activation types: numpy type, (lowest, highest) code.
 ACTIVATION_TYPES = {"int8": (np.int8, (-128, 127)), "uint8": (np.uint8, (0, 255))}
@@ -489,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     register_onnx_schema()
     model = onnx.load(str(args.model))
     input_name, shape = input_spec(model)
-    has_scan = count_ops(model, ONNX_OP_TYPE, ONNX_DOMAIN) > 0
+    has_scan = any(is_scan_node(n) for n in model.graph.node)
     twin = make_scan_twin(model) if has_scan else model
     convs = quantizable_convs(model, args.keep_f32)
     print(

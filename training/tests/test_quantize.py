@@ -189,3 +189,47 @@ def test_weights_round_trip_per_channel():
     # one scale for all: the small channel loses its resolution
     _, tensor_scale, _ = quantize_conv_weights(w, b, x_scale=0.02, per_channel=False)
     assert np.all(tensor_scale == tensor_scale[0]) and tensor_scale[0] == scale.max()
+
+
+@pytest.mark.parametrize("version", [2, 1])
+def test_a_block_with_fer_edge_scans_quantizes_and_keeps_its_scan_float(version):
+    """What the quantize CLI does, on the golden block in both ONNX contract versions:
+    ranges from the scan twin in onnxruntime, Convs rewritten on the model itself, whose
+    scan node stays float32 and whose contract version is kept; the rewritten model (run
+    by the reference evaluator with the fer_edge kernels) agrees with the rewritten twin
+    (onnxruntime) and, to int8 precision, with the float model."""
+    import torch
+
+    from fer_edge_training.export import build_block, run_reference, torch_to_onnx
+    from fer_edge_training.onnx_graph import make_scan_twin, register_onnx_schema, scan_op_version
+
+    register_onnx_schema()
+    block = build_block(0)
+    x0 = torch.randn(1, 32, 8, 6)
+    model = torch_to_onnx(block, (x0,), ["x"], ["y"], scan_op_version=version)
+    op = "SelectiveScan2D" if version == 2 else "SelectiveScan"
+    twin = make_scan_twin(model)
+    convs = quantizable_convs(model)
+    assert len(convs) == 4  # the depthwise conv of SS2D, local in/out, the fusion conv
+    g = np.random.default_rng(5)
+    frames = [{"x": g.standard_normal((1, 32, 8, 6)).astype(np.float32)} for _ in range(6)]
+    ranges = calibrate(twin, frames[:4], conv_values(model, convs))
+    quantized = quantize_convs(model, ranges, convs)
+    onnx.checker.check_model(quantized, full_check=True)
+    assert scan_op_version(quantized) == version
+    assert count_ops(quantized, op, "fer_edge") == 1
+    assert count_ops(quantized, "ConvInteger") == 4 and count_ops(quantized, "Conv") == 0
+    elem = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in onnx.shape_inference.infer_shapes(quantized).graph.value_info
+    }
+    scan = next(n for n in quantized.graph.node if n.op_type == op)
+    for name in scan.input:
+        assert elem.get(name, TensorProto.FLOAT) == TensorProto.FLOAT, name
+    twin_q = quantize_convs(twin, ranges, convs)
+    for feed in frames[4:]:
+        want = run(twin, feed)  # float32
+        (got,) = run_reference(quantized, feed)
+        got_twin = run(twin_q, feed)
+        assert np.abs(got - got_twin).max() <= 1e-4 * np.abs(got_twin).max()
+        assert sqnr_db(want, got) > MIN_SQNR_DB
