@@ -62,3 +62,20 @@ def test_reestimated_norms_keep_eval_and_make_training_mode_agree(loaded):
 def test_a_model_of_another_variant_is_refused(onnx_file):
     with pytest.raises((ValueError, RuntimeError)):
         load_onnx_weights(onnx_file, "s", 64)
+
+
+def test_a_version_1_file_loads_too(exported_nano_v1, tmp_path):
+    """A model in ONNX contract version 1 (the shipped one, say): the fresh export is
+    made in version 1 as well, and the weights come back."""
+    from fer_edge_training.onnx_graph import scan_op_version
+
+    path = tmp_path / "nano64_v1.onnx"
+    onnx.save(exported_nano_v1[1], str(path))
+    assert scan_op_version(onnx.load(str(path))) == 1
+    model = load_onnx_weights(path, "nano", 64)
+    x = smooth_images(2, seed=2)
+    with torch.no_grad():
+        ours = [lv.numpy() for lv in model(x)]
+        want = [lv.numpy() for lv in exported_nano_v1[0].eval()(x)]
+    for a, b in zip(ours, want, strict=True):
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
