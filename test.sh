@@ -47,7 +47,7 @@ CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a72 -L /
 # the I/O tests.
 echo "== Rust tests, aarch64 under qemu -cpu cortex-a76 (Raspberry Pi 5): kernels, network, accuracy"
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu" \
-    cargo test --release --target aarch64-unknown-linux-gnu --test scan_kernels --test runtime --test accuracy --test real_photo
+    cargo test --release --target aarch64-unknown-linux-gnu --test scan_kernels --test cross_scan --test runtime --test accuracy --test real_photo
 
 echo "== systemd unit: systemd-analyze verify and security (systemd/check.sh)"
 systemd/check.sh

@@ -159,7 +159,13 @@ fn bench_profiles_the_network_per_op_and_paces_frames() {
         })
         .collect();
     let names: Vec<&str> = shares.iter().map(|(name, _)| *name).collect();
-    assert!(names.contains(&"SelectiveScan") && names.contains(&"OptMatMul"), "{stdout}");
+    assert!(
+        names.iter().any(|name| name.starts_with("SelectiveScan")) && names.contains(&"OptMatMul"),
+        "{stdout}"
+    );
     let total: f64 = shares.iter().map(|(_, share)| share).sum();
-    assert!((total - 100.0).abs() < 0.5, "shares add up to {total}: {stdout}");
+    assert!(
+        (total - 100.0).abs() < 0.5,
+        "shares add up to {total}: {stdout}"
+    );
 }

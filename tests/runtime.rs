@@ -1,6 +1,6 @@
 //! The exported network in tract against PyTorch: golden outputs, golden
-//! boxes, the SelectiveScan op against its standard `Scan` twin, and clear
-//! errors for broken model files and inputs.
+//! boxes, the scan ops (contract versions 1 and 2) against their standard
+//! `Scan` twin, and clear errors for broken model files and inputs.
 //!
 //! Golden files come from `training/` (see training/README.md for the
 //! command that writes them); tolerances are stated where they are used.
@@ -12,7 +12,7 @@ use fer_edge::decode::{decode, DecodeOptions};
 use fer_edge::device::Device;
 use fer_edge::infer::{Model, ModelError, ModelSource, BUILT_IN_MODEL_SHA256};
 use fer_edge::preprocess::Letterbox;
-use fer_edge::scan::op::SelectiveScan;
+use fer_edge::scan::op::{SelectiveScan, SelectiveScan2D};
 use std::path::Path;
 use tract_onnx::prelude::*;
 
@@ -120,43 +120,69 @@ fn scan_op_survives_optimisation_once_per_ss2d_call() {
     let scans = optimized
         .nodes()
         .iter()
-        .filter(|n| n.op_is::<SelectiveScan>())
+        .filter(|n| n.op_is::<SelectiveScan>() || n.op_is::<SelectiveScan2D>())
         .count();
     assert_eq!(
         scans, 4,
-        "the network has 4 SS2D blocks, each one SelectiveScan node"
+        "the network has 4 SS2D blocks, each one scan node"
     );
 }
 
-/// The custom op and the standard ONNX `Scan` formulation are the same maths
-/// run by different code in tract; they agree to f32 rounding (1e-5 abs +
-/// 1e-4 rel), and both agree with PyTorch.
+/// The custom ops (one FER-YOLO-VSS block exported in contract version 2,
+/// `SelectiveScan2D`, and in version 1, `SelectiveScan` between Gathers) and
+/// the standard ONNX `Scan` formulation are the same maths run by different
+/// code in tract; they agree to f32 rounding (1e-5 abs + 1e-4 rel), and all
+/// agree with PyTorch.
 #[test]
-fn selective_scan_op_matches_its_scan_twin_and_pytorch() {
+fn scan_ops_of_both_contract_versions_match_their_scan_twin_and_pytorch() {
     let input = read_npy(&repo("tests/data/vss_block/vss_block_input.npy"));
     let want = read_npy(&repo("tests/data/vss_block/vss_block_output.npy"));
-    let custom = run_onnx(&repo("tests/data/vss_block/vss_block.onnx"), input.clone());
-    let twin = run_onnx(&repo("tests/data/vss_block/vss_block_scan.onnx"), input);
-    let twin_ratio = tolerance_ratio(&custom[0], &twin[0], 1e-5, 1e-4);
-    assert!(
-        twin_ratio <= 1.0,
-        "custom op vs Scan twin: ratio {twin_ratio}"
+    let twin = run_onnx(
+        &repo("tests/data/vss_block/vss_block_scan.onnx"),
+        input.clone(),
     );
-    let torch_ratio = tolerance_ratio(&custom[0], &want, 1e-5, 1e-4);
-    assert!(
-        torch_ratio <= 1.0,
-        "custom op vs PyTorch: ratio {torch_ratio}"
-    );
+    for file in ["vss_block.onnx", "vss_block_v1.onnx"] {
+        let custom = run_onnx(
+            &repo(&format!("tests/data/vss_block/{file}")),
+            input.clone(),
+        );
+        let twin_ratio = tolerance_ratio(&custom[0], &twin[0], 1e-5, 1e-4);
+        assert!(twin_ratio <= 1.0, "{file} vs Scan twin: ratio {twin_ratio}");
+        let torch_ratio = tolerance_ratio(&custom[0], &want, 1e-5, 1e-4);
+        assert!(torch_ratio <= 1.0, "{file} vs PyTorch: ratio {torch_ratio}");
+    }
     assert!(
         values(&want).iter().any(|v| v.abs() > 1e-3),
         "golden output is not trivially zero"
     );
 }
 
+/// The version 2 block has one `SelectiveScan2D` and no Gather left after
+/// tract's optimisation: the cross-scan is inside the op.
+#[test]
+fn a_version_2_block_scans_without_gathers() {
+    let optimized = fer_edge::infer::onnx()
+        .model_for_path(repo("tests/data/vss_block/vss_block.onnx"))
+        .unwrap()
+        .into_optimized()
+        .unwrap();
+    let count = |name: &str| {
+        optimized
+            .nodes()
+            .iter()
+            .filter(|n| n.op().name() == name)
+            .count()
+    };
+    assert_eq!(count("SelectiveScan2D"), 1);
+    assert_eq!(count("SelectiveScan") + count("Gather"), 0);
+}
+
 fn load_error(bytes: &[u8]) -> String {
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!("fer-edge-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("model-{:x}.onnx", bytes.len()));
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("model-{n}.onnx"));
     std::fs::write(&path, bytes).unwrap();
     let err = Model::load(&path).expect_err("loading must fail");
     std::fs::remove_file(&path).unwrap();
@@ -205,29 +231,36 @@ fn the_built_in_model_is_the_shipped_file() {
     );
 }
 
-/// Rewrites the SelectiveScan nodes of the block model with `edit`.
-fn edited_block_model(edit: impl Fn(&mut tract_onnx::pb::NodeProto)) -> Vec<u8> {
+/// Rewrites the scan nodes of a block model (`vss_block.onnx`, version 2,
+/// or `vss_block_v1.onnx`) with `edit`.
+fn edited_block_model(file: &str, edit: impl Fn(&mut tract_onnx::pb::NodeProto)) -> Vec<u8> {
     use prost::Message;
-    let bytes = std::fs::read(repo("tests/data/vss_block/vss_block.onnx")).unwrap();
+    let bytes = std::fs::read(repo(&format!("tests/data/vss_block/{file}"))).unwrap();
     let mut proto = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
     let graph = proto.graph.as_mut().unwrap();
     graph
         .node
         .iter_mut()
-        .filter(|n| n.op_type == "SelectiveScan")
+        .filter(|n| n.op_type.starts_with("SelectiveScan"))
         .for_each(edit);
     proto.encode_to_vec()
 }
 
 #[test]
 fn a_model_whose_op_is_missing_or_foreign_gives_a_clear_error() {
-    let err = load_error(&edited_block_model(|n| n.op_type = "SelectiveScan2".into()));
-    assert!(
-        err.contains("does not implement") && err.contains("SelectiveScan2"),
-        "{err}"
-    );
-    let err = load_error(&edited_block_model(|n| n.domain = "com.example".into()));
-    assert!(err.contains("domain `com.example`"), "{err}");
+    for file in ["vss_block.onnx", "vss_block_v1.onnx"] {
+        let err = load_error(&edited_block_model(file, |n| {
+            n.op_type = "SelectiveScan3D".into()
+        }));
+        assert!(
+            err.contains("does not implement") && err.contains("SelectiveScan3D"),
+            "{file}: {err}"
+        );
+        let err = load_error(&edited_block_model(file, |n| {
+            n.domain = "com.example".into()
+        }));
+        assert!(err.contains("domain `com.example`"), "{file}: {err}");
+    }
 }
 
 /// A model of a newer op contract, or with a scan input of the wrong shape,
@@ -243,27 +276,52 @@ fn a_model_that_breaks_the_op_contract_says_how_in_one_line() {
         .iter_mut()
         .filter(|o| o.domain == "fer_edge")
     {
-        import.version = 2;
+        import.version = 3;
     }
     let err = load_error(&proto.encode_to_vec());
     assert!(
         err.contains("does not keep fer-edge's model contract")
-            && err.contains("ops are version 2")
-            && err.contains("implements version 1"),
+            && err.contains("ops are version 3")
+            && err.contains("implements versions 1 to 2"),
         "{err}"
     );
     assert!(!err.contains("corrupt") && !err.contains("Some("), "{err}");
 
-    // D wired to A ([KD, N]) instead of a [KD] vector.
-    let err = load_error(&edited_block_model(|n| n.input[5] = n.input[2].clone()));
+    // D wired to A ([KD, N]) instead of a [KD] vector, in either version.
+    for (file, op) in [
+        ("vss_block.onnx", "SelectiveScan2D"),
+        ("vss_block_v1.onnx", "SelectiveScan"),
+    ] {
+        let err = load_error(&edited_block_model(file, |n| {
+            n.input[5] = n.input[2].clone()
+        }));
+        assert!(
+            err.contains(&format!("{op} input `D` has rank 2")) && err.contains("expected rank 1"),
+            "{err}"
+        );
+        assert!(
+            err.len() < 300 && !err.contains('\n'),
+            "{} bytes: {err}",
+            err.len()
+        );
+    }
+
+    // a version 2 op in a model that imports version 1
+    let mut proto =
+        tract_onnx::pb::ModelProto::decode(&edited_block_model("vss_block.onnx", |_| {})[..])
+            .unwrap();
+    for import in proto
+        .opset_import
+        .iter_mut()
+        .filter(|o| o.domain == "fer_edge")
+    {
+        import.version = 1;
+    }
+    let err = load_error(&proto.encode_to_vec());
     assert!(
-        err.contains("SelectiveScan input `D` has rank 2") && err.contains("expected rank 1"),
+        err.contains("`SelectiveScan2D` is an op of contract version 2")
+            && err.contains("imports `fer_edge` version 1"),
         "{err}"
-    );
-    assert!(
-        err.len() < 300 && !err.contains('\n'),
-        "{} bytes: {err}",
-        err.len()
     );
 }
 

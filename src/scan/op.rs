@@ -1,9 +1,11 @@
-//! The `fer_edge::SelectiveScan` ONNX op for tract: parsing, shape checks and
-//! evaluation through the fastest [`kernel`](super::kernel) for this CPU.
+//! fer-edge's ONNX ops for tract: parsing, shape checks and evaluation
+//! through the fastest [`kernel`](super::kernel) for this CPU.
 //!
-//! Contract (MODEL.md): domain `fer_edge`, version 1; inputs u, delta, A, Bs,
-//! Cs, D, delta_bias; output y with the shape of u; integer attribute
-//! `delta_softplus` (default 1).
+//! Contract version 1 (MODEL.md): `fer_edge::SelectiveScan`, inputs u, delta,
+//! A, Bs, Cs, D, delta_bias; output y with the shape of u; integer attribute
+//! `delta_softplus` (default 1). Version 2 (docs/model-contract.md) adds
+//! [`SelectiveScan2D`], the scan that walks SS2D's directions itself; a
+//! version 2 model may use both ops.
 
 use super::kernel::{self, ScanDims, ScanInputs};
 use tract_hir::internal::*;
@@ -14,8 +16,11 @@ use tract_onnx::pb::NodeProto;
 pub const DOMAIN: &str = "fer_edge";
 /// ONNX op type of the selective scan.
 pub const OP_TYPE: &str = "SelectiveScan";
-/// The version of the op contract this runtime implements.
-pub const VERSION: i64 = 1;
+/// ONNX op type of the 2-D selective scan (contract version 2).
+pub const OP_TYPE_2D: &str = "SelectiveScan2D";
+/// The newest version of the op contract this runtime implements; it loads
+/// every version from 1 up.
+pub const VERSION: i64 = 2;
 
 /// A model that breaks the op's contract (MODEL.md): a wrong domain or
 /// version, inputs, attributes or shapes. [`crate::infer`] reports it alone,
@@ -34,6 +39,9 @@ macro_rules! contract {
     };
 }
 
+mod scan_2d;
+pub use scan_2d::SelectiveScan2D;
+
 /// Input names, in contract order, with their ranks.
 const INPUTS: [(&str, usize); 7] = [
     ("u", 3),
@@ -45,24 +53,28 @@ const INPUTS: [(&str, usize); 7] = [
     ("delta_bias", 1),
 ];
 
-/// Registers the selective scan into an ONNX front end.
+/// Registers fer-edge's ops into an ONNX front end.
 pub fn register(onnx: &mut tract_onnx::Onnx) {
     register_into(&mut onnx.op_register);
 }
 
 fn register_into(register: &mut OnnxOpRegister) {
     register.insert(OP_TYPE, parse);
+    register.insert(OP_TYPE_2D, scan_2d::parse);
 }
 
-/// tract's register is keyed by op name only, so the domain and its version
-/// are checked here.
-fn parse(
+/// tract's register is keyed by op name only, so the domain is checked here,
+/// and the contract version the model imports must be one this runtime
+/// knows and at least `since`, the version that introduced `op_type`.
+fn check_domain_and_version(
     ctx: &ParsingContext,
     node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    op_type: &str,
+    since: i64,
+) -> TractResult<()> {
     contract!(
         node.domain == DOMAIN,
-        "node `{}` is a `{OP_TYPE}` of domain `{}`; fer-edge implements `{OP_TYPE}` only in domain `{DOMAIN}`",
+        "node `{}` is a `{op_type}` of domain `{}`; fer-edge implements `{op_type}` only in domain `{DOMAIN}`",
         node.name,
         node.domain
     );
@@ -73,13 +85,41 @@ fn parse(
         .find(|o| o.domain == DOMAIN)
         .map(|o| o.version);
     contract!(
-        version == Some(VERSION),
-        "node `{}`: the model's `{DOMAIN}` ops are {}, and this fer-edge implements version \
-         {VERSION} of their contract; export the model for version {VERSION}, or update \
+        version.is_some_and(|v| (1..=VERSION).contains(&v)),
+        "node `{}`: the model's `{DOMAIN}` ops are {}, and this fer-edge implements versions \
+         1 to {VERSION} of their contract; export the model for version {VERSION}, or update \
          fer-edge",
         node.name,
         version.map_or("of no imported version".into(), |v| format!("version {v}"))
     );
+    contract!(
+        version.is_some_and(|v| v >= since),
+        "node `{}`: `{op_type}` is an op of contract version {since}, but the model imports \
+         `{DOMAIN}` version {}",
+        node.name,
+        version.unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// The `delta_softplus` attribute: 0 or 1, default 1.
+fn delta_softplus(node: &NodeProto) -> TractResult<bool> {
+    match node.get_attr_opt::<i64>("delta_softplus")?.unwrap_or(1) {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(ContractError(format!(
+            "node `{}`: attribute delta_softplus must be 0 or 1, got {other}",
+            node.name
+        ))
+        .into()),
+    }
+}
+
+fn parse(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    check_domain_and_version(ctx, node, OP_TYPE, 1)?;
     contract!(
         node.input.len() == INPUTS.len() && node.output.len() == 1,
         "node `{}`: `{OP_TYPE}` takes {} inputs (u, delta, A, Bs, Cs, D, delta_bias) and 1 output, got {} and {}",
@@ -88,17 +128,7 @@ fn parse(
         node.input.len(),
         node.output.len()
     );
-    let delta_softplus = match node.get_attr_opt::<i64>("delta_softplus")?.unwrap_or(1) {
-        0 => false,
-        1 => true,
-        other => {
-            return Err(ContractError(format!(
-                "node `{}`: attribute delta_softplus must be 0 or 1, got {other}",
-                node.name
-            ))
-            .into())
-        }
-    };
+    let delta_softplus = delta_softplus(node)?;
     Ok((expand(ScanExpansion { delta_softplus }), vec![]))
 }
 
@@ -203,7 +233,7 @@ impl SelectiveScan {
 }
 
 /// `[256, 16]`, or `[B, 256]` with symbols.
-fn shape_text<D: std::fmt::Display>(shape: &[D]) -> String {
+pub(crate) fn shape_text<D: std::fmt::Display>(shape: &[D]) -> String {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     format!("[{}]", dims.join(", "))
 }

@@ -7,7 +7,8 @@
 //! tract-cuda's device tensors in place and runs `selective_scan.cu`
 //! (compiled once per process with NVRTC) on tract-cuda's stream, so the
 //! scan's inputs and output never leave the GPU. [`launch`] holds what is
-//! decided before a launch: arguments and grid.
+//! decided before a launch: arguments and grid. The version 2 op,
+//! `SelectiveScan2D`, has no GPU kernel yet and stays on the CPU.
 
 pub mod launch;
 

@@ -1,5 +1,5 @@
 //! The portable reference kernel: the maths written as plain scalar loops with
-//! std's `exp`, one channel at a time. It runs everywhere and is the yardstick
+//! std's `exp`, one channel at a time, in the block's traversal order. It runs everywhere and is the yardstick
 //! the SIMD kernels are tested against.
 
 use super::{ChannelBlock, ScanKernel};
@@ -26,20 +26,26 @@ impl ScanKernel for Reference {
             let a_row = &block.a[channel * state..][..state];
             let (d, delta_bias) = (block.d[channel], block.delta_bias[channel]);
             h.fill(0.0);
-            for (t, y_t) in y_row.iter_mut().enumerate() {
-                let raw_dt = delta_row[t] + delta_bias;
+            for t in 0..len {
+                let position = block.position(t);
+                let raw_dt = delta_row[position] + delta_bias;
                 let dt = if block.delta_softplus {
                     softplus(raw_dt)
                 } else {
                     raw_dt
                 };
-                let u = u_row[t];
+                let u = u_row[position];
                 let mut sum = 0.0;
                 for (n, (h_n, &a_n)) in h.iter_mut().zip(a_row).enumerate() {
                     *h_n = (dt * a_n).exp() * *h_n + dt * block.b[n * len + t] * u;
                     sum += block.c[n * len + t] * *h_n;
                 }
-                *y_t = sum + d * u;
+                let y_t = sum + d * u;
+                if block.traversal.is_some() {
+                    y_row[position] += y_t;
+                } else {
+                    y_row[position] = y_t;
+                }
             }
         }
     }

@@ -124,7 +124,9 @@ pub(super) fn scan_block(math: &impl LaneMath, block: &ChannelBlock, y: &mut [f3
             let chunk = start..(start + TIME_CHUNK).min(len);
             let steps = &mut steps[..chunk.len()];
             load_steps(block, channels.clone(), chunk.clone(), steps);
-            prefetch(math, block, channels.clone(), chunk.clone(), y_rows);
+            if block.traversal.is_none() {
+                prefetch(math, block, channels.clone(), chunk.clone(), y_rows);
+            }
             math.prepare_steps(&params, block.delta_softplus, steps);
             math.scan_states(
                 &params,
@@ -132,7 +134,7 @@ pub(super) fn scan_block(math: &impl LaneMath, block: &ChannelBlock, y: &mut [f3
                 &mut h,
                 steps,
             );
-            store_y(steps, chunk, len, y_rows);
+            store_y(block, steps, chunk, y_rows);
         }
     }
 }
@@ -190,20 +192,30 @@ fn load_steps(
     }
     for (lane, channel) in channels.enumerate() {
         let row = channel * block.len..(channel + 1) * block.len;
-        let delta = &block.delta[row.clone()][chunk.clone()];
-        let u = &block.u[row][chunk.clone()];
-        for ((step, &delta), &u) in steps.iter_mut().zip(delta).zip(u) {
-            step.dt[lane] = delta;
-            step.dt_u[lane] = u;
+        let (delta, u) = (&block.delta[row.clone()], &block.u[row]);
+        for (step, t) in steps.iter_mut().zip(chunk.clone()) {
+            let position = block.position(t);
+            step.dt[lane] = delta[position];
+            step.dt_u[lane] = u[position];
         }
     }
 }
 
-/// Transposes the steps' y back into `y_rows` (`[channels, len]`) over `chunk`.
-fn store_y(steps: &[Step], chunk: Range<usize>, len: usize, y_rows: &mut [f32]) {
-    for (lane, y_row) in y_rows.chunks_exact_mut(len).enumerate() {
-        for (y, step) in y_row[chunk.clone()].iter_mut().zip(steps) {
-            *y = step.y[lane];
+/// Transposes the steps' y back into `y_rows` (`[channels, len]`) over
+/// `chunk`: written in place, or with a traversal added at each step's pixel.
+fn store_y(block: &ChannelBlock, steps: &[Step], chunk: Range<usize>, y_rows: &mut [f32]) {
+    for (lane, y_row) in y_rows.chunks_exact_mut(block.len).enumerate() {
+        match block.traversal {
+            None => {
+                for (y, step) in y_row[chunk.clone()].iter_mut().zip(steps) {
+                    *y = step.y[lane];
+                }
+            }
+            Some(order) => {
+                for (&position, step) in order[chunk.clone()].iter().zip(steps) {
+                    y_row[position as usize] += step.y[lane];
+                }
+            }
         }
     }
 }

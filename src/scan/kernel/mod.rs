@@ -21,6 +21,7 @@
 mod approx;
 #[cfg(target_arch = "aarch64")]
 mod arm64;
+pub mod cross_scan;
 mod generic;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod lanes;
@@ -89,6 +90,12 @@ pub enum ScanError {
     /// The channels cannot be split evenly into groups.
     #[error("{channels} channels (KD) cannot be split evenly into {groups} groups (G)")]
     ChannelsNotDivisibleByGroups { channels: usize, groups: usize },
+    /// A 2-D scan asked for a number of directions the contract lacks.
+    #[error(
+        "{0} scan directions: the contract defines {max} (K must be 1 to {max})",
+        max = cross_scan::MAX_DIRECTIONS
+    )]
+    Directions(usize),
     /// The dims describe a tensor too large to address.
     #[error("`{name}` would have {shape} elements, which overflows usize")]
     SizeOverflow {
@@ -104,7 +111,9 @@ pub trait ScanKernel: Send + Sync {
     /// Short name for logs and benchmark ids, e.g. `"avx2+fma"`.
     fn name(&self) -> &'static str;
 
-    /// Scans every channel of `block` into `y`, row-major `[channels, L]`.
+    /// Scans every channel of `block` into `y`, row-major `[channels, L]`:
+    /// writes step t's output at t, or with a traversal adds it at the
+    /// pixel the step visits.
     fn scan_block(&self, block: &ChannelBlock, y: &mut [f32]);
 }
 
@@ -133,6 +142,18 @@ pub struct ChannelBlock<'a> {
     /// `[channels]`
     delta_bias: &'a [f32],
     delta_softplus: bool,
+    /// The 2-D scan's direction (see [`cross_scan`]): step t reads `u` and
+    /// `delta` at `traversal[t]` of their rows and adds its output into `y`
+    /// there. `None`: step t is position t, and its output is written.
+    traversal: Option<&'a [u32]>,
+}
+
+impl ChannelBlock<'_> {
+    /// The position in the rows of `u`, `delta` and `y` of step `t`.
+    #[inline]
+    fn position(&self, t: usize) -> usize {
+        self.traversal.map_or(t, |order| order[t] as usize)
+    }
 }
 
 /// The portable scalar kernel, the yardstick for the others.
@@ -173,13 +194,19 @@ pub fn selective_scan(
         return Ok(());
     }
     let tasks = split_into_blocks(dims, inputs, y);
-    let scan = |(block, y): (ChannelBlock, &mut [f32])| kernel.scan_block(&block, y);
+    run_blocks(tasks, |(block, y): (ChannelBlock, &mut [f32])| {
+        kernel.scan_block(&block, y)
+    });
+    Ok(())
+}
+
+/// Runs `scan` on every task, in parallel on the current tract executor.
+fn run_blocks<T: Send>(tasks: Vec<T>, scan: impl Fn(T) + Send + Sync) {
     match current_tract_executor() {
         Executor::MultiThread(pool) => pool.install(|| tasks.into_par_iter().for_each(scan)),
         Executor::RayonGlobal => tasks.into_par_iter().for_each(scan),
         Executor::SingleThread => tasks.into_iter().for_each(scan),
     }
-    Ok(())
 }
 
 /// Checks that the groups divide the channels and that every slice has the
@@ -195,7 +222,7 @@ fn validate(dims: &ScanDims, inputs: &ScanInputs, y_len: usize) -> Result<(), Sc
     if !channels.is_multiple_of(groups) {
         return Err(ScanError::ChannelsNotDivisibleByGroups { channels, groups });
     }
-    let tensors: [(&str, &str, &str, usize, &[usize]); 8] = [
+    let tensors: [LengthCheck; 8] = [
         (
             "input",
             "u",
@@ -235,6 +262,15 @@ fn validate(dims: &ScanDims, inputs: &ScanInputs, y_len: usize) -> Result<(), Sc
         ),
         ("output", "y", "B*KD*L", y_len, &[batch, channels, len]),
     ];
+    check_lengths(tensors)
+}
+
+/// One slice to check: "input" or "output", its name, its shape as a
+/// product (for the message), its length, and the dims that product is of.
+type LengthCheck<'a> = (&'static str, &'static str, &'static str, usize, &'a [usize]);
+
+/// Checks that every slice has the length of the product of its dims.
+fn check_lengths<const N: usize>(tensors: [LengthCheck; N]) -> Result<(), ScanError> {
     for (kind, name, shape, actual, factors) in tensors {
         let expected = factors
             .iter()
@@ -290,6 +326,7 @@ fn split_into_blocks<'a>(
                 d: &inputs.d[block_channels.clone()],
                 delta_bias: &inputs.delta_bias[block_channels],
                 delta_softplus: inputs.delta_softplus,
+                traversal: None,
             };
             blocks.push((block, block_y));
         }

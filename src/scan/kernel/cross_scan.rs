@@ -1,0 +1,229 @@
+//! The 2-D selective scan of `SelectiveScan2D` (contract version 2,
+//! docs/model-contract.md): the K directions in which SS2D walks an H x W
+//! grid, and the scan that walks them over the feature map as it lies,
+//! adding every direction's output onto the pixels it came from.
+//!
+//! Each task is one batch item and [`LANES`](super::lanes::LANES)-many
+//! channels, and runs the K directions one after the other into the same
+//! output rows, so the channels' `u` stays in cache across directions and
+//! every output value is the same sum, in the same order (direction 0
+//! first), at any thread count. `Bs` and `Cs` are put in each direction's
+//! step order once per call (they are shared by all channels); `u` and
+//! `delta` are read, and `y` written, through the traversal.
+
+use super::{run_blocks, ChannelBlock, ScanError, ScanKernel};
+
+/// Directions the contract defines (MODEL.md's k0..k7).
+pub const MAX_DIRECTIONS: usize = 8;
+
+/// Channels per parallel task: one SIMD block, so that the thin SS2D blocks
+/// of the small variants (64 channels) still give every core work.
+const CHANNELS_PER_TASK: usize = 8;
+
+/// Sizes of one 2-D selective scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GridDims {
+    /// B
+    pub batch: usize,
+    /// Di: channels of the feature map.
+    pub channels: usize,
+    /// K: directions, 1 to [`MAX_DIRECTIONS`].
+    pub directions: usize,
+    /// N: states per channel.
+    pub state: usize,
+    /// H
+    pub height: usize,
+    /// W
+    pub width: usize,
+}
+
+/// The op's inputs, row-major, named as in the ONNX node.
+#[derive(Debug, Clone, Copy)]
+pub struct GridInputs<'a> {
+    /// `u`: `[B, Di, H, W]`
+    pub u: &'a [f32],
+    /// `delta`: `[B, K, Di, H, W]`
+    pub delta: &'a [f32],
+    /// `A`: `[K*Di, N]`
+    pub a: &'a [f32],
+    /// `Bs`: `[B, K, N, H, W]`
+    pub b: &'a [f32],
+    /// `Cs`: `[B, K, N, H, W]`
+    pub c: &'a [f32],
+    /// `D`: `[K*Di]`
+    pub d: &'a [f32],
+    /// `delta_bias`: `[K*Di]`
+    pub delta_bias: &'a [f32],
+    /// Whether dt is `softplus(delta + delta_bias)`.
+    pub delta_softplus: bool,
+}
+
+/// The pixels (flat index `h*W + w`) direction `k` visits, step by step:
+/// k0 row-major; k1 column-major; k2, k3 their reverses; k4 the diagonal
+/// `(h, (h + w) mod W)` read column by column; k5 the anti-diagonal
+/// `(h, (w - h) mod W)` likewise; k6, k7 their reverses.
+pub fn traversal(k: usize, height: usize, width: usize) -> Vec<u32> {
+    let column_major = |column: fn(usize, usize, usize) -> usize| -> Vec<u32> {
+        (0..width)
+            .flat_map(|w| (0..height).map(move |h| (h * width + column(h, w, width)) as u32))
+            .collect()
+    };
+    let forward: Vec<u32> = match k % 4 {
+        0 | 2 if k < 4 => (0..(height * width) as u32).collect(),
+        _ if k < 4 => column_major(|_, w, _| w),
+        0 | 2 => column_major(|h, w, width| (h + w) % width),
+        _ => column_major(|h, w, width| (w + width - h % width) % width),
+    };
+    match k % 4 {
+        2 | 3 => forward.into_iter().rev().collect(),
+        _ => forward,
+    }
+}
+
+/// Runs the 2-D selective scan described by `dims` on `inputs` into `y`
+/// (`[B, Di, H, W]`, overwritten) with `kernel`, split across the current
+/// tract executor.
+pub fn selective_scan_2d(
+    kernel: &dyn ScanKernel,
+    dims: &GridDims,
+    inputs: &GridInputs,
+    y: &mut [f32],
+) -> Result<(), ScanError> {
+    validate(dims, inputs, y.len())?;
+    y.fill(0.0);
+    let GridDims {
+        channels,
+        directions,
+        state,
+        height,
+        width,
+        ..
+    } = *dims;
+    let len = height * width;
+    if len == 0 || channels == 0 {
+        return Ok(());
+    }
+    let traversals: Vec<Vec<u32>> = (0..directions)
+        .map(|k| traversal(k, height, width))
+        .collect();
+    let (b_steps, c_steps) = (
+        in_step_order(inputs.b, &traversals, state, len),
+        in_step_order(inputs.c, &traversals, state, len),
+    );
+    let mut tasks = Vec::new();
+    for (item, item_y) in y.chunks_mut(channels * len).enumerate() {
+        for (task, task_y) in item_y.chunks_mut(CHANNELS_PER_TASK * len).enumerate() {
+            let first = task * CHANNELS_PER_TASK;
+            let rows = first..first + task_y.len() / len;
+            let blocks: Vec<ChannelBlock> = (0..directions)
+                .map(|k| {
+                    let params = k * channels + rows.start..k * channels + rows.end;
+                    let group = (item * directions + k) * state * len;
+                    let delta_rows = (item * directions + k) * channels + rows.start;
+                    ChannelBlock {
+                        len,
+                        state,
+                        u: &inputs.u[(item * channels + rows.start) * len..][..rows.len() * len],
+                        delta: &inputs.delta[delta_rows * len..][..rows.len() * len],
+                        a: &inputs.a[params.start * state..params.end * state],
+                        b: &b_steps[group..group + state * len],
+                        c: &c_steps[group..group + state * len],
+                        d: &inputs.d[params.clone()],
+                        delta_bias: &inputs.delta_bias[params],
+                        delta_softplus: inputs.delta_softplus,
+                        traversal: Some(&traversals[k]),
+                    }
+                })
+                .collect();
+            tasks.push((blocks, task_y));
+        }
+    }
+    run_blocks(tasks, |(blocks, y): (Vec<ChannelBlock>, &mut [f32])| {
+        for block in &blocks {
+            kernel.scan_block(block, y);
+        }
+    });
+    Ok(())
+}
+
+/// `[B, K, N, L]` rows of pixels -> the same rows in each direction's step
+/// order (`out[b, k, n, t] = rows[b, k, n, traversal_k[t]]`).
+fn in_step_order(rows: &[f32], traversals: &[Vec<u32>], state: usize, len: usize) -> Vec<f32> {
+    let mut out = vec![0.0; rows.len()];
+    let row_pairs = rows.chunks_exact(len).zip(out.chunks_exact_mut(len));
+    for (index, (row, out_row)) in row_pairs.enumerate() {
+        let direction = (index / state) % traversals.len();
+        for (value, &pixel) in out_row.iter_mut().zip(&traversals[direction]) {
+            *value = row[pixel as usize];
+        }
+    }
+    out
+}
+
+/// Checks K and that every slice has the length its shape gives.
+fn validate(dims: &GridDims, inputs: &GridInputs, y_len: usize) -> Result<(), ScanError> {
+    let GridDims {
+        batch,
+        channels,
+        directions,
+        state,
+        height,
+        width,
+    } = *dims;
+    if !(1..=MAX_DIRECTIONS).contains(&directions) {
+        return Err(ScanError::Directions(directions));
+    }
+    if u32::try_from(height.saturating_mul(width)).is_err() {
+        return Err(ScanError::SizeOverflow {
+            name: "u",
+            shape: "H*W",
+        });
+    }
+    let k_channels = directions.saturating_mul(channels);
+    super::check_lengths([
+        (
+            "input",
+            "u",
+            "B*Di*H*W",
+            inputs.u.len(),
+            &[batch, channels, height, width],
+        ),
+        (
+            "input",
+            "delta",
+            "B*K*Di*H*W",
+            inputs.delta.len(),
+            &[batch, directions, channels, height, width],
+        ),
+        ("input", "A", "K*Di*N", inputs.a.len(), &[k_channels, state]),
+        (
+            "input",
+            "Bs",
+            "B*K*N*H*W",
+            inputs.b.len(),
+            &[batch, directions, state, height, width],
+        ),
+        (
+            "input",
+            "Cs",
+            "B*K*N*H*W",
+            inputs.c.len(),
+            &[batch, directions, state, height, width],
+        ),
+        ("input", "D", "K*Di", inputs.d.len(), &[k_channels]),
+        (
+            "input",
+            "delta_bias",
+            "K*Di",
+            inputs.delta_bias.len(),
+            &[k_channels],
+        ),
+        (
+            "output",
+            "y",
+            "B*Di*H*W",
+            y_len,
+            &[batch, channels, height, width],
+        ),
+    ])
+}

@@ -1,0 +1,283 @@
+//! `fer_edge::SelectiveScan2D` (contract version 2, docs/model-contract.md):
+//! SS2D's cross-scan, selective scan and cross-merge as one op, evaluated by
+//! [`kernel::cross_scan`](crate::scan::kernel::cross_scan).
+
+use super::{check_domain_and_version, delta_softplus, shape_text, ContractError, OP_TYPE_2D};
+use crate::scan::kernel::{self, cross_scan};
+use tract_hir::internal::*;
+use tract_onnx::model::ParsingContext;
+use tract_onnx::pb::NodeProto;
+
+/// Input names, in contract order, with their ranks.
+const INPUTS: [(&str, usize); 7] = [
+    ("u", 4),
+    ("delta", 5),
+    ("A", 2),
+    ("Bs", 5),
+    ("Cs", 5),
+    ("D", 1),
+    ("delta_bias", 1),
+];
+
+pub(super) fn parse(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    check_domain_and_version(ctx, node, OP_TYPE_2D, 2)?;
+    contract!(
+        node.input.len() == INPUTS.len() && node.output.len() == 1,
+        "node `{}`: `{OP_TYPE_2D}` takes {} inputs (u, delta, A, Bs, Cs, D, delta_bias) and 1 output, got {} and {}",
+        node.name,
+        INPUTS.len(),
+        node.input.len(),
+        node.output.len()
+    );
+    let delta_softplus = delta_softplus(node)?;
+    Ok((expand(Scan2DExpansion { delta_softplus }), vec![]))
+}
+
+/// Parse-time form: infers the output fact, then wires [`SelectiveScan2D`].
+#[derive(Debug, Clone)]
+struct Scan2DExpansion {
+    delta_softplus: bool,
+}
+
+impl Expansion for Scan2DExpansion {
+    fn name(&self) -> StaticName {
+        OP_TYPE_2D.into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, INPUTS.len())?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, f32::datum_type())?;
+        s.equals(&outputs[0].shape, &inputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
+        model.wire_node(
+            prefix,
+            SelectiveScan2D {
+                delta_softplus: self.delta_softplus,
+            },
+            inputs,
+        )
+    }
+}
+
+/// The typed, optimisable 2-D selective-scan op.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SelectiveScan2D {
+    pub delta_softplus: bool,
+}
+
+impl SelectiveScan2D {
+    /// Checks ranks, types and the agreement of every dimension; returns
+    /// `[B, Di, K, N, H, W]`, with a message naming the input on mismatch.
+    fn dims<D: DimLike>(&self, shapes: &[&[D]], types: &[DatumType]) -> TractResult<[D; 6]> {
+        contract!(
+            shapes.len() == INPUTS.len(),
+            "{OP_TYPE_2D} takes {} inputs, got {}",
+            INPUTS.len(),
+            shapes.len()
+        );
+        for ((name, rank), (shape, dt)) in INPUTS.iter().zip(shapes.iter().zip(types)) {
+            contract!(
+                *dt == f32::datum_type(),
+                "{OP_TYPE_2D} input `{name}` is {dt:?}, expected f32"
+            );
+            contract!(
+                shape.len() == *rank,
+                "{OP_TYPE_2D} input `{name}` has rank {} (shape {}), expected rank {rank}",
+                shape.len(),
+                shape_text(shape)
+            );
+        }
+        let [batch, channels, height, width] = [0, 1, 2, 3].map(|i| shapes[0][i].clone());
+        let directions = shapes[1][1].clone();
+        let state = shapes[2][1].clone();
+        let k_channels = directions.clone() * channels.clone();
+        let expect = |input: usize, expected: Vec<&D>| -> TractResult<()> {
+            let got: Vec<&D> = shapes[input].iter().collect();
+            contract!(
+                got == expected,
+                "{OP_TYPE_2D} input `{}` has shape {}, expected {} (u is [B, Di, H, W] = {}, \
+                 delta is [B, K, Di, H, W] = {}, A is [K*Di, N] = {})",
+                INPUTS[input].0,
+                shape_text(&got),
+                shape_text(&expected),
+                shape_text(shapes[0]),
+                shape_text(shapes[1]),
+                shape_text(shapes[2])
+            );
+            Ok(())
+        };
+        expect(1, vec![&batch, &directions, &channels, &height, &width])?;
+        expect(2, vec![&k_channels, &state])?;
+        expect(3, vec![&batch, &directions, &state, &height, &width])?;
+        expect(4, vec![&batch, &directions, &state, &height, &width])?;
+        expect(5, vec![&k_channels])?;
+        expect(6, vec![&k_channels])?;
+        if let Ok(k) = directions.to_usize() {
+            contract!(
+                (1..=cross_scan::MAX_DIRECTIONS).contains(&k),
+                "{OP_TYPE_2D}: delta has {k} directions (dim 1); the contract defines 1 to {}",
+                cross_scan::MAX_DIRECTIONS
+            );
+        }
+        Ok([batch, channels, directions, state, height, width])
+    }
+}
+
+impl Op for SelectiveScan2D {
+    fn name(&self) -> StaticName {
+        OP_TYPE_2D.into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for SelectiveScan2D {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        let types: Vec<DatumType> = inputs.iter().map(|t| t.datum_type()).collect();
+        let [batch, channels, directions, state, height, width] = self.dims(&shapes, &types)?;
+        let plain = inputs
+            .iter()
+            .map(|t| t.try_as_plain_ram())
+            .collect::<TractResult<Vec<_>>>()?;
+        let slices = plain
+            .iter()
+            .map(|p| p.as_slice::<f32>())
+            .collect::<TractResult<Vec<_>>>()?;
+        let grid_inputs = cross_scan::GridInputs {
+            u: slices[0],
+            delta: slices[1],
+            a: slices[2],
+            b: slices[3],
+            c: slices[4],
+            d: slices[5],
+            delta_bias: slices[6],
+            delta_softplus: self.delta_softplus,
+        };
+        let dims = cross_scan::GridDims {
+            batch,
+            channels,
+            directions,
+            state,
+            height,
+            width,
+        };
+        let mut y = Tensor::zero::<f32>(&[batch, channels, height, width])?;
+        {
+            let mut y_plain = y.try_as_plain_ram_mut()?;
+            cross_scan::selective_scan_2d(
+                kernel::best(),
+                &dims,
+                &grid_inputs,
+                y_plain.as_slice_mut()?,
+            )?;
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for SelectiveScan2D {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shapes: Vec<&[TDim]> = inputs.iter().map(|f| &*f.shape).collect();
+        let types: Vec<DatumType> = inputs.iter().map(|f| f.datum_type).collect();
+        let [batch, channels, _, _, height, width] = self.dims(&shapes, &types)?;
+        Ok(tvec!(f32::fact([batch, channels, height, width])))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Facts of well-formed inputs for B=1, Di=3, K=8, N=4, H=2, W=5, with
+    /// `replace` substituting one input's shape.
+    fn facts(replace: Option<(usize, &[usize])>) -> Vec<TypedFact> {
+        let mut shapes: Vec<Vec<usize>> = vec![
+            vec![1, 3, 2, 5],
+            vec![1, 8, 3, 2, 5],
+            vec![24, 4],
+            vec![1, 8, 4, 2, 5],
+            vec![1, 8, 4, 2, 5],
+            vec![24],
+            vec![24],
+        ];
+        if let Some((input, shape)) = replace {
+            shapes[input] = shape.to_vec();
+        }
+        shapes.iter().map(f32::fact).collect()
+    }
+
+    fn output_facts(facts: &[TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let refs: Vec<&TypedFact> = facts.iter().collect();
+        SelectiveScan2D {
+            delta_softplus: true,
+        }
+        .output_facts(&refs)
+    }
+
+    #[test]
+    fn infers_the_shape_of_u() {
+        let out = output_facts(&facts(None)).unwrap();
+        assert_eq!(out[0], f32::fact([1, 3, 2, 5]));
+    }
+
+    #[test]
+    fn wrong_shapes_name_the_input() {
+        let cases: [(usize, &[usize], &str); 5] = [
+            (
+                1,
+                &[1, 8, 3, 5, 2],
+                "input `delta` has shape [1, 8, 3, 5, 2]",
+            ),
+            (2, &[24], "input `A` has rank 1"),
+            (3, &[1, 8, 4, 10], "input `Bs` has rank 4"),
+            (4, &[1, 4, 4, 2, 5], "input `Cs` has shape"),
+            (6, &[3], "input `delta_bias` has shape [3], expected [24]"),
+        ];
+        for (input, shape, message) in cases {
+            let err = output_facts(&facts(Some((input, shape))))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(message), "{message}: {err}");
+        }
+    }
+
+    #[test]
+    fn more_directions_than_the_contract_defines_are_refused() {
+        let f: Vec<TypedFact> = [
+            vec![1, 3, 2, 5],
+            vec![1, 9, 3, 2, 5],
+            vec![27, 4],
+            vec![1, 9, 4, 2, 5],
+            vec![1, 9, 4, 2, 5],
+            vec![27],
+            vec![27],
+        ]
+        .iter()
+        .map(f32::fact)
+        .collect();
+        let err = output_facts(&f).unwrap_err().to_string();
+        assert!(err.contains("delta has 9 directions"), "{err}");
+    }
+}
