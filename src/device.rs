@@ -134,6 +134,8 @@ fn prepare_cuda(model: TypedModel) -> TractResult<Arc<TypedRunnableModel>> {
     // kernels (a GPU the driver cannot open, missing CUDA headers).
     let prepared = catch_unwind(AssertUnwindSafe(|| -> TractResult<_> {
         let mut model = model.into_decluttered()?;
+        // the GPU scan kernel is version 1's
+        crate::scan::op::lower_to_version_1(&mut model)?;
         tract_cuda::CudaTransform.transform(&mut model)?;
         crate::scan::cuda::run_scans_on_gpu(&mut model)?;
         crate::scan::cuda::compile_kernel()?;

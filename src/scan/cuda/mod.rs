@@ -7,8 +7,9 @@
 //! tract-cuda's device tensors in place and runs `selective_scan.cu`
 //! (compiled once per process with NVRTC) on tract-cuda's stream, so the
 //! scan's inputs and output never leave the GPU. [`launch`] holds what is
-//! decided before a launch: arguments and grid. The version 2 op,
-//! `SelectiveScan2D`, has no GPU kernel yet and stays on the CPU.
+//! decided before a launch: arguments and grid. A version 2
+//! `SelectiveScan2D` reaches it written back in version 1's form
+//! ([`lower_to_version_1`](crate::scan::op::lower_to_version_1)).
 
 pub mod launch;
 

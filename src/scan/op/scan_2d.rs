@@ -1,9 +1,15 @@
 //! `fer_edge::SelectiveScan2D` (contract version 2, docs/model-contract.md):
 //! SS2D's cross-scan, selective scan and cross-merge as one op, evaluated by
-//! [`kernel::cross_scan`](crate::scan::kernel::cross_scan).
+//! [`kernel::cross_scan`](crate::scan::kernel::cross_scan); and
+//! [`lower_to_version_1`], which writes it back as version 1's Gathers,
+//! `SelectiveScan` and merge, for a plan (CUDA) that has a kernel for those.
 
-use super::{check_domain_and_version, delta_softplus, shape_text, ContractError, OP_TYPE_2D};
+use super::{
+    check_domain_and_version, delta_softplus, shape_text, ContractError, SelectiveScan, OP_TYPE_2D,
+};
 use crate::scan::kernel::{self, cross_scan};
+use tract_core::ops::array::Gather;
+use tract_core::ops::nn::{Reduce, Reducer};
 use tract_hir::internal::*;
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
@@ -204,6 +210,183 @@ impl TypedOp for SelectiveScan2D {
     }
 
     as_op!();
+}
+
+/// Rewrites every `SelectiveScan2D` of `model` with concrete shapes into
+/// version 1's form: constant-index Gathers put `u`, `delta`, `Bs` and `Cs`
+/// in each direction's step order, [`SelectiveScan`] scans the K x Di
+/// sequences (one group per direction), a Gather puts the outputs back on
+/// their pixels and a sum adds the directions. Same maths; the sum's order
+/// over the directions is tract's.
+pub fn lower_to_version_1(model: &mut TypedModel) -> TractResult<()> {
+    Rewriter::default()
+        .with_rule_for("fer-edge-scan-2d-as-version-1", lower_one)
+        .rewrite(&(), model)
+}
+
+fn lower_one(
+    _ctx: &(),
+    model: &TypedModel,
+    node: &TypedNode,
+    name: &str,
+    op: &SelectiveScan2D,
+) -> TractResult<Option<TypedModelPatch>> {
+    let facts = model.node_input_facts(node.id)?;
+    rule_if_some!(u_shape = facts[0].shape.as_concrete());
+    rule_if_some!(delta_shape = facts[1].shape.as_concrete());
+    rule_if_some!(b_shape = facts[3].shape.as_concrete());
+    let [batch, channels, height, width] = [0, 1, 2, 3].map(|i| u_shape[i]);
+    let (directions, state, len) = (delta_shape[1], b_shape[2], height * width);
+    let traversals: Vec<Vec<u32>> = (0..directions)
+        .map(|k| cross_scan::traversal(k, height, width))
+        .collect();
+    // step t of direction k reads pixel traversal_k[t] of the (k, pixel) axis
+    let steps = |offset: bool| -> Tensor {
+        let indices: Vec<i64> = (0..directions)
+            .flat_map(|k| {
+                let base = if offset { k * len } else { 0 };
+                traversals[k]
+                    .iter()
+                    .map(move |&p| (base + p as usize) as i64)
+            })
+            .collect();
+        tensor1(&indices)
+    };
+    // pixel p of direction k takes step t where traversal_k[t] = p
+    let mut merge = vec![0i64; directions * len];
+    for (k, order) in traversals.iter().enumerate() {
+        for (t, &p) in order.iter().enumerate() {
+            merge[k * len + p as usize] = (k * len + t) as i64;
+        }
+    }
+
+    let mut patch = TypedModelPatch::default();
+    let inputs = node
+        .inputs
+        .iter()
+        .map(|&i| patch.tap_model(model, i))
+        .collect::<TractResult<TVec<_>>>()?;
+    let mut wire = Wire {
+        patch: &mut patch,
+        name,
+        count: 0,
+    };
+    let in_step_order = steps(true);
+    // u: [B, Di, H, W] -> [B, Di, K*L] (once per direction) -> [B, K*Di, L]
+    let u = wire.reshape(
+        inputs[0],
+        &[batch, channels, height, width],
+        &[batch, channels, len],
+    )?;
+    let u = wire.gather(u, steps(false))?;
+    let u = wire.reshape(
+        u,
+        &[batch, channels, directions * len],
+        &[batch, channels, directions, len],
+    )?;
+    let u = wire.axis(u, AxisOp::Move(2, 1))?;
+    let u = wire.reshape(
+        u,
+        &[batch, directions, channels, len],
+        &[batch, directions * channels, len],
+    )?;
+    // [B, K, X, H, W] -> [B, K, X, L] in each direction's step order
+    let mut per_direction = |outlet: OutletId, rows: usize| -> TractResult<OutletId> {
+        let outlet = wire.reshape(
+            outlet,
+            &[batch, directions, rows, height, width],
+            &[batch, directions, rows, len],
+        )?;
+        let outlet = wire.axis(outlet, AxisOp::Move(1, 2))?;
+        let outlet = wire.reshape(
+            outlet,
+            &[batch, rows, directions, len],
+            &[batch, rows, directions * len],
+        )?;
+        let outlet = wire.gather(outlet, in_step_order.clone())?;
+        let outlet = wire.reshape(
+            outlet,
+            &[batch, rows, directions * len],
+            &[batch, rows, directions, len],
+        )?;
+        wire.axis(outlet, AxisOp::Move(2, 1))
+    };
+    let delta = per_direction(inputs[1], channels)?;
+    let b = per_direction(inputs[3], state)?;
+    let c = per_direction(inputs[4], state)?;
+    let delta = wire.reshape(
+        delta,
+        &[batch, directions, channels, len],
+        &[batch, directions * channels, len],
+    )?;
+    let y = wire.node(
+        SelectiveScan {
+            delta_softplus: op.delta_softplus,
+        },
+        &[u, delta, inputs[2], b, c, inputs[5], inputs[6]],
+    )?;
+    // [B, K*Di, L] -> back on the pixels -> summed over K -> [B, Di, H, W]
+    let y = wire.reshape(
+        y,
+        &[batch, directions * channels, len],
+        &[batch, directions, channels, len],
+    )?;
+    let y = wire.axis(y, AxisOp::Move(1, 2))?;
+    let y = wire.reshape(
+        y,
+        &[batch, channels, directions, len],
+        &[batch, channels, directions * len],
+    )?;
+    let y = wire.gather(y, tensor1(&merge))?;
+    let y = wire.reshape(
+        y,
+        &[batch, channels, directions * len],
+        &[batch, channels, directions, len],
+    )?;
+    let y = wire.node(Reduce::new(tvec![2], Reducer::Sum), &[y])?;
+    let y = wire.reshape(
+        y,
+        &[batch, channels, 1, len],
+        &[batch, channels, height, width],
+    )?;
+    patch.shunt_outside(model, node.id.into(), y)?;
+    Ok(Some(patch))
+}
+
+/// Wires the lowering's nodes into a patch, named after the scan.
+struct Wire<'a> {
+    patch: &'a mut TypedModelPatch,
+    name: &'a str,
+    count: usize,
+}
+
+impl Wire<'_> {
+    fn node(
+        &mut self,
+        op: impl Into<Box<dyn TypedOp>>,
+        inputs: &[OutletId],
+    ) -> TractResult<OutletId> {
+        self.count += 1;
+        let name = format!("{}.v1-{}", self.name, self.count);
+        Ok(self.patch.wire_node(name, op, inputs)?[0])
+    }
+
+    fn axis(&mut self, input: OutletId, op: AxisOp) -> TractResult<OutletId> {
+        self.node(op, &[input])
+    }
+
+    fn reshape(&mut self, input: OutletId, from: &[usize], to: &[usize]) -> TractResult<OutletId> {
+        let dims = |shape: &[usize]| shape.iter().map(|&d| d.to_dim()).collect();
+        self.axis(input, AxisOp::Reshape(0, dims(from), dims(to)))
+    }
+
+    /// Picks positions of axis 2 by the constant `indices`.
+    fn gather(&mut self, input: OutletId, indices: Tensor) -> TractResult<OutletId> {
+        self.count += 1;
+        let name = format!("{}.v1-{}.indices", self.name, self.count);
+        let indices = self.patch.add_const(name, indices)?;
+        self.node(Gather::new(2), &[input, indices])
+    }
 }
 
 #[cfg(test)]
