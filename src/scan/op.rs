@@ -119,28 +119,42 @@ fn parse(
     ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    check_domain_and_version(ctx, node, OP_TYPE, 1)?;
+    parse_scan(ctx, node, OP_TYPE, 1, |delta_softplus| SelectiveScan {
+        delta_softplus,
+    })
+}
+
+/// Parses a scan node of `op_type` (an op of contract version `since`, with
+/// the seven inputs u, delta, A, Bs, Cs, D, delta_bias and the attribute
+/// `delta_softplus`) into `op`.
+fn parse_scan<T: TypedOp + Clone>(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+    op_type: &str,
+    since: i64,
+    op: fn(bool) -> T,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    check_domain_and_version(ctx, node, op_type, since)?;
     contract!(
         node.input.len() == INPUTS.len() && node.output.len() == 1,
-        "node `{}`: `{OP_TYPE}` takes {} inputs (u, delta, A, Bs, Cs, D, delta_bias) and 1 output, got {} and {}",
+        "node `{}`: `{op_type}` takes {} inputs (u, delta, A, Bs, Cs, D, delta_bias) and 1 output, got {} and {}",
         node.name,
         INPUTS.len(),
         node.input.len(),
         node.output.len()
     );
     let delta_softplus = delta_softplus(node)?;
-    Ok((expand(ScanExpansion { delta_softplus }), vec![]))
+    Ok((expand(ScanExpansion(op(delta_softplus))), vec![]))
 }
 
-/// Parse-time form: infers the output fact, then wires [`SelectiveScan`].
+/// Parse-time form of a scan op: infers the output fact (f32, the shape of
+/// `u`), then wires the typed op.
 #[derive(Debug, Clone)]
-struct ScanExpansion {
-    delta_softplus: bool,
-}
+struct ScanExpansion<T>(T);
 
-impl Expansion for ScanExpansion {
+impl<T: TypedOp + Clone> Expansion for ScanExpansion<T> {
     fn name(&self) -> StaticName {
-        OP_TYPE.into()
+        self.0.name()
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(
@@ -162,14 +176,56 @@ impl Expansion for ScanExpansion {
         model: &mut TypedModel,
         inputs: &[OutletId],
     ) -> TractResult<TVec<OutletId>> {
-        model.wire_node(
-            prefix,
-            SelectiveScan {
-                delta_softplus: self.delta_softplus,
-            },
-            inputs,
-        )
+        model.wire_node(prefix, self.0.clone(), inputs)
     }
+}
+
+/// Checks that a scan op of `op_type` has the inputs of `spec` (name and
+/// rank, in order), all f32.
+fn check_inputs<D: DimLike>(
+    op_type: &str,
+    spec: &[(&str, usize)],
+    shapes: &[&[D]],
+    types: &[DatumType],
+) -> TractResult<()> {
+    contract!(
+        shapes.len() == spec.len(),
+        "{op_type} takes {} inputs, got {}",
+        spec.len(),
+        shapes.len()
+    );
+    for ((name, rank), (shape, dt)) in spec.iter().zip(shapes.iter().zip(types)) {
+        contract!(
+            *dt == f32::datum_type(),
+            "{op_type} input `{name}` is {dt:?}, expected f32"
+        );
+        contract!(
+            shape.len() == *rank,
+            "{op_type} input `{name}` has rank {} (shape {}), expected rank {rank}",
+            shape.len(),
+            shape_text(shape)
+        );
+    }
+    Ok(())
+}
+
+/// The shapes and types of a scan's input values, then `run` on their data
+/// as f32 slices.
+fn eval_on_slices(
+    inputs: &[TValue],
+    run: impl FnOnce(&[&[usize]], &[DatumType], &[&[f32]]) -> TractResult<Tensor>,
+) -> TractResult<TVec<TValue>> {
+    let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+    let types: Vec<DatumType> = inputs.iter().map(|t| t.datum_type()).collect();
+    let plain = inputs
+        .iter()
+        .map(|t| t.try_as_plain_ram())
+        .collect::<TractResult<Vec<_>>>()?;
+    let slices = plain
+        .iter()
+        .map(|p| p.as_slice::<f32>())
+        .collect::<TractResult<Vec<_>>>()?;
+    Ok(tvec!(run(&shapes, &types, &slices)?.into_tvalue()))
 }
 
 /// The typed, optimisable selective-scan op.
@@ -182,24 +238,7 @@ impl SelectiveScan {
     /// Checks ranks, types and the agreement of every dimension; returns the
     /// dimensions, with a message naming the input on mismatch.
     fn dims<D: DimLike>(&self, shapes: &[&[D]], types: &[DatumType]) -> TractResult<[D; 5]> {
-        contract!(
-            shapes.len() == INPUTS.len(),
-            "{OP_TYPE} takes {} inputs, got {}",
-            INPUTS.len(),
-            shapes.len()
-        );
-        for ((name, rank), (shape, dt)) in INPUTS.iter().zip(shapes.iter().zip(types)) {
-            contract!(
-                *dt == f32::datum_type(),
-                "{OP_TYPE} input `{name}` is {dt:?}, expected f32"
-            );
-            contract!(
-                shape.len() == *rank,
-                "{OP_TYPE} input `{name}` has rank {} (shape {}), expected rank {rank}",
-                shape.len(),
-                shape_text(shape)
-            );
-        }
+        check_inputs(OP_TYPE, &INPUTS, shapes, types)?;
         let [batch, channels, len] = [&shapes[0][0], &shapes[0][1], &shapes[0][2]].map(D::clone);
         let [groups, state] = [&shapes[3][1], &shapes[3][2]].map(D::clone);
         let expect = |input: usize, expected: Vec<&D>| -> TractResult<()> {
@@ -250,40 +289,34 @@ impl EvalOp for SelectiveScan {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
-        let types: Vec<DatumType> = inputs.iter().map(|t| t.datum_type()).collect();
-        let [batch, channels, groups, state, len] = self.dims(&shapes, &types)?;
-        let plain = inputs
-            .iter()
-            .map(|t| t.try_as_plain_ram())
-            .collect::<TractResult<Vec<_>>>()?;
-        let slices = plain
-            .iter()
-            .map(|p| p.as_slice::<f32>())
-            .collect::<TractResult<Vec<_>>>()?;
-        let scan_inputs = ScanInputs {
-            u: slices[0],
-            delta: slices[1],
-            a: slices[2],
-            b: slices[3],
-            c: slices[4],
-            d: slices[5],
-            delta_bias: slices[6],
-            delta_softplus: self.delta_softplus,
-        };
-        let dims = ScanDims {
-            batch,
-            channels,
-            groups,
-            state,
-            len,
-        };
-        let mut y = Tensor::zero::<f32>(&[batch, channels, len])?;
-        {
-            let mut y_plain = y.try_as_plain_ram_mut()?;
-            kernel::selective_scan(kernel::best(), &dims, &scan_inputs, y_plain.as_slice_mut()?)?;
-        }
-        Ok(tvec!(y.into_tvalue()))
+        eval_on_slices(&inputs, |shapes, types, slices| {
+            let [batch, channels, groups, state, len] = self.dims(shapes, types)?;
+            let scan_inputs = ScanInputs {
+                u: slices[0],
+                delta: slices[1],
+                a: slices[2],
+                b: slices[3],
+                c: slices[4],
+                d: slices[5],
+                delta_bias: slices[6],
+                delta_softplus: self.delta_softplus,
+            };
+            let dims = ScanDims {
+                batch,
+                channels,
+                groups,
+                state,
+                len,
+            };
+            let mut y = Tensor::zero::<f32>(&[batch, channels, len])?;
+            kernel::selective_scan(
+                kernel::best(),
+                &dims,
+                &scan_inputs,
+                y.try_as_plain_ram_mut()?.as_slice_mut()?,
+            )?;
+            Ok(y)
+        })
     }
 }
 

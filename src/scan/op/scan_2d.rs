@@ -5,7 +5,7 @@
 //! `SelectiveScan` and merge, for a plan (CUDA) that has a kernel for those.
 
 use super::{
-    check_domain_and_version, delta_softplus, shape_text, ContractError, SelectiveScan, OP_TYPE_2D,
+    check_inputs, eval_on_slices, parse_scan, shape_text, ContractError, SelectiveScan, OP_TYPE_2D,
 };
 use crate::scan::kernel::{self, cross_scan};
 use tract_core::ops::array::Gather;
@@ -29,57 +29,9 @@ pub(super) fn parse(
     ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    check_domain_and_version(ctx, node, OP_TYPE_2D, 2)?;
-    contract!(
-        node.input.len() == INPUTS.len() && node.output.len() == 1,
-        "node `{}`: `{OP_TYPE_2D}` takes {} inputs (u, delta, A, Bs, Cs, D, delta_bias) and 1 output, got {} and {}",
-        node.name,
-        INPUTS.len(),
-        node.input.len(),
-        node.output.len()
-    );
-    let delta_softplus = delta_softplus(node)?;
-    Ok((expand(Scan2DExpansion { delta_softplus }), vec![]))
-}
-
-/// Parse-time form: infers the output fact, then wires [`SelectiveScan2D`].
-#[derive(Debug, Clone)]
-struct Scan2DExpansion {
-    delta_softplus: bool,
-}
-
-impl Expansion for Scan2DExpansion {
-    fn name(&self) -> StaticName {
-        OP_TYPE_2D.into()
-    }
-
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        check_input_arity(inputs, INPUTS.len())?;
-        check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, f32::datum_type())?;
-        s.equals(&outputs[0].shape, &inputs[0].shape)?;
-        Ok(())
-    }
-
-    fn wire(
-        &self,
-        prefix: &str,
-        model: &mut TypedModel,
-        inputs: &[OutletId],
-    ) -> TractResult<TVec<OutletId>> {
-        model.wire_node(
-            prefix,
-            SelectiveScan2D {
-                delta_softplus: self.delta_softplus,
-            },
-            inputs,
-        )
-    }
+    parse_scan(ctx, node, OP_TYPE_2D, 2, |delta_softplus| SelectiveScan2D {
+        delta_softplus,
+    })
 }
 
 /// The typed, optimisable 2-D selective-scan op.
@@ -92,24 +44,7 @@ impl SelectiveScan2D {
     /// Checks ranks, types and the agreement of every dimension; returns
     /// `[B, Di, K, N, H, W]`, with a message naming the input on mismatch.
     fn dims<D: DimLike>(&self, shapes: &[&[D]], types: &[DatumType]) -> TractResult<[D; 6]> {
-        contract!(
-            shapes.len() == INPUTS.len(),
-            "{OP_TYPE_2D} takes {} inputs, got {}",
-            INPUTS.len(),
-            shapes.len()
-        );
-        for ((name, rank), (shape, dt)) in INPUTS.iter().zip(shapes.iter().zip(types)) {
-            contract!(
-                *dt == f32::datum_type(),
-                "{OP_TYPE_2D} input `{name}` is {dt:?}, expected f32"
-            );
-            contract!(
-                shape.len() == *rank,
-                "{OP_TYPE_2D} input `{name}` has rank {} (shape {}), expected rank {rank}",
-                shape.len(),
-                shape_text(shape)
-            );
-        }
+        check_inputs(OP_TYPE_2D, &INPUTS, shapes, types)?;
         let [batch, channels, height, width] = [0, 1, 2, 3].map(|i| shapes[0][i].clone());
         let directions = shapes[1][1].clone();
         let state = shapes[2][1].clone();
@@ -158,46 +93,35 @@ impl EvalOp for SelectiveScan2D {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
-        let types: Vec<DatumType> = inputs.iter().map(|t| t.datum_type()).collect();
-        let [batch, channels, directions, state, height, width] = self.dims(&shapes, &types)?;
-        let plain = inputs
-            .iter()
-            .map(|t| t.try_as_plain_ram())
-            .collect::<TractResult<Vec<_>>>()?;
-        let slices = plain
-            .iter()
-            .map(|p| p.as_slice::<f32>())
-            .collect::<TractResult<Vec<_>>>()?;
-        let grid_inputs = cross_scan::GridInputs {
-            u: slices[0],
-            delta: slices[1],
-            a: slices[2],
-            b: slices[3],
-            c: slices[4],
-            d: slices[5],
-            delta_bias: slices[6],
-            delta_softplus: self.delta_softplus,
-        };
-        let dims = cross_scan::GridDims {
-            batch,
-            channels,
-            directions,
-            state,
-            height,
-            width,
-        };
-        let mut y = Tensor::zero::<f32>(&[batch, channels, height, width])?;
-        {
-            let mut y_plain = y.try_as_plain_ram_mut()?;
+        eval_on_slices(&inputs, |shapes, types, slices| {
+            let [batch, channels, directions, state, height, width] = self.dims(shapes, types)?;
+            let grid_inputs = cross_scan::GridInputs {
+                u: slices[0],
+                delta: slices[1],
+                a: slices[2],
+                b: slices[3],
+                c: slices[4],
+                d: slices[5],
+                delta_bias: slices[6],
+                delta_softplus: self.delta_softplus,
+            };
+            let dims = cross_scan::GridDims {
+                batch,
+                channels,
+                directions,
+                state,
+                height,
+                width,
+            };
+            let mut y = Tensor::zero::<f32>(&[batch, channels, height, width])?;
             cross_scan::selective_scan_2d(
                 kernel::best(),
                 &dims,
                 &grid_inputs,
-                y_plain.as_slice_mut()?,
+                y.try_as_plain_ram_mut()?.as_slice_mut()?,
             )?;
-        }
-        Ok(tvec!(y.into_tvalue()))
+            Ok(y)
+        })
     }
 }
 
