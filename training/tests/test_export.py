@@ -322,7 +322,9 @@ def test_block_artifacts_agree():
 def test_main_model_artifact_twin_reproduces_golden_levels():
     register_onnx_schema()
     m = onnx.load(str(MAIN_MODEL))
-    assert count_ops(m, "SelectiveScan", "fer_edge") == 4
+    # the shipped model is exported in contract version 2: one SelectiveScan2D per SS2D
+    assert count_ops(m, "SelectiveScan2D", "fer_edge") == 4
+    assert count_ops(m, "SelectiveScan") == count_ops(m, "Gather") == 0
     dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
     size = json.loads((GOLDEN / "detections.json").read_text())["size"]
     assert dims == [1, 3, size, size]
