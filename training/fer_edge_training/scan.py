@@ -385,13 +385,22 @@ class SelectiveScan(nn.Module):
             return torch.ops.fer_edge.selective_scan(
                 u, delta, A, Bs, Cs, D, delta_bias, self.delta_softplus
             )
-        if self.impl == "fast":
-            return selective_scan_fast(u, delta, A, Bs, Cs, D, delta_bias, self.delta_softplus)
-        if self.impl == "native":  # C++ kernels (native_scan.py); falls back to "fast"
-            from .native_scan import selective_scan_native
+        scan = scan_function(self.impl)
+        return scan(u, delta, A, Bs, Cs, D, delta_bias, self.delta_softplus)
 
-            return selective_scan_native(u, delta, A, Bs, Cs, D, delta_bias, self.delta_softplus)
-        return selective_scan_ref(u, delta, A, Bs, Cs, D, delta_bias, self.delta_softplus)
+
+def scan_function(impl: str):
+    """The eager selective scan of ``impl`` (one of :attr:`SelectiveScan.IMPLS`); "native"
+    is the C++ kernels of :mod:`.native_scan`, which fall back to "fast" where unsupported."""
+    if impl == "fast":
+        return selective_scan_fast
+    if impl == "ref":
+        return selective_scan_ref
+    if impl == "native":
+        from .native_scan import selective_scan_native
+
+        return selective_scan_native
+    raise ValueError(f"unknown scan impl {impl!r}")
 
 
 def set_scan_impl(module: nn.Module, impl: str) -> nn.Module:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .scan import selective_scan_fast, selective_scan_ref
+from .scan import scan_function
 
 ONNX_OP_TYPE_2D = "SelectiveScan2D"
 #: The contract version that introduced SelectiveScan2D (the domain version of a v2 model).
@@ -143,18 +143,6 @@ def _scan_offsets_np(h: int, w: int) -> np.ndarray:
     return scan + np.arange(scan.shape[0])[:, None] * (h * w)
 
 
-def _scan_fn(impl: str):
-    if impl == "fast":
-        return selective_scan_fast
-    if impl == "ref":
-        return selective_scan_ref
-    if impl == "native":
-        from .native_scan import selective_scan_native
-
-        return selective_scan_native
-    raise ValueError(f"unknown scan impl {impl!r}")
-
-
 def selective_scan_2d(
     u: Tensor,
     delta: Tensor,
@@ -181,7 +169,7 @@ def selective_scan_2d(
     ds = _gather_directions(delta, offsets)  # [B, K, Di, L]
     bs = _gather_directions(Bs, offsets)  # [B, K, N, L]
     cs = _gather_directions(Cs, offsets)
-    y = _scan_fn(impl)(
+    y = scan_function(impl)(
         us.reshape(b, k * di, length),
         ds.reshape(b, k * di, length),
         A,
