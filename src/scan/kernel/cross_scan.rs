@@ -63,20 +63,25 @@ pub struct GridInputs<'a> {
 /// `(h, (h + w) mod W)` read column by column; k5 the anti-diagonal
 /// `(h, (w - h) mod W)` likewise; k6, k7 their reverses.
 pub fn traversal(k: usize, height: usize, width: usize) -> Vec<u32> {
+    assert!(
+        k < MAX_DIRECTIONS,
+        "direction {k}: the contract defines 0 to 7"
+    );
     let column_major = |column: fn(usize, usize, usize) -> usize| -> Vec<u32> {
         (0..width)
             .flat_map(|w| (0..height).map(move |h| (h * width + column(h, w, width)) as u32))
             .collect()
     };
-    let forward: Vec<u32> = match k % 4 {
-        0 | 2 if k < 4 => (0..(height * width) as u32).collect(),
-        _ if k < 4 => column_major(|_, w, _| w),
-        0 | 2 => column_major(|h, w, width| (h + w) % width),
+    let forward: Vec<u32> = match k {
+        0 | 2 => (0..(height * width) as u32).collect(),
+        1 | 3 => column_major(|_, w, _| w),
+        4 | 6 => column_major(|h, w, width| (h + w) % width),
         _ => column_major(|h, w, width| (w + width - h % width) % width),
     };
-    match k % 4 {
-        2 | 3 => forward.into_iter().rev().collect(),
-        _ => forward,
+    if matches!(k, 2 | 3 | 6 | 7) {
+        forward.into_iter().rev().collect()
+    } else {
+        forward
     }
 }
 
