@@ -217,6 +217,12 @@ def parse_args(argv):
         help="input sizes of the --close-up-batch frames (one per step, drawn at random)",
     )
     ap.add_argument(
+        "--close-up-weight",
+        type=float,
+        default=1.0,
+        help="weight of the --close-up-batch loss beside the --batch frames' loss",
+    )
+    ap.add_argument(
         "--cls-weight", type=float, default=1.0, help="weight of the expression loss term"
     )
     ap.add_argument(
@@ -341,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                 close_loss, close_parts = yolox_loss(
                     model(to_input(images).to(device)), targets, size, args.cls_weight
                 )
-                loss = loss + close_loss
+                loss = loss + args.close_up_weight * close_loss
                 parts["cls"] = (parts["cls"] + close_parts["cls"]) / 2
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

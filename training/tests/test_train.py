@@ -54,3 +54,12 @@ def test_close_up_batch_takes_part_in_every_step(tiny_data, tmp_path):
     b = torch.load(with_close_ups / "last.pt", weights_only=True)["model"]
     # same seed, same frames: only the close-ups' gradient can make the steps differ
     assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith(".weight"))
+
+    # --close-up-weight scales their share of the step (1 is the default)
+    for weight in ("1", "0.5"):
+        out = tmp_path / f"weight-{weight}"
+        assert run(tiny_data, out, 1, *extra, "--close-up-weight", weight) == 0
+    one = torch.load(tmp_path / "weight-1" / "last.pt", weights_only=True)["model"]
+    half = torch.load(tmp_path / "weight-0.5" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(b[k], one[k]) for k in b)
+    assert any(not torch.equal(b[k], half[k]) for k in b if k.endswith(".weight"))
