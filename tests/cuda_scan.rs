@@ -1,20 +1,23 @@
-//! The CUDA selective scan (`--features cuda`).
+//! The CUDA selective scans (`--features cuda`), of both contract versions.
 //!
-//! Without a GPU: the launch arguments against the kernel's signature, the
-//! grid sizing, the refusals, the rewrite that puts the scan on the GPU in a
-//! translated model, and the kernel source itself, compiled as C++ with a
-//! small shim and run block by block on the CPU against the reference.
+//! Without a GPU: the launch arguments against the kernels' signatures, the
+//! grid sizing, the refusals, the rewrite that puts the scans on the GPU in
+//! a translated model, and the kernel source itself, compiled as C++ with a
+//! small shim and run block by block on the CPU against the reference (the
+//! 1-D scan's and the 2-D scan's).
 //! With a GPU: the whole CUDA plan of a one-scan model against the reference
 //! (skipped, loudly, when no GPU is usable).
 #![cfg(feature = "cuda")]
 
 use fer_edge::device::Device;
 use fer_edge::scan::cuda::launch::{
-    LaunchError, ScanLaunch, CHANNELS_PER_BLOCK, KERNEL_NAME, KERNEL_SOURCE, MAX_STATE,
+    KernelLaunch, LaunchError, Scan2dLaunch, ScanLaunch, CHANNELS_PER_BLOCK, KERNEL_2D_NAME,
+    KERNEL_NAME, KERNEL_SOURCE, MAX_STATE, MERGE_KERNEL_NAME, OUTPUTS_PER_BLOCK,
 };
-use fer_edge::scan::cuda::{run_scans_on_gpu, CudaSelectiveScan};
+use fer_edge::scan::cuda::{run_scans_on_gpu, CudaSelectiveScan, CudaSelectiveScan2D};
+use fer_edge::scan::kernel::cross_scan::{selective_scan_2d, GridDims, GridInputs};
 use fer_edge::scan::kernel::{reference, ScanDims};
-use fer_edge::scan::op::SelectiveScan;
+use fer_edge::scan::op::{SelectiveScan, SelectiveScan2D};
 use std::path::PathBuf;
 use std::process::Command;
 use tract_core::internal::*;
@@ -24,12 +27,92 @@ use tract_gpu::sync::{DeviceSync, DeviceSyncKind};
 mod common;
 #[path = "common/scan_problem.rs"]
 mod scan_problem;
-use scan_problem::{dims, Problem, SLOW, STIFF, TYPICAL};
+use scan_problem::{dims, Problem, Ranges, SLOW, STIFF, TYPICAL};
 
-/// The parameter names of the kernel's signature in `KERNEL_SOURCE`, in order.
-fn kernel_parameters() -> Vec<(String, String)> {
+/// 2-D scan dimensions, positionally: batch, channels (Di), directions (K),
+/// state (N), height, width.
+fn grid(
+    batch: usize,
+    channels: usize,
+    directions: usize,
+    state: usize,
+    height: usize,
+    width: usize,
+) -> GridDims {
+    GridDims {
+        batch,
+        channels,
+        directions,
+        state,
+        height,
+        width,
+    }
+}
+
+/// A random 2-D scan: the inputs of version 1's scan of the same
+/// cross-scan (K groups of Di channels, L = H*W), whose delta, A, Bs, Cs, D
+/// and delta_bias have the sizes version 2's have, with u cut to the one
+/// copy version 2 takes.
+struct GridProblem {
+    dims: GridDims,
+    data: Problem,
+}
+
+impl GridProblem {
+    fn random(dims: GridDims, delta_softplus: bool, ranges: Ranges, seed: u64) -> GridProblem {
+        let GridDims {
+            batch,
+            channels,
+            directions,
+            state,
+            height,
+            width,
+        } = dims;
+        let len = height * width;
+        let as_version_1 = scan_problem::dims(batch, directions * channels, directions, state, len);
+        let mut data = Problem::random(as_version_1, delta_softplus, ranges, seed);
+        data.u.truncate(batch * channels * len);
+        GridProblem { dims, data }
+    }
+
+    fn inputs(&self) -> GridInputs<'_> {
+        let data = &self.data;
+        GridInputs {
+            u: &data.u,
+            delta: &data.delta,
+            a: &data.a,
+            b: &data.b,
+            c: &data.c,
+            d: &data.d,
+            delta_bias: &data.delta_bias,
+            delta_softplus: data.delta_softplus,
+        }
+    }
+
+    fn output_len(&self) -> usize {
+        let GridDims {
+            batch,
+            channels,
+            height,
+            width,
+            ..
+        } = self.dims;
+        batch * channels * height * width
+    }
+
+    /// y from the CPU reference kernel.
+    fn reference(&self) -> Vec<f32> {
+        let mut y = vec![f32::NAN; self.output_len()];
+        selective_scan_2d(reference(), &self.dims, &self.inputs(), &mut y).expect("valid problem");
+        y
+    }
+}
+
+/// The parameters (type, name) of kernel `name`'s signature in
+/// `KERNEL_SOURCE`, in order.
+fn kernel_parameters(name: &str) -> Vec<(String, String)> {
     let signature = KERNEL_SOURCE
-        .split(&format!("void {KERNEL_NAME}("))
+        .split(&format!("void {name}("))
         .nth(1)
         .expect("the kernel's signature")
         .split(')')
@@ -47,7 +130,7 @@ fn kernel_parameters() -> Vec<(String, String)> {
 
 #[test]
 fn arguments_follow_the_kernel_signature() {
-    let parameters = kernel_parameters();
+    let parameters = kernel_parameters(KERNEL_NAME);
     let pointers: Vec<&str> = parameters[..8].iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(
         pointers,
@@ -140,9 +223,143 @@ fn launch_refuses_what_the_kernel_cannot_run() {
     );
 }
 
+#[test]
+fn arguments_follow_the_2d_kernels_signatures() {
+    let names = |parameters: &[(String, String)]| -> Vec<String> {
+        parameters.iter().map(|(_, name)| name.clone()).collect()
+    };
+    let types = |parameters: &[(String, String)]| -> Vec<String> {
+        parameters.iter().map(|(ty, _)| ty.clone()).collect()
+    };
+    let scan = kernel_parameters(KERNEL_2D_NAME);
+    assert_eq!(
+        names(&scan),
+        [
+            "u",
+            "delta",
+            "a",
+            "bs",
+            "cs",
+            "d",
+            "delta_bias",
+            "partial",
+            "channels",
+            "directions",
+            "state",
+            "height",
+            "width",
+            "delta_softplus"
+        ],
+        "the op pushes the 7 inputs in ONNX order, then partial, then the launch's ints"
+    );
+    let mut want = vec!["const float* __restrict__"; 7];
+    want.push("float* __restrict__");
+    want.extend(["int"; 6]);
+    assert_eq!(types(&scan), want);
+    let merge = kernel_parameters(MERGE_KERNEL_NAME);
+    assert_eq!(
+        names(&merge),
+        ["partial", "y", "directions", "item_len"],
+        "the op pushes partial, then y, then the launch's ints"
+    );
+    assert_eq!(
+        types(&merge),
+        [
+            "const float* __restrict__",
+            "float* __restrict__",
+            "int",
+            "int"
+        ]
+    );
+
+    let launch = Scan2dLaunch::new(&grid(2, 96, 8, 16, 5, 7), true).unwrap();
+    assert_eq!(launch.scan.scalar_args, [96, 8, 16, 5, 7, 1]);
+    assert_eq!(launch.merge.scalar_args, [8, 96 * 5 * 7]);
+    assert_eq!(launch.partial_shape, [2, 8, 96, 5, 7]);
+    let launch = Scan2dLaunch::new(&grid(1, 3, 1, 0, 1, 9), false).unwrap();
+    assert_eq!(launch.scan.scalar_args, [3, 1, 0, 1, 9, 0]);
+    assert_eq!(launch.merge.scalar_args, [1, 27]);
+    assert_eq!(launch.partial_shape, [1, 1, 3, 1, 9]);
+}
+
+/// The grid, block and config of `launch` cover `count` threads along x
+/// with less than a block to spare.
+fn assert_covers<const INTS: usize>(launch: &KernelLaunch<INTS>, per_block: usize, count: usize) {
+    assert_eq!(launch.block as usize, per_block);
+    let threads = launch.grid.0 as usize * per_block;
+    assert!(
+        threads >= count && threads - count < per_block,
+        "{threads} threads for {count}"
+    );
+    let config = launch.config();
+    assert_eq!(config.grid_dim, launch.grid);
+    assert_eq!(config.block_dim, (launch.block, 1, 1));
+    assert_eq!(config.shared_mem_bytes, 0);
+}
+
+#[test]
+fn grids_2d_cover_every_direction_channel_and_output() {
+    // The model's shapes (Di = 256 or 512, K = 8, N = 16), and ragged ones;
+    // (scan grid, merge grid).
+    let cases = [
+        (grid(1, 256, 8, 16, 40, 40), (4, 8, 1), (1600, 1, 1)),
+        (grid(1, 512, 8, 16, 20, 20), (8, 8, 1), (800, 1, 1)),
+        (grid(3, 65, 4, 16, 3, 5), (2, 4, 3), (4, 1, 3)),
+        (grid(2, 1, 1, 1, 1, 1), (1, 1, 2), (1, 1, 2)),
+    ];
+    for (dims, scan_grid, merge_grid) in cases {
+        let launch = Scan2dLaunch::new(&dims, true).unwrap();
+        assert_eq!(
+            (launch.scan.grid, launch.merge.grid),
+            (scan_grid, merge_grid),
+            "{dims:?}"
+        );
+        assert_covers(&launch.scan, CHANNELS_PER_BLOCK, dims.channels);
+        let item_len = dims.channels * dims.height * dims.width;
+        assert_covers(&launch.merge, OUTPUTS_PER_BLOCK, item_len);
+    }
+}
+
+#[test]
+fn launch_2d_refuses_what_the_kernels_cannot_run() {
+    assert_eq!(
+        Scan2dLaunch::new(&grid(1, 8, 8, MAX_STATE + 1, 4, 4), true),
+        Err(LaunchError::TooManyStates(MAX_STATE + 1))
+    );
+    for k in [0, 9] {
+        let err = Scan2dLaunch::new(&grid(1, 8, k, 16, 4, 4), true).unwrap_err();
+        assert_eq!(err, LaunchError::Directions(k));
+        assert!(err.to_string().contains("1 to 8 directions"), "{err}");
+    }
+    // delta (and the scratch tensor of its shape): 8 * 4096 * 256 * 256
+    assert_eq!(
+        Scan2dLaunch::new(&grid(1, 4096, 8, 16, 256, 256), true),
+        Err(LaunchError::TooLarge {
+            name: "delta",
+            elements: 1 << 31
+        })
+    );
+    // Bs, larger than delta when N > Di: 8 * 16 * 4096 * 4096
+    assert_eq!(
+        Scan2dLaunch::new(&grid(1, 1, 8, 16, 4096, 4096), true),
+        Err(LaunchError::TooLarge {
+            name: "Bs",
+            elements: 1 << 31
+        })
+    );
+    assert_eq!(
+        Scan2dLaunch::new(&grid(70_000, 8, 8, 1, 1, 1), true),
+        Err(LaunchError::GridTooLarge {
+            what: "B (batch)",
+            count: 70_000
+        })
+    );
+}
+
 /// Runs the kernel source on the CPU: a C++ shim gives it `blockIdx`,
-/// `blockDim` and `threadIdx`, and a driver calls it for every thread of
-/// the grid that [`ScanLaunch`] sized, with the arguments it packed.
+/// `blockDim` and `threadIdx`, and a driver calls a kernel for every thread
+/// of each grid that [`ScanLaunch`] or [`Scan2dLaunch`] sized, with the
+/// arguments it packed.
 struct CpuEmulation {
     dir: PathBuf,
     driver: PathBuf,
@@ -156,36 +373,78 @@ const EMULATION_DRIVER: &str = r#"
 struct Index { unsigned x, y, z; };
 static Index blockIdx, blockDim, threadIdx;
 #define __global__
+#define __device__
+#define __forceinline__ inline
 #include "selective_scan.cu"
 
-// stdin: grid x, y, z, block, the 5 int arguments (i32), the element counts
-// of u, delta, A, Bs, Cs, D, delta_bias, y (u64), the 7 inputs (f32).
-// stdout: y (f32).
-int main() {
-    int32_t header[9];
-    uint64_t counts[8];
-    if (fread(header, 4, 9, stdin) != 9 || fread(counts, 8, 8, stdin) != 8) return 2;
-    std::vector<std::vector<float>> tensors(8);
-    for (int i = 0; i < 8; ++i) {
-        tensors[i].resize(counts[i]);
-        if (i < 7 && fread(tensors[i].data(), 4, counts[i], stdin) != counts[i]) return 3;
-    }
-    blockDim = {(unsigned)header[3], 1, 1};
-    for (blockIdx.z = 0; blockIdx.z < (unsigned)header[2]; ++blockIdx.z)
-    for (blockIdx.y = 0; blockIdx.y < (unsigned)header[1]; ++blockIdx.y)
-    for (blockIdx.x = 0; blockIdx.x < (unsigned)header[0]; ++blockIdx.x)
+// Calls `kernel` for every thread of the grid launch[0..3], block launch[3].
+template <typename Kernel> static void run_grid(const int32_t* launch, Kernel kernel) {
+    blockDim = {(unsigned)launch[3], 1, 1};
+    for (blockIdx.z = 0; blockIdx.z < (unsigned)launch[2]; ++blockIdx.z)
+    for (blockIdx.y = 0; blockIdx.y < (unsigned)launch[1]; ++blockIdx.y)
+    for (blockIdx.x = 0; blockIdx.x < (unsigned)launch[0]; ++blockIdx.x)
     for (threadIdx.x = 0; threadIdx.x < blockDim.x; ++threadIdx.x)
-        fer_edge_selective_scan(tensors[0].data(), tensors[1].data(), tensors[2].data(),
-            tensors[3].data(), tensors[4].data(), tensors[5].data(), tensors[6].data(),
-            tensors[7].data(), header[4], header[5], header[6], header[7], header[8]);
-    return fwrite(tensors[7].data(), 4, counts[7], stdout) == counts[7] ? 0 : 4;
+        kernel();
+}
+
+// stdin: the op (i32): 1 SelectiveScan, 2 SelectiveScan2D; for each of its
+// launches (1: the scan; 2: the scan, then the sum) grid x, y, z, block and
+// the launch's int arguments (i32); the element counts of u, delta, A, Bs,
+// Cs, D, delta_bias, then of the outputs (1: y; 2: partial, y) (u64); the 7
+// inputs (f32). stdout: y (f32).
+int main() {
+    int32_t op, scan[10], merge[6];
+    if (fread(&op, 4, 1, stdin) != 1 || (op != 1 && op != 2)) return 2;
+    const size_t scan_ints = op == 1 ? 4 + 5 : 4 + 6;
+    if (fread(scan, 4, scan_ints, stdin) != scan_ints) return 2;
+    if (op == 2 && fread(merge, 4, 6, stdin) != 6) return 2;
+    const size_t tensor_count = op == 1 ? 8 : 9;
+    uint64_t counts[9];
+    if (fread(counts, 8, tensor_count, stdin) != tensor_count) return 2;
+    std::vector<std::vector<float>> t(tensor_count);
+    for (size_t i = 0; i < tensor_count; ++i) {
+        // outputs start as NaN, as uninitialised memory might be
+        t[i].assign(counts[i], NAN);
+        if (i < 7 && fread(t[i].data(), 4, counts[i], stdin) != counts[i]) return 3;
+    }
+    if (op == 1) {
+        run_grid(scan, [&] {
+            fer_edge_selective_scan(t[0].data(), t[1].data(), t[2].data(), t[3].data(),
+                t[4].data(), t[5].data(), t[6].data(), t[7].data(),
+                scan[4], scan[5], scan[6], scan[7], scan[8]);
+        });
+    } else {
+        run_grid(scan, [&] {
+            fer_edge_selective_scan_2d(t[0].data(), t[1].data(), t[2].data(), t[3].data(),
+                t[4].data(), t[5].data(), t[6].data(), t[7].data(),
+                scan[4], scan[5], scan[6], scan[7], scan[8], scan[9]);
+        });
+        run_grid(merge, [&] {
+            fer_edge_merge_directions(t[7].data(), t[8].data(), merge[4], merge[5]);
+        });
+    }
+    const std::vector<float>& y = t[tensor_count - 1];
+    return fwrite(y.data(), 4, y.size(), stdout) == y.size() ? 0 : 4;
 }
 "#;
+
+/// A launch as the driver reads it: grid x, y, z, block, then the ints.
+fn driver_ints<const INTS: usize>(launch: &KernelLaunch<INTS>) -> Vec<i32> {
+    let (x, y, z) = launch.grid;
+    [x as i32, y as i32, z as i32, launch.block as i32]
+        .into_iter()
+        .chain(launch.scalar_args)
+        .collect()
+}
 
 impl CpuEmulation {
     /// Compiles the driver with the system C++ compiler, or says why not.
     fn build() -> Result<CpuEmulation, String> {
-        let dir = std::env::temp_dir().join(format!("fer-edge-cuda-scan-{}", std::process::id()));
+        // One directory per emulation: the tests that use one run in parallel.
+        static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("fer-edge-cuda-scan-{}-{build}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         std::fs::write(dir.join("selective_scan.cu"), KERNEL_SOURCE).map_err(|e| e.to_string())?;
         std::fs::write(dir.join("driver.cpp"), EMULATION_DRIVER).map_err(|e| e.to_string())?;
@@ -212,26 +471,49 @@ impl CpuEmulation {
         Ok(CpuEmulation { dir, driver })
     }
 
+    /// `SelectiveScan`'s kernel on `problem`, on the grid [`ScanLaunch`] sizes.
     fn run(&self, problem: &Problem) -> Vec<f32> {
         let launch = ScanLaunch::new(&problem.dims, problem.delta_softplus).unwrap();
+        let header: Vec<i32> = [1].into_iter().chain(driver_ints(&launch)).collect();
+        self.run_driver(&header, problem, &[problem.output_len()])
+    }
+
+    /// `SelectiveScan2D`'s two kernels on `problem`, on the grids
+    /// [`Scan2dLaunch`] sizes.
+    fn run_2d(&self, problem: &GridProblem) -> Vec<f32> {
+        let launch = Scan2dLaunch::new(&problem.dims, problem.data.delta_softplus).unwrap();
+        let header: Vec<i32> = [2]
+            .into_iter()
+            .chain(driver_ints(&launch.scan))
+            .chain(driver_ints(&launch.merge))
+            .collect();
+        let partial_len = launch.partial_shape.iter().product();
+        assert_eq!(partial_len, problem.data.delta.len());
+        let outputs = [partial_len, problem.output_len()];
+        self.run_driver(&header, &problem.data, &outputs)
+    }
+
+    /// Runs the driver on `header`, the inputs of `data` and the output
+    /// counts; returns y.
+    fn run_driver(&self, header: &[i32], data: &Problem, outputs: &[usize]) -> Vec<f32> {
         let inputs = [
-            &problem.u,
-            &problem.delta,
-            &problem.a,
-            &problem.b,
-            &problem.c,
-            &problem.d,
-            &problem.delta_bias,
+            &data.u,
+            &data.delta,
+            &data.a,
+            &data.b,
+            &data.c,
+            &data.d,
+            &data.delta_bias,
         ];
         let mut stdin = Vec::new();
-        let (x, y, z) = launch.grid;
-        for value in [x as i32, y as i32, z as i32, launch.block as i32]
-            .into_iter()
-            .chain(launch.scalar_args)
-        {
+        for value in header {
             stdin.extend(value.to_le_bytes());
         }
-        for count in inputs.iter().map(|t| t.len()).chain([problem.output_len()]) {
+        let counts = inputs
+            .iter()
+            .map(|t| t.len())
+            .chain(outputs.iter().copied());
+        for count in counts {
             stdin.extend((count as u64).to_le_bytes());
         }
         for value in inputs.iter().flat_map(|t| t.iter()) {
@@ -258,16 +540,32 @@ impl Drop for CpuEmulation {
     }
 }
 
+/// The emulation, or `None` after a loud skip when no C++ compiler works.
+fn cpu_emulation() -> Option<CpuEmulation> {
+    CpuEmulation::build()
+        .map_err(|why| {
+            common::skip(&format!(
+                "the CUDA kernels' CPU emulation needs a C++ compiler: {why}"
+            ))
+        })
+        .ok()
+}
+
+/// Checks `got` against `want` bit for bit, naming the first difference.
+fn assert_same_bits(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (at, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits(),
+            "{what}: y[{at}] = {g}, reference {w}"
+        );
+    }
+}
+
 #[test]
 fn kernel_source_run_on_the_cpu_matches_the_reference_bit_for_bit() {
-    let emulation = match CpuEmulation::build() {
-        Ok(emulation) => emulation,
-        Err(why) => {
-            common::skip(&format!(
-                "the CUDA kernel's CPU emulation needs a C++ compiler: {why}"
-            ));
-            return;
-        }
+    let Some(emulation) = cpu_emulation() else {
+        return;
     };
     let cases = [
         (dims(1, 16, 2, 16, 33), true, TYPICAL),
@@ -281,36 +579,118 @@ fn kernel_source_run_on_the_cpu_matches_the_reference_bit_for_bit() {
         let problem = Problem::random(dims, softplus, ranges, seed as u64);
         let want = problem.run(reference());
         let got = emulation.run(&problem);
-        assert_eq!(got.len(), want.len(), "{dims:?}");
-        for (at, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                g.to_bits() == w.to_bits(),
-                "{dims:?} softplus={softplus}: y[{at}] = {g}, reference {w}"
-            );
-        }
+        assert_same_bits(&got, &want, &format!("{dims:?} softplus={softplus}"));
     }
 }
 
-/// Inputs for B=1, KD=8, G=2, N=`state`, L=5.
-fn scan_input_facts(state: usize) -> [TypedFact; 7] {
-    [
-        f32::fact([1, 8, 5]),
-        f32::fact([1, 8, 5]),
-        f32::fact([8, state]),
-        f32::fact([1, 2, state, 5]),
-        f32::fact([1, 2, state, 5]),
-        f32::fact([8]),
-        f32::fact([8]),
-    ]
+/// The 2-D kernels walk the contract's directions with the CPU's traversal
+/// formulas and add them in the CPU's order: the same y, bit for bit, as
+/// the reference kernel's `selective_scan_2d`.
+#[test]
+fn kernel_2d_source_run_on_the_cpu_matches_the_reference_bit_for_bit() {
+    let Some(emulation) = cpu_emulation() else {
+        return;
+    };
+    let cases = [
+        (grid(1, 16, 8, 16, 5, 7), true, TYPICAL), // the contract's K, wide
+        (grid(2, 70, 8, 16, 7, 5), true, TYPICAL), // two channel blocks, tall, two items
+        (grid(1, 8, 4, 16, 6, 9), true, STIFF),    // K = 4, non-square
+        (grid(1, 12, 4, 5, 1, 9), false, SLOW),    // one row
+        (grid(1, 6, 8, 3, 9, 1), true, TYPICAL),   // one column
+        (grid(2, 9, 6, 7, 11, 4), true, TYPICAL),  // H > W: h mod W on the diagonals
+        (grid(1, 5, 2, 16, 14, 14), true, TYPICAL), // 196 steps
+        (grid(1, 3, 1, 2, 4, 6), true, SLOW),      // one direction
+        (grid(1, 4, 3, 0, 3, 4), true, TYPICAL),   // no states: y = sum of D u
+        (grid(1, 4, 8, 16, 1, 1), true, TYPICAL),  // one pixel
+    ];
+    for (seed, (dims, softplus, ranges)) in cases.into_iter().enumerate() {
+        let problem = GridProblem::random(dims, softplus, ranges, seed as u64);
+        let want = problem.reference();
+        assert!(want.iter().all(|v| v.is_finite()), "{dims:?}");
+        assert!(want.iter().any(|v| v.abs() > 1e-3), "{dims:?}: all about 0");
+        let got = emulation.run_2d(&problem);
+        assert_same_bits(&got, &want, &format!("{dims:?} softplus={softplus}"));
+    }
+}
+
+/// The scan op of one contract version, for the rewrite tests.
+#[derive(Debug, Clone, Copy)]
+enum Version {
+    One,
+    Two,
+}
+
+impl Version {
+    /// Its inputs with N = `state`: version 1 for B=1, KD=8, G=2, L=5;
+    /// version 2 for B=1, Di=3, K=8, H=2, W=5.
+    fn input_facts(self, state: usize) -> [TypedFact; 7] {
+        match self {
+            Version::One => [
+                f32::fact([1, 8, 5]),
+                f32::fact([1, 8, 5]),
+                f32::fact([8, state]),
+                f32::fact([1, 2, state, 5]),
+                f32::fact([1, 2, state, 5]),
+                f32::fact([8]),
+                f32::fact([8]),
+            ],
+            Version::Two => [
+                f32::fact([1, 3, 2, 5]),
+                f32::fact([1, 8, 3, 2, 5]),
+                f32::fact([24, state]),
+                f32::fact([1, 8, state, 2, 5]),
+                f32::fact([1, 8, state, 2, 5]),
+                f32::fact([24]),
+                f32::fact([24]),
+            ],
+        }
+    }
+
+    /// y's fact, u's shape.
+    fn output_fact(self) -> TypedFact {
+        self.input_facts(16)[0].clone()
+    }
+
+    /// The CPU op.
+    fn host_op(self) -> Box<dyn TypedOp> {
+        let delta_softplus = true;
+        match self {
+            Version::One => Box::new(SelectiveScan { delta_softplus }),
+            Version::Two => Box::new(SelectiveScan2D { delta_softplus }),
+        }
+    }
+
+    /// The model's nodes of the CPU op.
+    fn host_scans(self, model: &TypedModel) -> usize {
+        let is_host = |n: &&TypedNode| match self {
+            Version::One => n.op_is::<SelectiveScan>(),
+            Version::Two => n.op_is::<SelectiveScan2D>(),
+        };
+        model.nodes().iter().filter(is_host).count()
+    }
+
+    /// The model's nodes of the GPU op.
+    fn gpu_scans(self, model: &TypedModel) -> Vec<&TypedNode> {
+        let is_gpu = |n: &&TypedNode| match self {
+            Version::One => n.op_is::<CudaSelectiveScan>(),
+            Version::Two => n.op_is::<CudaSelectiveScan2D>(),
+        };
+        model.nodes().iter().filter(is_gpu).collect()
+    }
 }
 
 /// What tract-cuda makes of a model with one scan: the inputs come from
 /// GPU ops (here, host sources copied to the device), are copied back to
-/// the host for the scan, whose output goes back to the device.
-fn translated_scan_model(state: usize, on_host: &[usize]) -> TractResult<TypedModel> {
+/// the host for the scan, whose output goes back to the device. Inputs
+/// `on_host` come from the host directly.
+fn translated_scan_model(
+    version: Version,
+    state: usize,
+    on_host: &[usize],
+) -> TractResult<TypedModel> {
     let mut model = TypedModel::default();
     let mut inputs = tvec![];
-    for (ix, fact) in scan_input_facts(state).into_iter().enumerate() {
+    for (ix, fact) in version.input_facts(state).into_iter().enumerate() {
         let source = model.add_source(format!("input{ix}"), fact)?;
         let input = if on_host.contains(&ix) {
             source
@@ -328,13 +708,7 @@ fn translated_scan_model(state: usize, on_host: &[usize]) -> TractResult<TypedMo
         };
         inputs.push(input);
     }
-    let y = model.wire_node(
-        "scan",
-        SelectiveScan {
-            delta_softplus: true,
-        },
-        &inputs,
-    )?;
+    let y = model.wire_node("scan", version.host_op(), &inputs)?;
     let y = model.wire_node("next_gpu_op", DeviceSync::new(DeviceSyncKind::ToDevice), &y)?;
     let y = model.wire_node("output", DeviceSync::new(DeviceSyncKind::ToHost), &y)?;
     model.select_output_outlets(&y)?;
@@ -351,64 +725,63 @@ fn count_syncs(model: &TypedModel, kind: DeviceSyncKind) -> usize {
 
 #[test]
 fn rewrite_runs_the_scan_on_the_inputs_device_tensors() -> TractResult<()> {
-    let mut model = translated_scan_model(16, &[])?;
-    run_scans_on_gpu(&mut model)?;
-    assert!(!model.nodes().iter().any(|n| n.op_is::<SelectiveScan>()));
-    let scans: Vec<&TypedNode> = model
-        .nodes()
-        .iter()
-        .filter(|n| n.op_is::<CudaSelectiveScan>())
-        .collect();
-    assert_eq!(scans.len(), 1);
-    for input in &scans[0].inputs {
-        let producer = model.node(input.node);
-        assert!(
-            producer.name.starts_with("gpu_op"),
-            "scan input from {}",
-            producer.name
-        );
-        assert!(model.outlet_fact(*input)?.as_device_fact().is_some());
+    for version in [Version::One, Version::Two] {
+        let mut model = translated_scan_model(version, 16, &[])?;
+        run_scans_on_gpu(&mut model)?;
+        assert_eq!(version.host_scans(&model), 0, "{version:?}");
+        let scans = version.gpu_scans(&model);
+        assert_eq!(scans.len(), 1, "{version:?}");
+        for input in &scans[0].inputs {
+            let producer = model.node(input.node);
+            assert!(
+                producer.name.starts_with("gpu_op"),
+                "{version:?}: scan input from {}",
+                producer.name
+            );
+            assert!(model.outlet_fact(*input)?.as_device_fact().is_some());
+        }
+        let y = model.outlet_fact(OutletId::new(scans[0].id, 0))?;
+        assert_eq!(y.to_device_fact()?.shape, version.output_fact().shape);
+        // The scan's output feeds the next GPU op directly: the one copy to
+        // the host left is the model output's.
+        assert_eq!(count_syncs(&model, DeviceSyncKind::ToHost), 1);
+        assert_eq!(model.output_fact(0)?, &version.output_fact());
     }
-    let y = model.outlet_fact(OutletId::new(scans[0].id, 0))?;
-    assert_eq!(y.to_device_fact()?.shape, f32::fact([1, 8, 5]).shape);
-    // The scan's output feeds the next GPU op directly: the one copy to the
-    // host left is the model output's.
-    assert_eq!(count_syncs(&model, DeviceSyncKind::ToHost), 1);
-    assert_eq!(model.output_fact(0)?, &f32::fact([1, 8, 5]));
     Ok(())
 }
 
 #[test]
 fn rewrite_copies_inputs_left_on_the_host_to_the_device() -> TractResult<()> {
-    let mut model = translated_scan_model(16, &[2, 5])?;
-    run_scans_on_gpu(&mut model)?;
-    let scan = model
-        .nodes()
-        .iter()
-        .find(|n| n.op_is::<CudaSelectiveScan>())
-        .expect("the scan on the GPU");
-    for ix in [2, 5] {
-        let producer = model.node(scan.inputs[ix].node);
-        assert_eq!(
-            producer.op_as::<DeviceSync>().map(|s| s.kind),
-            Some(DeviceSyncKind::ToDevice),
-            "input {ix} from {}",
-            producer.name
-        );
-        assert_eq!(
-            model.node(producer.inputs[0].node).name,
-            format!("input{ix}")
-        );
+    for version in [Version::One, Version::Two] {
+        let mut model = translated_scan_model(version, 16, &[2, 5])?;
+        run_scans_on_gpu(&mut model)?;
+        let scans = version.gpu_scans(&model);
+        let scan = scans.first().expect("the scan on the GPU");
+        for ix in [2, 5] {
+            let producer = model.node(scan.inputs[ix].node);
+            assert_eq!(
+                producer.op_as::<DeviceSync>().map(|s| s.kind),
+                Some(DeviceSyncKind::ToDevice),
+                "{version:?}: input {ix} from {}",
+                producer.name
+            );
+            assert_eq!(
+                model.node(producer.inputs[0].node).name,
+                format!("input{ix}")
+            );
+        }
     }
     Ok(())
 }
 
 #[test]
 fn rewrite_leaves_scans_with_too_many_states_on_the_cpu() -> TractResult<()> {
-    let mut model = translated_scan_model(MAX_STATE + 1, &[])?;
-    run_scans_on_gpu(&mut model)?;
-    assert!(model.nodes().iter().any(|n| n.op_is::<SelectiveScan>()));
-    assert!(!model.nodes().iter().any(|n| n.op_is::<CudaSelectiveScan>()));
+    for version in [Version::One, Version::Two] {
+        let mut model = translated_scan_model(version, MAX_STATE + 1, &[])?;
+        run_scans_on_gpu(&mut model)?;
+        assert_eq!(version.host_scans(&model), 1, "{version:?}");
+        assert!(version.gpu_scans(&model).is_empty(), "{version:?}");
+    }
     Ok(())
 }
 
@@ -481,14 +854,103 @@ fn gpu_scan_matches_the_reference() -> TractResult<()> {
             Tensor::from_shape(&[batch, groups, state, len], &problem.c)?.into(),
         ])?;
         let got = y[0].to_plain_array_view::<f32>()?;
-        let want = problem.run(reference());
-        // GPU expf is not the CPU's and the GPU contracts to FMA.
-        for (at, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                "{dims:?}: y[{at}] = {g} on the GPU, reference {w}"
-            );
-        }
+        assert_close(got.as_slice().unwrap(), &problem.run(reference()), &dims);
+    }
+    Ok(())
+}
+
+/// The GPU's y against the CPU reference's: GPU expf is not the CPU's and
+/// the GPU contracts to FMA.
+fn assert_close(got: &[f32], want: &[f32], dims: &dyn std::fmt::Debug) {
+    assert_eq!(got.len(), want.len(), "{dims:?}");
+    for (at, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+            "{dims:?}: y[{at}] = {g} on the GPU, reference {w}"
+        );
+    }
+}
+
+/// A model of one 2-D scan as the exporter writes it: u, delta, Bs and Cs
+/// are computed (here, inputs), A, D and delta_bias are weights.
+fn one_scan_2d_model(problem: &GridProblem) -> TractResult<TypedModel> {
+    let GridDims {
+        batch,
+        channels,
+        directions,
+        state,
+        height,
+        width,
+    } = problem.dims;
+    let data = &problem.data;
+    let k_channels = directions * channels;
+    let mut model = TypedModel::default();
+    let weight = |data: &[f32], shape: &[usize]| Tensor::from_shape(shape, data);
+    let u = model.add_source("u", f32::fact([batch, channels, height, width]))?;
+    let delta = model.add_source(
+        "delta",
+        f32::fact([batch, directions, channels, height, width]),
+    )?;
+    let a = model.add_const("A", weight(&data.a, &[k_channels, state])?)?;
+    let per_direction = f32::fact([batch, directions, state, height, width]);
+    let b = model.add_source("Bs", per_direction.clone())?;
+    let c = model.add_source("Cs", per_direction)?;
+    let d = model.add_const("D", weight(&data.d, &[k_channels])?)?;
+    let bias = model.add_const("delta_bias", weight(&data.delta_bias, &[k_channels])?)?;
+    let y = model.wire_node(
+        "scan",
+        SelectiveScan2D {
+            delta_softplus: data.delta_softplus,
+        },
+        &[u, delta, a, b, c, d, bias],
+    )?;
+    model.select_output_outlets(&y)?;
+    Ok(model)
+}
+
+#[test]
+fn gpu_2d_scan_matches_the_reference() -> TractResult<()> {
+    if let Err(cause) = tract_cuda::utils::ensure_cuda_runtime_dependencies("CUDA libraries") {
+        common::skip(&format!(
+            "gpu_2d_scan_matches_the_reference: no usable CUDA GPU here ({cause:#}). \
+             Run `cargo test --release --features cuda --test cuda_scan` on a Jetson."
+        ));
+        return Ok(());
+    }
+    for (seed, (dims, softplus)) in [
+        (grid(1, 256, 8, 16, 28, 28), true),
+        (grid(2, 70, 4, 16, 7, 9), true),
+        (grid(1, 24, 8, 5, 6, 1), false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let problem = GridProblem::random(dims, softplus, TYPICAL, seed as u64);
+        let plan = Device::Cuda.prepare(one_scan_2d_model(&problem)?)?;
+        let on_gpu = plan
+            .model()
+            .nodes()
+            .iter()
+            .any(|n| n.op_is::<CudaSelectiveScan2D>());
+        assert!(on_gpu, "the CUDA plan should run the 2-D scan on the GPU");
+        let GridDims {
+            batch,
+            channels,
+            directions,
+            state,
+            height,
+            width,
+        } = dims;
+        let data = &problem.data;
+        let per_direction = [batch, directions, state, height, width];
+        let y = plan.run(tvec![
+            Tensor::from_shape(&[batch, channels, height, width], &data.u)?.into(),
+            Tensor::from_shape(&[batch, directions, channels, height, width], &data.delta)?.into(),
+            Tensor::from_shape(&per_direction, &data.b)?.into(),
+            Tensor::from_shape(&per_direction, &data.c)?.into(),
+        ])?;
+        let got = y[0].to_plain_array_view::<f32>()?;
+        assert_close(got.as_slice().unwrap(), &problem.reference(), &dims);
     }
     Ok(())
 }
@@ -508,5 +970,12 @@ fn cuda_device_without_a_gpu_is_an_error_and_auto_falls_back_to_the_cpu() -> Tra
         .nodes()
         .iter()
         .any(|n| n.op_is::<SelectiveScan>()));
+    let problem = GridProblem::random(grid(1, 4, 8, 4, 3, 5), true, TYPICAL, 8);
+    let plan = Device::Auto.prepare(one_scan_2d_model(&problem)?)?;
+    assert!(plan
+        .model()
+        .nodes()
+        .iter()
+        .any(|n| n.op_is::<SelectiveScan2D>()));
     Ok(())
 }
