@@ -2,7 +2,8 @@
 //! the config file), CUDA detection, and the fall back to the CPU.
 //!
 //! With the `cuda` feature a CUDA plan is tract-cuda's translation of the
-//! model with fer-edge's scan kernel in it (`scan::cuda`).
+//! model with fer-edge's scan kernels in it (`scan::cuda`), for both
+//! versions of the scan op.
 //! tract-cuda loads the NVIDIA driver and libraries at run time; they are
 //! probed first (by dlopen, before anything touches cudarc, which panics
 //! without them), so a machine without a GPU gets an error, or with `auto`
@@ -122,7 +123,7 @@ fn prepare_cuda(_model: TypedModel) -> TractResult<Arc<TypedRunnableModel>> {
 }
 
 /// tract-cuda's own runtime (`CudaRuntime::prepare_with_options`), with the
-/// scan put on the GPU between its translation and its optimisation.
+/// scans put on the GPU between its translation and its optimisation.
 #[cfg(feature = "cuda")]
 fn prepare_cuda(model: TypedModel) -> TractResult<Arc<TypedRunnableModel>> {
     use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -134,11 +135,9 @@ fn prepare_cuda(model: TypedModel) -> TractResult<Arc<TypedRunnableModel>> {
     // kernels (a GPU the driver cannot open, missing CUDA headers).
     let prepared = catch_unwind(AssertUnwindSafe(|| -> TractResult<_> {
         let mut model = model.into_decluttered()?;
-        // the GPU scan kernel is version 1's
-        crate::scan::op::lower_to_version_1(&mut model)?;
         tract_cuda::CudaTransform.transform(&mut model)?;
         crate::scan::cuda::run_scans_on_gpu(&mut model)?;
-        crate::scan::cuda::compile_kernel()?;
+        crate::scan::cuda::compile_kernels()?;
         model.optimize()?;
         let options = RunOptions {
             skip_order_opt_ram: true,

@@ -40,7 +40,7 @@ macro_rules! contract {
 }
 
 mod scan_2d;
-pub use scan_2d::{lower_to_version_1, SelectiveScan2D};
+pub use scan_2d::SelectiveScan2D;
 
 /// Input names, in contract order, with their ranks.
 const INPUTS: [(&str, usize); 7] = [
