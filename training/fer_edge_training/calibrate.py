@@ -14,8 +14,13 @@ FER+'s valid split (:func:`.compare.expression_faces`), and folds the offsets in
 biases of the classification convs: the exported model and the runtime need nothing new.
 
 The faces are seen as :mod:`.compare` sees the test sets: each whole image letterboxed;
-a face's answer is its highest-scoring cell (score >= :data:`.compare.FER_EDGE_CONFIDENCE`)
-whose box has IoU >= :data:`.compare.MATCH_IOU` with the face's box. (The runtime's
+a face's answer is its highest-scoring cell whose box has IoU >= :data:`.compare.MATCH_IOU`
+with the face's box, if that cell scores at least ``--confidence``: by default the
+runtime's own default (:data:`RUNTIME_CONFIDENCE`). A cell's score is sigmoid(objectness)
+x sigmoid(expression logit), so an offset that lowers an expression also lowers its
+faces' detection scores: fitted at the runtime's threshold, the offsets count the faces
+they would push below it as lost (v6's fit at 0.05 lowered happiness by 0.25, and the
+runtime then missed a smiling face at 0.128). (The runtime's
 NMS only drops that cell for a better one that overlaps it and misses the face box.) The
 offsets maximise ``accuracy + WEIGHT x macro F1`` by coordinate ascent over
 :data:`GRID` (bounded: at most 2 either way): accuracy at the natural frequencies, without
@@ -38,7 +43,6 @@ import numpy as np
 import torch
 
 from .compare import (
-    FER_EDGE_CONFIDENCE,
     MATCH_IOU,
     Scores,
     expression_faces,
@@ -50,6 +54,8 @@ from .model import CLASSES
 from .photos import BoxedFace, add_source_arguments
 from .preprocess import load_rgb, preprocess
 
+#: fer-edge's default face score threshold (`DecodeOptions::default`, src/decode.rs).
+RUNTIME_CONFIDENCE = 0.15
 #: Weight of macro F1 in the fitted objective.
 WEIGHT = 1.0
 #: Recall every fitted expression keeps (or its recall before calibration, if lower).
@@ -80,42 +86,51 @@ def face_cells(model: torch.nn.Module, faces: list[BoxedFace], size: int) -> lis
     return cells
 
 
-def answer(cells: np.ndarray, offsets: np.ndarray) -> int | None:
-    """The expression given to a face with ``offsets`` added to the expression logits."""
+def answer(
+    cells: np.ndarray, offsets: np.ndarray, confidence: float = RUNTIME_CONFIDENCE
+) -> int | None:
+    """The expression given to a face with ``offsets`` added to the expression logits;
+    None when no cell scores at least ``confidence``."""
     scores = cell_scores(cells + np.concatenate([[0.0], offsets]).astype(np.float32))
     best = scores.max(axis=1, initial=0.0)
-    if not (best >= FER_EDGE_CONFIDENCE).any():
+    if not (best >= confidence).any():
         return None
     return int(scores[int(best.argmax())].argmax())
 
 
 def objective(
-    labels: list[int], cells: list[np.ndarray], offsets: np.ndarray, floors: dict[int, float]
+    labels: list[int],
+    cells: list[np.ndarray],
+    offsets: np.ndarray,
+    floors: dict[int, float],
+    confidence: float,
 ) -> float:
     """``accuracy + WEIGHT x macro F1`` of the answers with ``offsets``; minus
     infinity when an expression of ``floors`` has a lower recall than its floor."""
-    s = score(labels, [answer(c, offsets) for c in cells])
+    s = score(labels, [answer(c, offsets, confidence) for c in cells])
     if any(s.recall[c] < floor - 1e-9 for c, floor in floors.items()):
         return -np.inf
     return s.accuracy + WEIGHT * s.macro_f1
 
 
-def fit_offsets(labels: list[int], cells: list[np.ndarray]) -> np.ndarray:
+def fit_offsets(
+    labels: list[int], cells: list[np.ndarray], confidence: float = RUNTIME_CONFIDENCE
+) -> np.ndarray:
     """Coordinate ascent of :func:`objective` over :data:`GRID`, from zero offsets, for
     the expressions with at least :data:`MIN_FACES` faces; a change is kept only when it
     strictly improves the objective."""
     offsets = np.zeros(len(CLASSES), dtype=np.float32)
     fitted = [c for c in range(len(CLASSES)) if labels.count(c) >= MIN_FACES]
-    before = score(labels, [answer(c, offsets) for c in cells]).recall
+    before = score(labels, [answer(c, offsets, confidence) for c in cells]).recall
     floors = {c: min(MIN_RECALL, before[c]) for c in fitted}
-    best = objective(labels, cells, offsets, floors)
+    best = objective(labels, cells, offsets, floors, confidence)
     for _ in range(ROUNDS):
         improved = False
         for c in fitted:
             for value in GRID:
                 trial = offsets.copy()
                 trial[c] = value
-                got = objective(labels, cells, trial, floors)
+                got = objective(labels, cells, trial, floors, confidence)
                 if got > best + 1e-9:
                     best, offsets, improved = got, trial, True
         if not improved:
@@ -153,6 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variant", default="nano")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    ap.add_argument(
+        "--confidence",
+        type=float,
+        default=RUNTIME_CONFIDENCE,
+        help="face score a face's answer needs (default: the runtime's default)",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -161,10 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     faces = expression_faces(args, "lfw", "val") + expression_faces(args, "ferplus", "val")
     labels = [f.label for f in faces]
     cells = face_cells(model, faces, args.size)
-    offsets = fit_offsets(labels, cells)
+    offsets = fit_offsets(labels, cells, args.confidence)
     zero = np.zeros_like(offsets)
-    before = score(labels, [answer(c, zero) for c in cells])
-    after = score(labels, [answer(c, offsets) for c in cells])
+    before = score(labels, [answer(c, zero, args.confidence) for c in cells])
+    after = score(labels, [answer(c, offsets, args.confidence) for c in cells])
 
     state = with_offsets(model.state_dict(), offsets)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "checkpoint": str(args.checkpoint),
         "faces": len(faces),
+        "confidence": args.confidence,
         "offsets": {name: float(v) for name, v in zip(CLASSES, offsets, strict=True)},
         "before": summary(before),
         "after": summary(after),

@@ -170,3 +170,30 @@ def test_a_class_is_not_raised_where_its_answers_would_be_mostly_wrong():
     offsets = fit_offsets(labels, face)
     answers = [answer(c, offsets) for c in face]
     assert answers[20:] == [NEUTRAL] * 200
+
+
+def test_the_fit_keeps_faces_above_the_confidence_it_is_fitted_at():
+    """Happy faces that score 0.16 and neutral faces called happy: lowering happiness
+    by 0.25 puts every face right when a face counts as found from 0.05, but drops the
+    happy faces to 0.134, under the runtime's 0.15; fitted there, the fit must raise
+    neutral instead, so every face is still found and right at that threshold."""
+    happy_logit = float(np.log(0.32 / 0.68))  # 0.5 x sigmoid = 0.16
+    labels, face = [], []
+    for i in range(200):
+        z = [-3.0] * 7
+        if i % 2:
+            labels.append(HAPPY)
+            z[HAPPY] = happy_logit
+            face.append(cells(0.0, z))
+        else:
+            labels.append(NEUTRAL)
+            z[NEUTRAL], z[HAPPY] = 1.0, 1.2
+            face.append(cells(2.0, z))
+    assert fit_offsets(labels, face, confidence=0.05)[HAPPY] < 0
+    offsets = fit_offsets(labels, face, confidence=0.15)
+    assert offsets[HAPPY] >= 0
+    assert all(answer(c, offsets, 0.15) == t for c, t in zip(face, labels, strict=True))
+    lowered = offsets.copy()
+    lowered[HAPPY] = -0.25
+    assert answer(face[1], lowered, 0.05) == HAPPY
+    assert answer(face[1], lowered, 0.15) is None
