@@ -147,10 +147,15 @@ fn a_tracked_face_is_published_and_logged_alike() {
     let config = sink_config(broker.port, "kiosk-a");
     let topics = config.topics().unwrap();
     let subscriber = Subscriber::connect(broker.port, "fer-edge/kiosk-a/#");
+    let availability = Subscriber::connect(broker.port, &topics.availability());
     let log_output = SharedBuffer::default();
     let mut log = JsonLogSink::new(topics.clone(), log_output.clone());
     let mut mqtt = MqttSink::start(&config).unwrap();
     wait_until("the sink is connected", || mqtt.is_connected());
+    // Connected is not yet published: once a subscriber has "online", the broker
+    // holds it, and a later subscriber gets it as a retained message (under load,
+    // subscribing first got it live, without the retain flag).
+    availability.next_on(&topics.availability());
 
     let late_subscriber = Subscriber::connect(broker.port, &topics.availability());
     let retained = late_subscriber.next_on(&topics.availability());
@@ -549,9 +554,12 @@ fn home_assistant_discovery_configs_are_retained_json() {
         ..sink_config(broker.port, "kiosk-ha")
     };
     let topics = config.topics().unwrap();
+    let published = Subscriber::connect(broker.port, "homeassistant/#");
     let sink = MqttSink::start(&config).unwrap();
     wait_until("the sink is connected", || sink.is_connected());
-    // Subscribing after they were published: only retained ones arrive.
+    // Once a subscriber has all three, the broker holds them: subscribing after
+    // that, only retained ones arrive (as the race-free check that they are).
+    published.take(3);
     let subscriber = Subscriber::connect(broker.port, "homeassistant/#");
     let mut configs = subscriber.take(3);
     configs.sort_by(|a, b| a.topic.cmp(&b.topic));
