@@ -2,8 +2,9 @@
 //! thread serving the service's counters at `/metrics` in the Prometheus
 //! text format (OpenMetrics 1.0, as `prometheus-client` writes it) and its
 //! health at `/healthz`: 200 while the frame loop turns and the frame source
-//! is open, 503 otherwise. The frame loop only updates atomics ([`Monitor`]);
-//! nothing but counters leaves the device.
+//! is open, 503 otherwise. The frame loop only updates atomics ([`Monitor`]),
+//! all of a turn's at once, so a scrape never sees half a turn (a frame's
+//! inference counted but not the frame); nothing but counters leaves the device.
 
 use crate::face::Expression;
 use crate::signal::Stats;
@@ -17,7 +18,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,9 @@ pub struct Monitor {
     /// Milliseconds from `started` to the loop's last turn.
     last_turn_ms: AtomicU64,
     source_is_open: AtomicBool,
+    /// Held to write while a turn updates the metrics, to read while a
+    /// scrape encodes them.
+    turn_lock: RwLock<()>,
 }
 
 struct MqttMetrics {
@@ -83,6 +87,8 @@ pub struct Turn<'a> {
     pub source_reconnects: u64,
     /// MQTT connected, messages waiting for the broker, messages lost.
     pub mqtt: Option<(bool, usize, u64)>,
+    /// The network time of the frame this turn processed, if it had one.
+    pub inference: Option<Duration>,
 }
 
 impl Monitor {
@@ -118,6 +124,7 @@ impl Monitor {
             started: Instant::now(),
             last_turn_ms: AtomicU64::new(0),
             source_is_open: AtomicBool::new(false),
+            turn_lock: RwLock::new(()),
         };
         let m = &monitor;
         let r = &mut registry;
@@ -190,13 +197,12 @@ impl Monitor {
         (Arc::new(monitor), registry)
     }
 
-    /// One processed frame's inference time.
-    pub fn frame(&self, inference: Duration) {
-        self.inference.observe(inference.as_secs_f64());
-    }
-
     /// One turn of the frame loop (with or without a frame), at `now`.
     pub fn turn(&self, now: Instant, turn: &Turn) {
+        let _turn = self.turn_lock.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(inference) = turn.inference {
+            self.inference.observe(inference.as_secs_f64());
+        }
         let since_start = now.saturating_duration_since(self.started).as_millis();
         self.last_turn_ms
             .store(since_start as u64, Ordering::Relaxed);
@@ -322,6 +328,7 @@ fn respond(
     match url.split('?').next().unwrap_or_default() {
         "/metrics" => {
             let mut body = String::new();
+            let _whole_turns = monitor.turn_lock.read().unwrap_or_else(|e| e.into_inner());
             match prometheus_client::encoding::text::encode(&mut body, registry) {
                 Ok(()) => (200, OPENMETRICS, body),
                 Err(e) => (500, TEXT, format!("cannot encode the metrics: {e}\n")),
@@ -349,25 +356,34 @@ mod tests {
     fn counters_follow_frames_events_and_turns() {
         let (monitor, registry) = Monitor::new("built-in model m.onnx", "ab12", true);
         let mut stats = Stats::default();
+        stats.dropped_frames = 3;
+        stats.corrupt_frames = 1;
         for (inference_ms, event) in [
             (60, event(EventKind::New, 1, Expression::Happiness)),
             (40, event(EventKind::Update, 1, Expression::Surprise)),
         ] {
-            monitor.frame(Duration::from_millis(inference_ms));
             stats.frames += 1;
             stats.count_events(&[event]);
+            let turn = Turn {
+                stats: &stats,
+                faces_visible: 1,
+                source_open: true,
+                source_reconnects: 0,
+                mqtt: Some((true, 2, 5)),
+                inference: Some(Duration::from_millis(inference_ms)),
+            };
+            monitor.turn(Instant::now(), &turn);
         }
-        stats.dropped_frames = 3;
-        stats.corrupt_frames = 1;
-        let turn = Turn {
+        // A turn without a frame adds no inference.
+        let idle = Turn {
             stats: &stats,
             faces_visible: 1,
             source_open: true,
             source_reconnects: 0,
             mqtt: Some((true, 2, 5)),
+            inference: None,
         };
-        monitor.turn(Instant::now(), &turn);
-        monitor.turn(Instant::now(), &turn);
+        monitor.turn(Instant::now(), &idle);
         let text = scrape(&registry, &monitor);
         for line in [
             "fer_edge_frames_total 2",
@@ -389,6 +405,53 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
+    /// The number on a sample line `name value` of an exposition.
+    fn sample(text: &str, name: &str) -> f64 {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line[name.len() + 1..].parse().unwrap()
+    }
+
+    /// Scrapes taken while another thread turns the loop see whole turns:
+    /// as many inferences as frames, every time.
+    #[test]
+    fn a_scrape_during_turns_sees_whole_turns() {
+        let (monitor, registry) = Monitor::new("m", "s", false);
+        let turns = std::thread::spawn({
+            let monitor = Arc::clone(&monitor);
+            move || {
+                let mut stats = Stats::default();
+                for _ in 0..20_000 {
+                    stats.frames += 1;
+                    let turn = Turn {
+                        stats: &stats,
+                        faces_visible: 0,
+                        source_open: true,
+                        source_reconnects: 0,
+                        mqtt: None,
+                        inference: Some(Duration::from_millis(30)),
+                    };
+                    monitor.turn(Instant::now(), &turn);
+                }
+            }
+        });
+        let mut scrapes = 0;
+        while !turns.is_finished() || scrapes == 0 {
+            let text = scrape(&registry, &monitor);
+            assert_eq!(
+                sample(&text, "fer_edge_inference_seconds_count"),
+                sample(&text, "fer_edge_frames_total"),
+                "{text}"
+            );
+            scrapes += 1;
+        }
+        turns.join().unwrap();
+        let text = scrape(&registry, &monitor);
+        assert_eq!(sample(&text, "fer_edge_frames_total"), 20_000.0, "{text}");
+    }
+
     #[test]
     fn health_needs_a_turning_loop_and_an_open_source() {
         let (monitor, registry) = Monitor::new("m", "s", false);
@@ -402,6 +465,7 @@ mod tests {
             source_open: true,
             source_reconnects: 0,
             mqtt: None,
+            inference: None,
         };
         monitor.turn(now, &open);
         assert_eq!(health(now), None);
@@ -429,7 +493,16 @@ mod tests {
     #[test]
     fn the_grafana_dashboard_uses_exactly_the_served_metrics() {
         let (monitor, registry) = Monitor::new("m", "s", true);
-        monitor.frame(Duration::from_millis(50));
+        let stats = Stats::default();
+        let turn = Turn {
+            stats: &stats,
+            faces_visible: 0,
+            source_open: true,
+            source_reconnects: 0,
+            mqtt: None,
+            inference: Some(Duration::from_millis(50)),
+        };
+        monitor.turn(Instant::now(), &turn);
         let served = sample_names(&scrape(&registry, &monitor));
         let dashboard = include_str!("../../docs/grafana/fer-edge.json");
         let used: std::collections::BTreeSet<String> = dashboard

@@ -159,7 +159,7 @@ impl Service {
             }
             let frame = self.capture.latest(FRAME_WAIT);
             let now = Instant::now();
-            match &frame {
+            let inference = match &frame {
                 Some(frame) => self.process(frame, now)?,
                 None if self.capture.is_finished() => {
                     log::info!("the source has no more frames; stopping");
@@ -169,8 +169,9 @@ impl Service {
                 None => {
                     let events = self.tracker.update(&[], unix_now());
                     self.sinks.events(&events, now);
+                    None
                 }
-            }
+            };
             self.sinks.tick(now);
             if self.capture.is_alive(self.capture_tolerance()) {
                 systemd.pet(now);
@@ -183,7 +184,7 @@ impl Service {
                 log::error!("capture: no sign of life from the source; the watchdog will fire");
                 systemd.status("capture stalled");
             }
-            self.observe_turn(now);
+            self.observe_turn(now, inference);
             if now >= next_report {
                 self.report(now, "running");
                 next_report = now + self.report_interval();
@@ -285,9 +286,14 @@ impl Service {
         Ok(restarted)
     }
 
-    /// Detects, tracks and signals one frame. A frame that cannot be decoded
-    /// is skipped and counted; an inference failure stops the service.
-    fn process(&mut self, captured: &CapturedFrame, now: Instant) -> anyhow::Result<()> {
+    /// Detects, tracks and signals one frame; returns its network time. A
+    /// frame that cannot be decoded is skipped and counted (`None`); an
+    /// inference failure stops the service.
+    fn process(
+        &mut self,
+        captured: &CapturedFrame,
+        now: Instant,
+    ) -> anyhow::Result<Option<Duration>> {
         let frame = Frame {
             format: captured.format,
             width: captured.width,
@@ -306,7 +312,7 @@ impl Service {
                         self.undecodable
                     );
                 }
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => return Err(e).context("inference failed"),
         };
@@ -317,9 +323,6 @@ impl Service {
         self.stats.count_events(&events);
         self.period.frames += 1;
         self.period.inference += timings.infer;
-        if let Some(monitor) = &self.monitor {
-            monitor.frame(timings.infer);
-        }
         self.sinks.events(&events, now);
         if let Some(snapshots) = &mut self.snapshots {
             match snapshots.on_frame(&frame, &faces, &events, now) {
@@ -328,7 +331,7 @@ impl Service {
                 Err(e) => log::warn!("snapshot failed: {e:#}"),
             }
         }
-        Ok(())
+        Ok(Some(timings.infer))
     }
 
     /// Publishes the counters and rewrites the status file with `state`.
@@ -365,8 +368,9 @@ impl Service {
         capture
     }
 
-    /// Tells the `/metrics` listener the counters, the source and the sinks.
-    fn observe_turn(&mut self, now: Instant) {
+    /// Tells the `/metrics` listener the counters, this turn's inference
+    /// time, the source and the sinks.
+    fn observe_turn(&mut self, now: Instant, inference: Option<Duration>) {
         let Some(monitor) = self.monitor.clone() else {
             return;
         };
@@ -381,6 +385,7 @@ impl Service {
             source_open: self.capture.is_open(),
             source_reconnects: capture.reconnects,
             mqtt,
+            inference,
         };
         monitor.turn(now, &turn);
     }
