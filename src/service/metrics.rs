@@ -355,9 +355,11 @@ mod tests {
     #[test]
     fn counters_follow_frames_events_and_turns() {
         let (monitor, registry) = Monitor::new("built-in model m.onnx", "ab12", true);
-        let mut stats = Stats::default();
-        stats.dropped_frames = 3;
-        stats.corrupt_frames = 1;
+        let mut stats = Stats {
+            dropped_frames: 3,
+            corrupt_frames: 1,
+            ..Stats::default()
+        };
         for (inference_ms, event) in [
             (60, event(EventKind::New, 1, Expression::Happiness)),
             (40, event(EventKind::Update, 1, Expression::Surprise)),
