@@ -352,6 +352,19 @@ mod tests {
         respond(&tiny_http::Method::Get, "/metrics", registry, monitor).2
     }
 
+    /// A turn with `stats` and `inference`, the source open, no face on
+    /// screen, no MQTT.
+    fn open_turn(stats: &Stats, inference: Option<Duration>) -> Turn<'_> {
+        Turn {
+            stats,
+            faces_visible: 0,
+            source_open: true,
+            source_reconnects: 0,
+            mqtt: None,
+            inference,
+        }
+    }
+
     #[test]
     fn counters_follow_frames_events_and_turns() {
         let (monitor, registry) = Monitor::new("built-in model m.onnx", "ab12", true);
@@ -367,23 +380,17 @@ mod tests {
             stats.frames += 1;
             stats.count_events(&[event]);
             let turn = Turn {
-                stats: &stats,
                 faces_visible: 1,
-                source_open: true,
-                source_reconnects: 0,
                 mqtt: Some((true, 2, 5)),
-                inference: Some(Duration::from_millis(inference_ms)),
+                ..open_turn(&stats, Some(Duration::from_millis(inference_ms)))
             };
             monitor.turn(Instant::now(), &turn);
         }
         // A turn without a frame adds no inference.
         let idle = Turn {
-            stats: &stats,
             faces_visible: 1,
-            source_open: true,
-            source_reconnects: 0,
             mqtt: Some((true, 2, 5)),
-            inference: None,
+            ..open_turn(&stats, None)
         };
         monitor.turn(Instant::now(), &idle);
         let text = scrape(&registry, &monitor);
@@ -427,14 +434,7 @@ mod tests {
                 let mut stats = Stats::default();
                 for _ in 0..20_000 {
                     stats.frames += 1;
-                    let turn = Turn {
-                        stats: &stats,
-                        faces_visible: 0,
-                        source_open: true,
-                        source_reconnects: 0,
-                        mqtt: None,
-                        inference: Some(Duration::from_millis(30)),
-                    };
+                    let turn = open_turn(&stats, Some(Duration::from_millis(30)));
                     monitor.turn(Instant::now(), &turn);
                 }
             }
@@ -461,15 +461,7 @@ mod tests {
         let now = Instant::now();
         assert!(health(now).unwrap().contains("not open"));
         let stats = Stats::default();
-        let open = Turn {
-            stats: &stats,
-            faces_visible: 0,
-            source_open: true,
-            source_reconnects: 0,
-            mqtt: None,
-            inference: None,
-        };
-        monitor.turn(now, &open);
+        monitor.turn(now, &open_turn(&stats, None));
         assert_eq!(health(now), None);
         let later = now + LOOP_STALL + Duration::from_secs(1);
         assert!(
@@ -496,14 +488,7 @@ mod tests {
     fn the_grafana_dashboard_uses_exactly_the_served_metrics() {
         let (monitor, registry) = Monitor::new("m", "s", true);
         let stats = Stats::default();
-        let turn = Turn {
-            stats: &stats,
-            faces_visible: 0,
-            source_open: true,
-            source_reconnects: 0,
-            mqtt: None,
-            inference: Some(Duration::from_millis(50)),
-        };
+        let turn = open_turn(&stats, Some(Duration::from_millis(50)));
         monitor.turn(Instant::now(), &turn);
         let served = sample_names(&scrape(&registry, &monitor));
         let dashboard = include_str!("../../docs/grafana/fer-edge.json");
