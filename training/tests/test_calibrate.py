@@ -174,7 +174,7 @@ def test_a_class_is_not_raised_where_its_answers_would_be_mostly_wrong():
 
 
 def test_the_fit_keeps_faces_above_the_confidence_it_is_fitted_at():
-    """Happy faces that score 0.16 and neutral faces called happy: lowering happiness
+    """Happy faces that score 0.16 and half the neutral faces called happy: lowering happiness
     by 0.25 puts every face right when a face counts as found from 0.05, but drops the
     happy faces to 0.134, under the runtime's 0.15; fitted there, the fit must raise
     neutral instead, so every face is still found and right at that threshold."""
@@ -188,7 +188,7 @@ def test_the_fit_keeps_faces_above_the_confidence_it_is_fitted_at():
             face.append(cells(0.0, z))
         else:
             labels.append(NEUTRAL)
-            z[NEUTRAL], z[HAPPY] = 1.0, 1.2
+            z[NEUTRAL], z[HAPPY] = 1.0, 1.2 if i % 4 else -3.0
             face.append(cells(2.0, z))
     assert fit_offsets(labels, face, confidence=0.05)[HAPPY] < 0
     offsets = fit_offsets(labels, face, confidence=0.15)
@@ -198,3 +198,28 @@ def test_the_fit_keeps_faces_above_the_confidence_it_is_fitted_at():
     lowered[HAPPY] = -0.25
     assert answer(face[1], lowered, 0.05) == HAPPY
     assert answer(face[1], lowered, 0.15) is None
+
+
+def test_an_expression_below_its_floor_is_raised_to_it():
+    """20 fear faces: 4 called fear (by 0.5), 2 losing to neutral by 0.1 and 0.2, 14 by
+    2.5; 8 of 200 neutral faces called fear by 0.1 (fear recall 0.2, precision 1 in 3).
+    Lowering fear by 0.25 puts the 8 neutral faces right and keeps fear's 4: the
+    objective alone would take it, and fear would stay at 0.2. The fit must first raise
+    fear to its floor (+0.25: 6 fear faces, MIN_RECALL, at a precision of 6 in 14) and
+    keep it there."""
+    labels, face = [], []
+    for i in range(220):
+        z = np.full(7, -3.0, np.float32)
+        z[NEUTRAL] = 1.0
+        if i < 20:
+            labels.append(FEAR)
+            z[FEAR] = 1.5 if i < 4 else 0.9 if i == 4 else 0.8 if i == 5 else -1.5
+        else:
+            labels.append(NEUTRAL)
+            if i < 28:
+                z[FEAR] = 1.1
+        face.append(cells(2.0, list(z)))
+    assert [answer(c, np.zeros(7, np.float32)) for c in face[:20]].count(FEAR) == 4
+    offsets = fit_offsets(labels, face)
+    assert offsets[FEAR] == 0.25
+    assert [answer(c, offsets) for c in face[:20]].count(FEAR) == 6
