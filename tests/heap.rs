@@ -1,9 +1,19 @@
 //! The frame loop's heap: after warm-up, detecting one more frame (MJPEG
-//! decode, preprocess, the network, decode) leaves the live heap exactly as
-//! it found it, on one thread and on two. Measured with a counting global
-//! allocator, so every allocation of the process (tract's worker threads
-//! too) is seen. Also prints allocations and bytes per frame, the figures
+//! decode, preprocess, the network, decode) leaves the live heap as it found
+//! it, on one thread and on two. Measured with a counting global allocator,
+//! so every allocation of the process (tract's worker threads too) is seen.
+//! Also prints allocations and bytes per frame, the figures
 //! docs/performance.md quotes.
+//!
+//! One exception, at two threads: tract's workers keep thread-local scratch
+//! (tract-linalg's matrix-product and element-wise buffers, tract-core's
+//! per-session matrix-product scratch) that grows to the largest op the
+//! thread has run, and which thread runs which part of an op depends on
+//! timing, so one may meet a larger part for the first time after warm-up.
+//! Seen on a 2-core Intel Xeon VM: 87,316 bytes in one frame, then 64 in the
+//! next, in about half of the 30-frame runs. That growth is bounded and
+//! stops; a leak grows with the frames. So at two threads at most [`SCRATCH_GROWTH_FRAMES`] frames may
+//! grow, by at most [`SCRATCH_GROWTH_BYTES`] in all; at one thread none may.
 
 mod common;
 
@@ -52,6 +62,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// At two threads: the most frames after warm-up in which tract's thread-local
+/// scratch may still grow (seen: 2), and the most it may grow in all (seen:
+/// 87,380 bytes).
+const SCRATCH_GROWTH_FRAMES: usize = 3;
+const SCRATCH_GROWTH_BYTES: isize = 256 * 1024;
+
 #[test]
 fn a_frame_after_warm_up_leaves_the_heap_as_it_found_it() {
     // Under qemu a frame takes seconds: fewer frames, same check.
@@ -70,22 +86,39 @@ fn a_frame_after_warm_up_leaves_the_heap_as_it_found_it() {
         for _ in 0..warmup {
             detector.detect(&frame).unwrap();
         }
-        let live_before = LIVE_BYTES.load(Relaxed);
+        let mut live_before = LIVE_BYTES.load(Relaxed);
         let (calls, bytes) = (ALLOCATIONS.load(Relaxed), ALLOCATED_BYTES.load(Relaxed));
+        let mut growing_frames = Vec::new();
         for n in 0..frames {
             let faces = detector.detect(&frame).unwrap();
             assert_eq!(faces.len(), 1);
             drop(faces);
-            let growth = LIVE_BYTES.load(Relaxed) - live_before;
-            assert_eq!(
-                growth, 0,
-                "{threads} threads: frame {n} left {growth} bytes"
-            );
+            let live = LIVE_BYTES.load(Relaxed);
+            if live != live_before {
+                growing_frames.push((n, live - live_before));
+            }
+            live_before = live;
         }
+        let growth: isize = growing_frames.iter().map(|&(_, bytes)| bytes).sum();
+        let allowed = match threads {
+            1 => growing_frames.is_empty(),
+            _ => {
+                growing_frames.len() <= SCRATCH_GROWTH_FRAMES
+                    && growing_frames.iter().all(|&(_, bytes)| bytes > 0)
+                    && growth <= SCRATCH_GROWTH_BYTES
+            }
+        };
+        assert!(
+            allowed,
+            "{threads} threads: the live heap changed after warm-up \
+             (frame, bytes): {growing_frames:?}"
+        );
         println!(
-            "{threads} threads: per frame {} allocations, {:.1} MB asked, live heap unchanged",
+            "{threads} threads: per frame {} allocations, {:.1} MB asked, \
+             live heap changed in {:?} (frame, bytes)",
             (ALLOCATIONS.load(Relaxed) - calls) / frames,
-            (ALLOCATED_BYTES.load(Relaxed) - bytes) as f64 / frames as f64 / 1e6
+            (ALLOCATED_BYTES.load(Relaxed) - bytes) as f64 / frames as f64 / 1e6,
+            growing_frames
         );
     }
 }
