@@ -151,23 +151,25 @@ def test_an_expression_the_model_never_predicts_does_not_block_the_fit():
     assert answers[70:] == [NEUTRAL] * 50 and answers[20:70] == [HAPPY] * 50
 
 
+def faces_beside_neutral(expression: int, logits: list[float]) -> list:
+    """One found face per logit: neutral's logit 1.0, `expression`'s the given one,
+    every other expression's -3."""
+    face = []
+    for logit in logits:
+        z = np.full(7, -3.0, np.float32)
+        z[NEUTRAL], z[expression] = 1.0, logit
+        face.append(cells(2.0, list(z)))
+    return face
+
+
 def test_a_class_is_not_raised_where_its_answers_would_be_mostly_wrong():
     """20 anger faces lose to neutral by 0.5; 80 of 200 neutral faces have anger 0.4
     under neutral. Raising anger by 0.5 would win the 20 anger faces and lose the 80
     neutral ones: balanced accuracy rises (+0.30), but 4 in 5 "anger" answers would be
     wrong. The fit weighs F1, so it leaves every answer as it was."""
     anger = 0
-    labels, face = [], []
-    for i in range(220):
-        z = np.full(7, -3.0, np.float32)
-        z[NEUTRAL] = 1.0
-        if i < 20:
-            labels.append(anger)
-            z[anger] = 0.5
-        else:
-            labels.append(NEUTRAL)
-            z[anger] = 0.6 if i < 100 else -3.0
-        face.append(cells(2.0, list(z)))
+    labels = [anger] * 20 + [NEUTRAL] * 200
+    face = faces_beside_neutral(anger, [0.5] * 20 + [0.6] * 80 + [-3.0] * 120)
     offsets = fit_offsets(labels, face)
     answers = [answer(c, offsets) for c in face]
     assert answers[20:] == [NEUTRAL] * 200
@@ -207,18 +209,10 @@ def test_an_expression_below_its_floor_is_raised_to_it():
     objective alone would take it, and fear would stay at 0.2. The fit must first raise
     fear to its floor (+0.25: 6 fear faces, MIN_RECALL, at a precision of 6 in 14) and
     keep it there."""
-    labels, face = [], []
-    for i in range(220):
-        z = np.full(7, -3.0, np.float32)
-        z[NEUTRAL] = 1.0
-        if i < 20:
-            labels.append(FEAR)
-            z[FEAR] = 1.5 if i < 4 else 0.9 if i == 4 else 0.8 if i == 5 else -1.5
-        else:
-            labels.append(NEUTRAL)
-            if i < 28:
-                z[FEAR] = 1.1
-        face.append(cells(2.0, list(z)))
+    labels = [FEAR] * 20 + [NEUTRAL] * 200
+    face = faces_beside_neutral(
+        FEAR, [1.5] * 4 + [0.9, 0.8] + [-1.5] * 14 + [1.1] * 8 + [-3.0] * 192
+    )
     assert [answer(c, np.zeros(7, np.float32)) for c in face[:20]].count(FEAR) == 4
     offsets = fit_offsets(labels, face)
     assert offsets[FEAR] == 0.25
