@@ -11,12 +11,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-.venv/bin/python}
+# Each phase's heading says when it starts, so a slow run shows where its time went.
+phase() { echo "== $* [$(date -u +%T), ${SECONDS} s in]"; }
 
-echo "== rustfmt, clippy"
+phase "rustfmt, clippy"
 cargo fmt --check
 cargo clippy --all-targets --features cuda -- -D warnings
 
-echo "== V4L2 bindings: the committed ones match linux/videodev2.h; no bindgen in any build"
+phase "V4L2 bindings: the committed ones match linux/videodev2.h; no bindgen in any build"
 scripts/v4l2-bindings.sh --check
 for crate in bindgen clang-sys; do
     if cargo tree --target x86_64-unknown-linux-gnu --target aarch64-unknown-linux-gnu \
@@ -35,29 +37,30 @@ rm -rf target/no-libclang/build
 LIBCLANG_PATH=/nonexistent PATH="$PWD/target/no-libclang/bin:$PATH" \
     cargo build --quiet -p v4l --target-dir target/no-libclang/build --target aarch64-unknown-linux-gnu
 
-echo "== Rust tests, x86_64 (with the cuda feature: its GPU test skips without a GPU)"
+phase "Rust tests, x86_64 (with the cuda feature: its GPU test skips without a GPU)"
 cargo test --release --features cuda
 
-echo "== Rust tests, aarch64 under qemu -cpu cortex-a72 (Raspberry Pi 4)"
+phase "Rust tests, aarch64 under qemu -cpu cortex-a72 (Raspberry Pi 4)"
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu" \
     cargo test --release --target aarch64-unknown-linux-gnu
 # The Pi 5 CPU picks other tract kernels: rerun what depends on the CPU
 # (scan kernels, the whole network, on-device accuracy of the f32 and int8
 # models: the A76 has the dot-product instructions tract's int8 kernels use), not
 # the I/O tests.
-echo "== Rust tests, aarch64 under qemu -cpu cortex-a76 (Raspberry Pi 5): kernels, network, accuracy"
+phase "Rust tests, aarch64 under qemu -cpu cortex-a76 (Raspberry Pi 5): kernels, network, accuracy"
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a76 -L /usr/aarch64-linux-gnu" \
     cargo test --release --target aarch64-unknown-linux-gnu --test scan_kernels --test cross_scan --test runtime --test accuracy --test real_photo
 
-echo "== systemd unit: systemd-analyze verify and security (systemd/check.sh)"
+phase "systemd unit: systemd-analyze verify and security (systemd/check.sh)"
 systemd/check.sh
 
-echo "== armv7 (32-bit Pi OS): release build, one detect under qemu-arm"
+phase "armv7 (32-bit Pi OS): release build, one detect under qemu-arm"
 cargo build --release --target armv7-unknown-linux-gnueabihf --bin fer-edge
 qemu-arm -L /usr/arm-linux-gnueabihf target/armv7-unknown-linux-gnueabihf/release/fer-edge \
     detect samples/obama.jpg | grep '"faces"'
 
-echo "== ruff, pytest"
+phase "ruff, pytest"
 "$PY" -m ruff check training
 "$PY" -m ruff format --check training
 "$PY" -m pytest training -q
+phase "done"
