@@ -12,8 +12,9 @@
 //! timing, so one may meet a larger part for the first time after warm-up.
 //! Seen on a 2-core Intel Xeon VM: 87,316 bytes in one frame, then 64 in the
 //! next, in about half of the 30-frame runs. That growth is bounded and
-//! stops; a leak grows with the frames. So at two threads at most [`SCRATCH_GROWTH_FRAMES`] frames may
-//! grow, by at most [`SCRATCH_GROWTH_BYTES`] in all; at one thread none may.
+//! stops; a leak grows with the frames. So at two threads at most
+//! [`SCRATCH_GROWTH_FRAMES`] frames may grow, by at most
+//! [`SCRATCH_GROWTH_BYTES`] in all; at one thread none may.
 
 mod common;
 
