@@ -252,3 +252,26 @@ fn bad_directions_and_lengths_are_named() {
     let err = selective_scan_2d(kernel, &problem.dims, &inputs, &mut y).unwrap_err();
     assert!(err.to_string().contains("`delta` has"), "{err}");
 }
+
+#[test]
+fn scratch_kept_from_earlier_scans_does_not_change_a_scan() {
+    // The traversals and reordered Bs/Cs are kept per thread across calls:
+    // a first scan, then scans that grow the buffers and extend the same
+    // grid's directions, then the first again, which must come out the same.
+    let first = Problem::random(grid(1, 8, 4, 16, 6, 6), 11);
+    let others = [
+        Problem::random(grid(1, 8, 8, 16, 6, 6), 12),
+        Problem::random(grid(2, 16, 8, 16, 9, 8), 13),
+    ];
+    for kernel in available() {
+        let before = multithread_tract_scope(Executor::SingleThread, || first.run_2d(kernel));
+        let after = multithread_tract_scope(Executor::SingleThread, || {
+            for other in &others {
+                other.run_2d(kernel);
+            }
+            first.run_2d(kernel)
+        });
+        let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&before), bits(&after), "{}", kernel.name());
+    }
+}

@@ -209,22 +209,27 @@ fn check_inputs<D: DimLike>(
     Ok(())
 }
 
+/// Inputs of a scan op that [`eval_on_slices`] keeps on the stack (both
+/// versions have 7); more would spill to the heap, not fail.
+const INLINE_INPUTS: usize = 8;
+
 /// The shapes and types of a scan's input values, then `run` on their data
 /// as f32 slices.
 fn eval_on_slices(
     inputs: &[TValue],
     run: impl FnOnce(&[&[usize]], &[DatumType], &[&[f32]]) -> TractResult<Tensor>,
 ) -> TractResult<TVec<TValue>> {
-    let shapes: Vec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
-    let types: Vec<DatumType> = inputs.iter().map(|t| t.datum_type()).collect();
+    type Inline<T> = tract_smallvec::SmallVec<[T; INLINE_INPUTS]>;
+    let shapes: Inline<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+    let types: Inline<DatumType> = inputs.iter().map(|t| t.datum_type()).collect();
     let plain = inputs
         .iter()
         .map(|t| t.try_as_plain_ram())
-        .collect::<TractResult<Vec<_>>>()?;
+        .collect::<TractResult<Inline<_>>>()?;
     let slices = plain
         .iter()
         .map(|p| p.as_slice::<f32>())
-        .collect::<TractResult<Vec<_>>>()?;
+        .collect::<TractResult<Inline<_>>>()?;
     Ok(tvec!(run(&shapes, &types, &slices)?.into_tvalue()))
 }
 
@@ -241,26 +246,25 @@ impl SelectiveScan {
         check_inputs(OP_TYPE, &INPUTS, shapes, types)?;
         let [batch, channels, len] = [&shapes[0][0], &shapes[0][1], &shapes[0][2]].map(D::clone);
         let [groups, state] = [&shapes[3][1], &shapes[3][2]].map(D::clone);
-        let expect = |input: usize, expected: Vec<&D>| -> TractResult<()> {
-            let got: Vec<&D> = shapes[input].iter().collect();
+        let expect = |input: usize, expected: &[&D]| -> TractResult<()> {
             contract!(
-                got == expected,
+                shapes[input].iter().eq(expected.iter().copied()),
                 "{OP_TYPE} input `{}` has shape {}, expected {} (u is [B, KD, L] = {}, Bs is \
                  [B, G, N, L] = {})",
                 INPUTS[input].0,
-                shape_text(&got),
-                shape_text(&expected),
+                shape_text(shapes[input]),
+                shape_text(expected),
                 shape_text(shapes[0]),
                 shape_text(shapes[3])
             );
             Ok(())
         };
-        expect(1, vec![&batch, &channels, &len])?;
-        expect(2, vec![&channels, &state])?;
-        expect(3, vec![&batch, &groups, &state, &len])?;
-        expect(4, vec![&batch, &groups, &state, &len])?;
-        expect(5, vec![&channels])?;
-        expect(6, vec![&channels])?;
+        expect(1, &[&batch, &channels, &len])?;
+        expect(2, &[&channels, &state])?;
+        expect(3, &[&batch, &groups, &state, &len])?;
+        expect(4, &[&batch, &groups, &state, &len])?;
+        expect(5, &[&channels])?;
+        expect(6, &[&channels])?;
         if let (Ok(c), Ok(g)) = (channels.to_usize(), groups.to_usize()) {
             contract!(
                 g > 0 && c % g == 0,

@@ -9,7 +9,12 @@
 //! every output value is the same sum, in the same order (direction 0
 //! first), at any thread count. `Bs` and `Cs` are put in each direction's
 //! step order once per call (they are shared by all channels); `u` and
-//! `delta` are read, and `y` written, through the traversal.
+//! `delta` are read, and `y` written, through the traversal. The traversals
+//! and those reordered copies live in a scratch kept for the process: a warm
+//! scan allocates only its list of tasks.
+
+use std::ops::Range;
+use std::sync::{Mutex, TryLockError};
 
 use super::{run_blocks, ChannelBlock, ScanError, ScanKernel};
 
@@ -19,6 +24,67 @@ pub const MAX_DIRECTIONS: usize = 8;
 /// Channels per parallel task: one SIMD block, so that the thin SS2D blocks
 /// of the small variants (64 channels) still give every core work.
 const CHANNELS_PER_TASK: usize = 8;
+
+/// Grids whose traversals the scratch keeps; past that it starts afresh (a
+/// model has one grid per stage, so only model reloads at new sizes add more).
+const MAX_KEPT_GRIDS: usize = 16;
+
+/// What [`selective_scan_2d`] keeps across calls.
+#[derive(Default)]
+struct GridScratch {
+    traversals: KeptTraversals,
+    /// `Bs` in each direction's step order.
+    b_steps: Vec<f32>,
+    /// `Cs` in each direction's step order.
+    c_steps: Vec<f32>,
+}
+
+/// Per grid met: its height, width, and its first directions' traversals.
+#[derive(Default)]
+struct KeptTraversals(Vec<(usize, usize, Vec<Vec<u32>>)>);
+
+impl KeptTraversals {
+    /// The traversals of directions `0..directions` on an H x W grid,
+    /// computed the first time they are asked for.
+    fn get(&mut self, directions: usize, height: usize, width: usize) -> &[Vec<u32>] {
+        let kept = self
+            .0
+            .iter()
+            .position(|&(h, w, _)| (h, w) == (height, width));
+        let index = kept.unwrap_or_else(|| {
+            if self.0.len() == MAX_KEPT_GRIDS {
+                self.0.clear();
+            }
+            self.0.push((height, width, Vec::new()));
+            self.0.len() - 1
+        });
+        let orders = &mut self.0[index].2;
+        while orders.len() < directions {
+            orders.push(traversal(orders.len(), height, width));
+        }
+        &orders[..directions]
+    }
+}
+
+/// The scratch of the process, not of a thread: the plan runs on whichever
+/// tract worker is free, and one buffer per worker would be warmed (and grow
+/// the heap) the first time each worker runs a frame. Frames run one at a
+/// time; a scan running beside another works in a fresh scratch.
+static SCRATCH: Mutex<GridScratch> = Mutex::new(GridScratch {
+    traversals: KeptTraversals(Vec::new()),
+    b_steps: Vec::new(),
+    c_steps: Vec::new(),
+});
+
+/// Runs `f` with the process's [`SCRATCH`], or a fresh one while it is taken.
+/// A panic that poisoned it left only scratch behind, which `f` overwrites.
+fn with_grid_scratch<R>(f: impl FnOnce(&mut GridScratch) -> R) -> R {
+    match SCRATCH.try_lock() {
+        Ok(mut kept) => f(&mut kept),
+        Err(TryLockError::Poisoned(poisoned)) => f(&mut poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => f(&mut GridScratch::default()),
+    }
+}
 
 /// Sizes of one 2-D selective scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,53 +174,92 @@ pub fn selective_scan_2d(
     if len == 0 || channels == 0 {
         return Ok(());
     }
-    let traversals: Vec<Vec<u32>> = (0..directions)
-        .map(|k| traversal(k, height, width))
-        .collect();
-    let (b_steps, c_steps) = (
-        in_step_order(inputs.b, &traversals, state, len),
-        in_step_order(inputs.c, &traversals, state, len),
-    );
-    let mut tasks = Vec::new();
-    for (item, item_y) in y.chunks_mut(channels * len).enumerate() {
-        for (task, task_y) in item_y.chunks_mut(CHANNELS_PER_TASK * len).enumerate() {
-            let first = task * CHANNELS_PER_TASK;
-            let rows = first..first + task_y.len() / len;
-            let blocks: Vec<ChannelBlock> = (0..directions)
-                .map(|k| {
-                    let params = k * channels + rows.start..k * channels + rows.end;
-                    let group = (item * directions + k) * state * len;
-                    let delta_rows = (item * directions + k) * channels + rows.start;
-                    ChannelBlock {
-                        len,
-                        state,
-                        u: &inputs.u[(item * channels + rows.start) * len..][..rows.len() * len],
-                        delta: &inputs.delta[delta_rows * len..][..rows.len() * len],
-                        a: &inputs.a[params.start * state..params.end * state],
-                        b: &b_steps[group..group + state * len],
-                        c: &c_steps[group..group + state * len],
-                        d: &inputs.d[params.clone()],
-                        delta_bias: &inputs.delta_bias[params],
-                        delta_softplus: inputs.delta_softplus,
-                        traversal: Some(&traversals[k]),
-                    }
-                })
-                .collect();
-            tasks.push((blocks, task_y));
+    with_grid_scratch(|scratch| {
+        let GridScratch {
+            traversals,
+            b_steps,
+            c_steps,
+        } = scratch;
+        let (b_steps, c_steps) = (
+            scratch_slice(b_steps, inputs.b.len()),
+            scratch_slice(c_steps, inputs.c.len()),
+        );
+        let traversals = traversals.get(directions, height, width);
+        in_step_order(inputs.b, traversals, state, len, b_steps);
+        in_step_order(inputs.c, traversals, state, len, c_steps);
+        let reordered = GridInputs {
+            b: b_steps,
+            c: c_steps,
+            ..*inputs
+        };
+        let tasks_per_item = channels.div_ceil(CHANNELS_PER_TASK);
+        let mut tasks = Vec::with_capacity(dims.batch * tasks_per_item);
+        for (item, item_y) in y.chunks_mut(channels * len).enumerate() {
+            for (task, task_y) in item_y.chunks_mut(CHANNELS_PER_TASK * len).enumerate() {
+                let first = task * CHANNELS_PER_TASK;
+                tasks.push((item, first..first + task_y.len() / len, task_y));
+            }
         }
-    }
-    run_blocks(tasks, |(blocks, y): (Vec<ChannelBlock>, &mut [f32])| {
-        for block in &blocks {
-            kernel.scan_block(block, y);
-        }
+        run_blocks(
+            tasks,
+            |(item, rows, y): (usize, Range<usize>, &mut [f32])| {
+                for (k, order) in traversals.iter().enumerate() {
+                    let block = direction_block(dims, &reordered, item, k, rows.clone(), order);
+                    kernel.scan_block(&block, y);
+                }
+            },
+        );
     });
     Ok(())
 }
 
+/// The block of direction `k` for the channels `rows` of batch item `item`,
+/// with `inputs`' `Bs` and `Cs` already in step order.
+fn direction_block<'a>(
+    dims: &GridDims,
+    inputs: &GridInputs<'a>,
+    item: usize,
+    k: usize,
+    rows: Range<usize>,
+    order: &'a [u32],
+) -> ChannelBlock<'a> {
+    let GridDims {
+        channels,
+        directions,
+        state,
+        ..
+    } = *dims;
+    let len = dims.height * dims.width;
+    let params = k * channels + rows.start..k * channels + rows.end;
+    let group = (item * directions + k) * state * len;
+    let delta_rows = (item * directions + k) * channels + rows.start;
+    ChannelBlock {
+        len,
+        state,
+        u: &inputs.u[(item * channels + rows.start) * len..][..rows.len() * len],
+        delta: &inputs.delta[delta_rows * len..][..rows.len() * len],
+        a: &inputs.a[params.start * state..params.end * state],
+        b: &inputs.b[group..group + state * len],
+        c: &inputs.c[group..group + state * len],
+        d: &inputs.d[params.clone()],
+        delta_bias: &inputs.delta_bias[params],
+        delta_softplus: inputs.delta_softplus,
+        traversal: Some(order),
+    }
+}
+
+/// The first `len` elements of `buffer`, which grows to `len` if shorter.
+/// Whatever an earlier call left there stays: callers overwrite it.
+fn scratch_slice(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
+
 /// `[B, K, N, L]` rows of pixels -> the same rows in each direction's step
-/// order (`out[b, k, n, t] = rows[b, k, n, traversal_k[t]]`).
-fn in_step_order(rows: &[f32], traversals: &[Vec<u32>], state: usize, len: usize) -> Vec<f32> {
-    let mut out = vec![0.0; rows.len()];
+/// order in `out` (`out[b, k, n, t] = rows[b, k, n, traversal_k[t]]`).
+fn in_step_order(rows: &[f32], traversals: &[Vec<u32>], state: usize, len: usize, out: &mut [f32]) {
     let row_pairs = rows.chunks_exact(len).zip(out.chunks_exact_mut(len));
     for (index, (row, out_row)) in row_pairs.enumerate() {
         let direction = (index / state) % traversals.len();
@@ -162,7 +267,6 @@ fn in_step_order(rows: &[f32], traversals: &[Vec<u32>], state: usize, len: usize
             *value = row[pixel as usize];
         }
     }
-    out
 }
 
 /// Checks K and that every slice has the length its shape gives.

@@ -2,6 +2,8 @@
 //! std's `exp`, one channel at a time, in the block's traversal order. It runs everywhere and is the yardstick
 //! the SIMD kernels are tested against.
 
+use smallvec::{smallvec, SmallVec};
+
 use super::{ChannelBlock, ScanKernel};
 
 /// Above this, softplus(x) is x to within f32 rounding; PyTorch's threshold.
@@ -12,6 +14,9 @@ pub(super) struct Reference;
 
 pub(super) static REFERENCE: Reference = Reference;
 
+/// States kept on the stack: the contract's N (16); more spill to the heap.
+const INLINE_STATES: usize = 16;
+
 impl ScanKernel for Reference {
     fn name(&self) -> &'static str {
         "reference"
@@ -19,7 +24,7 @@ impl ScanKernel for Reference {
 
     fn scan_block(&self, block: &ChannelBlock, y: &mut [f32]) {
         let (len, state) = (block.len, block.state);
-        let mut h = vec![0.0f32; state];
+        let mut h: SmallVec<[f32; INLINE_STATES]> = smallvec![0.0; state];
         for (channel, y_row) in y.chunks_exact_mut(len).enumerate() {
             let u_row = &block.u[channel * len..][..len];
             let delta_row = &block.delta[channel * len..][..len];

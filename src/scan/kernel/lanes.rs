@@ -27,6 +27,8 @@
 
 use std::ops::Range;
 
+use smallvec::{smallvec, SmallVec};
+
 use super::ChannelBlock;
 
 /// Channels per vector block: one AVX2 register, or two NEON ones (two
@@ -48,12 +50,19 @@ pub(super) struct Step {
     pub y: [f32; LANES],
 }
 
+/// States whose rows a block keeps on the stack: the contract's N (16);
+/// more spill to the heap.
+const INLINE_STATES: usize = 16;
+
+/// One row of [`LANES`] values per state.
+pub(super) type StateRows = SmallVec<[[f32; LANES]; INLINE_STATES]>;
+
 /// The per-channel constants of a vector block, transposed into lanes.
 pub(super) struct LaneParams {
     pub delta_bias: [f32; LANES],
     pub d: [f32; LANES],
     /// Row n holds the lanes' A[c, n].
-    pub a: Vec<[f32; LANES]>,
+    pub a: StateRows,
 }
 
 /// `Bs` and `Cs` of the block's group over the steps of one time chunk.
@@ -106,11 +115,11 @@ pub(super) trait LaneMath {
 }
 
 /// Scans `block` into `y` (`[channels, L]`) with `math`, [`LANES`] channels at
-/// a time. Scratch is allocated once here, for the whole block.
+/// a time. Its scratch is on the stack: no allocation at the contract's N.
 pub(super) fn scan_block(math: &impl LaneMath, block: &ChannelBlock, y: &mut [f32]) {
     let len = block.len;
-    let mut steps = vec![Step::default(); TIME_CHUNK.min(len)];
-    let mut h = vec![[0.0; LANES]; block.state];
+    let mut steps = [Step::default(); TIME_CHUNK];
+    let mut h: StateRows = smallvec![[0.0; LANES]; block.state];
     let mut params = LaneParams {
         delta_bias: [0.0; LANES],
         d: [0.0; LANES],

@@ -306,7 +306,8 @@ fn split_into_blocks<'a>(
     } = *dims;
     let channels_per_group = channels / groups;
     let group_size = state * len;
-    let mut blocks = Vec::new();
+    let blocks_per_group = channels_per_group.div_ceil(CHANNELS_PER_TASK);
+    let mut blocks = Vec::with_capacity(dims.batch * groups * blocks_per_group);
     for (batch_group, group_y) in y.chunks_mut(channels_per_group * len).enumerate() {
         let (batch, group) = (batch_group / groups, batch_group % groups);
         let group_inputs = batch_group * group_size..(batch_group + 1) * group_size;

@@ -44,27 +44,26 @@ impl SelectiveScan2D {
         let directions = shapes[1][1].clone();
         let state = shapes[2][1].clone();
         let k_channels = directions.clone() * channels.clone();
-        let expect = |input: usize, expected: Vec<&D>| -> TractResult<()> {
-            let got: Vec<&D> = shapes[input].iter().collect();
+        let expect = |input: usize, expected: &[&D]| -> TractResult<()> {
             contract!(
-                got == expected,
+                shapes[input].iter().eq(expected.iter().copied()),
                 "{OP_TYPE_2D} input `{}` has shape {}, expected {} (u is [B, Di, H, W] = {}, \
                  delta is [B, K, Di, H, W] = {}, A is [K*Di, N] = {})",
                 INPUTS[input].0,
-                shape_text(&got),
-                shape_text(&expected),
+                shape_text(shapes[input]),
+                shape_text(expected),
                 shape_text(shapes[0]),
                 shape_text(shapes[1]),
                 shape_text(shapes[2])
             );
             Ok(())
         };
-        expect(1, vec![&batch, &directions, &channels, &height, &width])?;
-        expect(2, vec![&k_channels, &state])?;
-        expect(3, vec![&batch, &directions, &state, &height, &width])?;
-        expect(4, vec![&batch, &directions, &state, &height, &width])?;
-        expect(5, vec![&k_channels])?;
-        expect(6, vec![&k_channels])?;
+        expect(1, &[&batch, &directions, &channels, &height, &width])?;
+        expect(2, &[&k_channels, &state])?;
+        expect(3, &[&batch, &directions, &state, &height, &width])?;
+        expect(4, &[&batch, &directions, &state, &height, &width])?;
+        expect(5, &[&k_channels])?;
+        expect(6, &[&k_channels])?;
         if let Ok(k) = directions.to_usize() {
             contract!(
                 (1..=cross_scan::MAX_DIRECTIONS).contains(&k),
