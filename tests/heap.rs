@@ -182,15 +182,16 @@ fn a_warm_selective_scan_allocates_only_its_task_list() {
         state,
         len,
     };
+    let GridInputs { a, b, c, d, .. } = grid_inputs;
     let sequence_inputs = ScanInputs {
         u: &delta,
         delta: &delta,
-        a: &a,
-        b: &bc,
-        c: &bc,
-        d: &d,
-        delta_bias: &delta_bias,
+        delta_bias: grid_inputs.delta_bias,
         delta_softplus: true,
+        a,
+        b,
+        c,
+        d,
     };
     let mut sequence_y = filled(directions * channels * len, 0.0);
     for kernel in available() {
