@@ -255,7 +255,7 @@ fn bad_directions_and_lengths_are_named() {
 
 #[test]
 fn scratch_kept_from_earlier_scans_does_not_change_a_scan() {
-    // The traversals and reordered Bs/Cs are kept per thread across calls:
+    // The traversals and reordered Bs/Cs are kept for the process across calls:
     // a first scan, then scans that grow the buffers and extend the same
     // grid's directions, then the first again, which must come out the same.
     let first = Problem::random(grid(1, 8, 4, 16, 6, 6), 11);

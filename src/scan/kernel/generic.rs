@@ -4,7 +4,7 @@
 
 use smallvec::{smallvec, SmallVec};
 
-use super::{ChannelBlock, ScanKernel};
+use super::{ChannelBlock, ScanKernel, INLINE_STATES};
 
 /// Above this, softplus(x) is x to within f32 rounding; PyTorch's threshold.
 const SOFTPLUS_THRESHOLD: f32 = 20.0;
@@ -13,9 +13,6 @@ const SOFTPLUS_THRESHOLD: f32 = 20.0;
 pub(super) struct Reference;
 
 pub(super) static REFERENCE: Reference = Reference;
-
-/// States kept on the stack: the contract's N (16); more spill to the heap.
-const INLINE_STATES: usize = 16;
 
 impl ScanKernel for Reference {
     fn name(&self) -> &'static str {

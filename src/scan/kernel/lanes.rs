@@ -29,7 +29,7 @@ use std::ops::Range;
 
 use smallvec::{smallvec, SmallVec};
 
-use super::ChannelBlock;
+use super::{ChannelBlock, INLINE_STATES};
 
 /// Channels per vector block: one AVX2 register, or two NEON ones (two
 /// independent chains per state, to hide the FMA latency on narrow cores).
@@ -49,10 +49,6 @@ pub(super) struct Step {
     /// D * u, then y as [`LaneMath::scan_states`] adds C h into it.
     pub y: [f32; LANES],
 }
-
-/// States whose rows a block keeps on the stack: the contract's N (16);
-/// more spill to the heap.
-const INLINE_STATES: usize = 16;
 
 /// One row of [`LANES`] values per state.
 pub(super) type StateRows = SmallVec<[[f32; LANES]; INLINE_STATES]>;

@@ -36,6 +36,10 @@ use tract_linalg::multithread::{current_tract_executor, Executor};
 /// dozens of tasks to balance over the cores.
 const CHANNELS_PER_TASK: usize = 64;
 
+/// States a kernel keeps on the stack per block: the contract's N (16); more
+/// spill to the heap.
+const INLINE_STATES: usize = 16;
+
 /// Sizes of one selective scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScanDims {
