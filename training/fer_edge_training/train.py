@@ -162,6 +162,23 @@ def report_line(report: Report) -> str:
     return f"mAP50 {report.map50:.4f} acc {report.accuracy:.4f} recall {report.recall:.4f} | {ap}"
 
 
+def freeze(model: nn.Module, prefixes: list[str]) -> list[nn.Module]:
+    """Stops training the modules whose names start with one of ``prefixes``; returns them."""
+    frozen = [m for name, m in model.named_modules() if name.startswith(tuple(prefixes))]
+    if prefixes and not frozen:
+        raise SystemExit(f"--freeze {' '.join(prefixes)}: no module of the model has that name")
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
+
+
+def train_mode(model: nn.Module, frozen: list[nn.Module]) -> None:
+    """Training mode, except for frozen modules, whose norms keep their statistics."""
+    model.train()
+    for module in frozen:
+        module.eval()
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_source_arguments(ap)
@@ -232,6 +249,13 @@ def parse_args(argv):
         help="updates over which the EMA decay ramps up (YOLOX: 2000; less for fine-tuning)",
     )
     ap.add_argument(
+        "--freeze",
+        nargs="+",
+        default=[],
+        metavar="PREFIX",
+        help="modules kept as they are, norm statistics included (e.g. head.reg_ head.obj_)",
+    )
+    ap.add_argument(
         "--stop-at",
         type=int,
         help="stop (and checkpoint) after this iteration, keeping the --iters schedule",
@@ -285,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     init_head_priors(model)
     if args.scan in ("native", "fast", "ref"):
         set_scan_impl(model, args.scan)
+    frozen = freeze(model, args.freeze)
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
     ema = Ema(model, ramp=args.ema_ramp)
     start, best = 0, -1.0
@@ -326,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(range(start, end), initial=start, total=args.iters, dynamic_ncols=True)
     it = start
     try:
-        model.train()
+        train_mode(model, frozen)
         window = []
         for it in bar:
             lr = learning_rate(it, args.iters, args.lr, args.warmup)
@@ -387,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                         {"ema": ema.model.state_dict(), "iteration": done}, args.out / "best.pt"
                     )
                 checkpoint(done)
-                model.train()
+                train_mode(model, frozen)
     except KeyboardInterrupt:
         checkpoint(it)
         print(f"\ninterrupted: checkpoint at iteration {it} in {last}", file=sys.stderr)
