@@ -312,7 +312,9 @@ impl EvalOp for SelectiveScan {
                 state,
                 len,
             };
-            let mut y = Tensor::zero::<f32>(&[batch, channels, len])?;
+            // SAFETY: f32 has no invalid bit patterns, and `selective_scan`
+            // writes every element of `y`.
+            let mut y = unsafe { Tensor::uninitialized::<f32>(&[batch, channels, len])? };
             kernel::selective_scan(
                 kernel::best(),
                 &dims,

@@ -161,7 +161,6 @@ pub fn selective_scan_2d(
     y: &mut [f32],
 ) -> Result<(), ScanError> {
     validate(dims, inputs, y.len())?;
-    y.fill(0.0);
     let GridDims {
         channels,
         directions,
@@ -203,6 +202,7 @@ pub fn selective_scan_2d(
         run_blocks(
             tasks,
             |(item, rows, y): (usize, Range<usize>, &mut [f32])| {
+                y.fill(0.0);
                 for (k, order) in traversals.iter().enumerate() {
                     let block = direction_block(dims, &reordered, item, k, rows.clone(), order);
                     kernel.scan_block(&block, y);

@@ -107,7 +107,9 @@ impl EvalOp for SelectiveScan2D {
                 height,
                 width,
             };
-            let mut y = Tensor::zero::<f32>(&[batch, channels, height, width])?;
+            // SAFETY: f32 has no invalid bit patterns, and `selective_scan_2d`
+            // zeroes every element of `y` before adding into it.
+            let mut y = unsafe { Tensor::uninitialized::<f32>(&[batch, channels, height, width])? };
             cross_scan::selective_scan_2d(
                 kernel::best(),
                 &dims,
