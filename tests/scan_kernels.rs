@@ -138,6 +138,32 @@ fn every_kernel_matches_the_reference() {
 }
 
 #[test]
+fn simd_kernels_agree_bit_for_bit() {
+    // Each runs the same IEEE operations per lane, whatever its vector width.
+    let simd = &available()[1..];
+    if simd.len() < 2 {
+        eprintln!(
+            "SKIPPED simd_kernels_agree_bit_for_bit: this CPU has {} SIMD kernel(s), none to compare",
+            simd.len()
+        );
+        return;
+    }
+    let bits = |y: Vec<f32>| y.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    for (seed, (dims, delta_softplus, ranges)) in cases().into_iter().enumerate() {
+        let problem = Problem::random(dims, delta_softplus, ranges, seed as u64);
+        let first = bits(problem.run(simd[0]));
+        for kernel in &simd[1..] {
+            assert!(
+                bits(problem.run(*kernel)) == first,
+                "{} and {} differ on {dims:?} softplus={delta_softplus} {ranges:?}",
+                simd[0].name(),
+                kernel.name()
+            );
+        }
+    }
+}
+
+#[test]
 fn reference_matches_f64() {
     for (seed, (dims, delta_softplus, ranges)) in cases().into_iter().enumerate() {
         let problem = Problem::random(dims, delta_softplus, ranges, seed as u64);

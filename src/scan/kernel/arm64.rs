@@ -19,11 +19,14 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::approx::{EXP_ARG_MAX, EXP_ARG_MIN, EXP_POLY, LN_2_HI, LN_2_LO, LOG1P_POLY, LOG2_E};
-use super::lanes::{self, GroupRows, LaneMath, LaneParams, Step, LANES};
+use super::lanes::{self, GroupRows, LaneMath, LaneParams, Step};
 use super::{ChannelBlock, ScanKernel};
 
 /// f32s per 64-byte cache line (Cortex-A72, A76 and Carmel alike).
 const F32_PER_CACHE_LINE: usize = 16;
+
+/// Channels per vector block: two NEON registers.
+const LANES: usize = 8;
 
 /// The lanes of one block: two NEON registers.
 type Lanes = [float32x4_t; 2];
@@ -43,12 +46,16 @@ impl ScanKernel for Neon {
         "neon"
     }
 
+    fn vector_channels(&self) -> usize {
+        LANES
+    }
+
     fn scan_block(&self, block: &ChannelBlock, y: &mut [f32]) {
         lanes::scan_block(self, block, y);
     }
 }
 
-impl LaneMath for Neon {
+impl LaneMath<LANES> for Neon {
     fn prefetch(&self, data: &[f32]) {
         for line in data.chunks(F32_PER_CACHE_LINE) {
             // SAFETY: PRFM is a hint: it never faults and changes no register,
@@ -63,17 +70,22 @@ impl LaneMath for Neon {
         }
     }
 
-    fn prepare_steps(&self, params: &LaneParams, delta_softplus: bool, steps: &mut [Step]) {
+    fn prepare_steps(
+        &self,
+        params: &LaneParams<LANES>,
+        delta_softplus: bool,
+        steps: &mut [Step<LANES>],
+    ) {
         // SAFETY: NEON is part of the AArch64 baseline: every such CPU has it.
         unsafe { prepare_steps(params, delta_softplus, steps) }
     }
 
     fn scan_states(
         &self,
-        params: &LaneParams,
+        params: &LaneParams<LANES>,
         rows: &GroupRows,
         h: &mut [[f32; LANES]],
-        steps: &mut [Step],
+        steps: &mut [Step<LANES>],
     ) {
         // SAFETY: NEON is part of the AArch64 baseline: every such CPU has it.
         unsafe { scan_states(params, rows, h, steps) }
@@ -82,7 +94,7 @@ impl LaneMath for Neon {
 
 /// See [`LaneMath::prepare_steps`].
 #[target_feature(enable = "neon")]
-fn prepare_steps(params: &LaneParams, delta_softplus: bool, steps: &mut [Step]) {
+fn prepare_steps(params: &LaneParams<LANES>, delta_softplus: bool, steps: &mut [Step<LANES>]) {
     let delta_bias = load(&params.delta_bias);
     let d = load(&params.d);
     for step in steps {
@@ -103,7 +115,12 @@ fn prepare_steps(params: &LaneParams, delta_softplus: bool, steps: &mut [Step]) 
 
 /// See [`LaneMath::scan_states`].
 #[target_feature(enable = "neon")]
-fn scan_states(params: &LaneParams, rows: &GroupRows, h: &mut [[f32; LANES]], steps: &mut [Step]) {
+fn scan_states(
+    params: &LaneParams<LANES>,
+    rows: &GroupRows,
+    h: &mut [[f32; LANES]],
+    steps: &mut [Step<LANES>],
+) {
     for ((a_n, h_n), (b_row, c_row)) in params.a.iter().zip(h).zip(rows.state_rows()) {
         let a_n = load(a_n);
         let mut h = load(h_n);

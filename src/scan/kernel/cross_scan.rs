@@ -3,8 +3,8 @@
 //! grid, and the scan that walks them over the feature map as it lies,
 //! adding every direction's output onto the pixels it came from.
 //!
-//! Each task is one batch item and [`LANES`](super::lanes::LANES)-many
-//! channels, and runs the K directions one after the other into the same
+//! Each task is one batch item and one vector block of channels (the
+//! kernel's [`vector_channels`](ScanKernel::vector_channels)), and runs the K directions one after the other into the same
 //! output rows, so the channels' `u` stays in cache across directions and
 //! every output value is the same sum, in the same order (direction 0
 //! first), at any thread count. `Bs` and `Cs` are put in each direction's
@@ -20,10 +20,6 @@ use super::{run_blocks, ChannelBlock, ScanError, ScanKernel};
 
 /// Directions the contract defines (MODEL.md's k0..k7).
 pub const MAX_DIRECTIONS: usize = 8;
-
-/// Channels per parallel task: one SIMD block, so that the thin SS2D blocks
-/// of the small variants (64 channels) still give every core work.
-const CHANNELS_PER_TASK: usize = 8;
 
 /// Grids whose traversals the scratch keeps; past that it starts afresh (a
 /// model has one grid per stage, so only model reloads at new sizes add more).
@@ -191,11 +187,14 @@ pub fn selective_scan_2d(
             c: c_steps,
             ..*inputs
         };
-        let tasks_per_item = channels.div_ceil(CHANNELS_PER_TASK);
+        // One vector block per task, so that the thin SS2D blocks of the small
+        // variants (64 channels) still give every core work.
+        let channels_per_task = kernel.vector_channels();
+        let tasks_per_item = channels.div_ceil(channels_per_task);
         let mut tasks = Vec::with_capacity(dims.batch * tasks_per_item);
         for (item, item_y) in y.chunks_mut(channels * len).enumerate() {
-            for (task, task_y) in item_y.chunks_mut(CHANNELS_PER_TASK * len).enumerate() {
-                let first = task * CHANNELS_PER_TASK;
+            for (task, task_y) in item_y.chunks_mut(channels_per_task * len).enumerate() {
+                let first = task * channels_per_task;
                 tasks.push((item, first..first + task_y.len() / len, task_y));
             }
         }

@@ -19,6 +19,10 @@ impl ScanKernel for Reference {
         "reference"
     }
 
+    fn vector_channels(&self) -> usize {
+        1
+    }
+
     fn scan_block(&self, block: &ChannelBlock, y: &mut [f32]) {
         let (len, state) = (block.len, block.state);
         let mut h: SmallVec<[f32; INLINE_STATES]> = smallvec![0.0; state];

@@ -4,8 +4,9 @@
 //! With lanes = channels of one group, `Bs[g,n,t]` and `Cs[g,n,t]` are the
 //! same for every lane (a broadcast), the recurrence over t stays a plain
 //! per-lane loop, and no horizontal reduction is ever needed (reducing over
-//! the N states instead would end every step with one). A block of
-//! [`LANES`] channels is scanned one time chunk at a time:
+//! the N states instead would end every step with one). A block of `L`
+//! channels (the kernel's vector width: 8 for AVX2 and NEON, 16 for AVX-512)
+//! is scanned one time chunk at a time:
 //!
 //! 1. its delta and u rows are transposed into a small time-major scratch
 //!    ([`Step`] per time step), lanes past the block's last channel being 0;
@@ -23,7 +24,7 @@
 //! touches 24 rows (delta, u and y of 8 channels) too briefly for the
 //! hardware prefetcher: software prefetches of the next chunk's inputs and of
 //! this chunk's outputs, issued before the compute, gained about 12% on a
-//! 2-core EPYC.
+//! 2-core EPYC (8 lanes).
 
 use std::ops::Range;
 
@@ -31,34 +32,39 @@ use smallvec::{smallvec, SmallVec};
 
 use super::{ChannelBlock, INLINE_STATES};
 
-/// Channels per vector block: one AVX2 register, or two NEON ones (two
-/// independent chains per state, to hide the FMA latency on narrow cores).
-pub(super) const LANES: usize = 8;
-
-/// Time steps per chunk: the scratch (3 x 64 x 8 f32 = 6 KiB) stays in L1
-/// while the N state passes re-read it.
+/// Time steps per chunk: the scratch (3 x 64 x L f32, 6 KiB at 8 lanes and
+/// 12 KiB at 16) stays in L1 while the N state passes re-read it.
 const TIME_CHUNK: usize = 64;
 
-/// One time step of a vector block, as [`LaneMath`] sees it.
-#[derive(Clone, Copy, Default)]
-pub(super) struct Step {
+/// One time step of a vector block of `L` channels, as [`LaneMath`] sees it.
+#[derive(Clone, Copy)]
+pub(super) struct Step<const L: usize> {
     /// Holds delta as loaded, then dt once [`LaneMath::prepare_steps`] ran.
-    pub dt: [f32; LANES],
+    pub dt: [f32; L],
     /// Holds u as loaded, then dt * u.
-    pub dt_u: [f32; LANES],
+    pub dt_u: [f32; L],
     /// D * u, then y as [`LaneMath::scan_states`] adds C h into it.
-    pub y: [f32; LANES],
+    pub y: [f32; L],
 }
 
-/// One row of [`LANES`] values per state.
-pub(super) type StateRows = SmallVec<[[f32; LANES]; INLINE_STATES]>;
+impl<const L: usize> Step<L> {
+    /// A step with every lane 0: what lanes past a block's last channel hold.
+    const ZERO: Self = Step {
+        dt: [0.0; L],
+        dt_u: [0.0; L],
+        y: [0.0; L],
+    };
+}
+
+/// One row of `L` values per state.
+pub(super) type StateRows<const L: usize> = SmallVec<[[f32; L]; INLINE_STATES]>;
 
 /// The per-channel constants of a vector block, transposed into lanes.
-pub(super) struct LaneParams {
-    pub delta_bias: [f32; LANES],
-    pub d: [f32; LANES],
+pub(super) struct LaneParams<const L: usize> {
+    pub delta_bias: [f32; L],
+    pub d: [f32; L],
     /// Row n holds the lanes' A[c, n].
-    pub a: StateRows,
+    pub a: StateRows<L>,
 }
 
 /// `Bs` and `Cs` of the block's group over the steps of one time chunk.
@@ -89,42 +95,47 @@ impl<'a> GroupRows<'a> {
     }
 }
 
-/// The vector maths of a SIMD kernel, implemented per architecture.
-pub(super) trait LaneMath {
+/// The vector maths of a SIMD kernel of `L` lanes, implemented per
+/// architecture.
+pub(super) trait LaneMath<const L: usize> {
     /// Hints the CPU to start loading `data` into the cache.
     fn prefetch(&self, data: &[f32]);
 
     /// Turns each step's loaded delta into dt (with softplus when asked) and
     /// its u into dt * u, and sets its y to D * u.
-    fn prepare_steps(&self, params: &LaneParams, delta_softplus: bool, steps: &mut [Step]);
+    fn prepare_steps(&self, params: &LaneParams<L>, delta_softplus: bool, steps: &mut [Step<L>]);
 
     /// For each state n, carries `h[n]` (the lanes' state before the chunk,
     /// updated to the state after it) through the chunk,
     /// `h = exp(dt A[n]) h + dt_u Bs[n,t]`, adding `Cs[n,t] h` to each y.
     fn scan_states(
         &self,
-        params: &LaneParams,
+        params: &LaneParams<L>,
         rows: &GroupRows,
-        h: &mut [[f32; LANES]],
-        steps: &mut [Step],
+        h: &mut [[f32; L]],
+        steps: &mut [Step<L>],
     );
 }
 
-/// Scans `block` into `y` (`[channels, L]`) with `math`, [`LANES`] channels at
-/// a time. Its scratch is on the stack: no allocation at the contract's N.
-pub(super) fn scan_block(math: &impl LaneMath, block: &ChannelBlock, y: &mut [f32]) {
+/// Scans `block` into `y` (`[channels, len]`) with `math`, `L` channels at a
+/// time. Its scratch is on the stack: no allocation at the contract's N.
+pub(super) fn scan_block<const L: usize>(
+    math: &impl LaneMath<L>,
+    block: &ChannelBlock,
+    y: &mut [f32],
+) {
     let len = block.len;
-    let mut steps = [Step::default(); TIME_CHUNK];
-    let mut h: StateRows = smallvec![[0.0; LANES]; block.state];
+    let mut steps = [Step::ZERO; TIME_CHUNK];
+    let mut h: StateRows<L> = smallvec![[0.0; L]; block.state];
     let mut params = LaneParams {
-        delta_bias: [0.0; LANES],
-        d: [0.0; LANES],
+        delta_bias: [0.0; L],
+        d: [0.0; L],
         a: h.clone(),
     };
-    for (vector, y_rows) in y.chunks_mut(LANES * len).enumerate() {
-        let channels = vector * LANES..vector * LANES + y_rows.len() / len;
+    for (vector, y_rows) in y.chunks_mut(L * len).enumerate() {
+        let channels = vector * L..vector * L + y_rows.len() / len;
         load_params(block, channels.clone(), &mut params);
-        h.fill([0.0; LANES]);
+        h.fill([0.0; L]);
         for start in (0..len).step_by(TIME_CHUNK) {
             let chunk = start..(start + TIME_CHUNK).min(len);
             let steps = &mut steps[..chunk.len()];
@@ -147,8 +158,8 @@ pub(super) fn scan_block(math: &impl LaneMath, block: &ChannelBlock, y: &mut [f3
 /// Prefetches the rows of `channels` that the chunk after `chunk` will read
 /// and that `chunk` itself will write (in `y_rows`), so that their DRAM
 /// latency overlaps with this chunk's compute.
-fn prefetch(
-    math: &impl LaneMath,
+fn prefetch<const L: usize>(
+    math: &impl LaneMath<L>,
     block: &ChannelBlock,
     channels: Range<usize>,
     chunk: Range<usize>,
@@ -168,12 +179,16 @@ fn prefetch(
     }
 }
 
-/// Transposes the constants of `channels` (at most [`LANES`] of the block)
-/// into `params`, zero in the lanes past the last channel.
-fn load_params(block: &ChannelBlock, channels: Range<usize>, params: &mut LaneParams) {
-    params.delta_bias = [0.0; LANES];
-    params.d = [0.0; LANES];
-    params.a.fill([0.0; LANES]);
+/// Transposes the constants of `channels` (at most `L` of the block) into
+/// `params`, zero in the lanes past the last channel.
+fn load_params<const L: usize>(
+    block: &ChannelBlock,
+    channels: Range<usize>,
+    params: &mut LaneParams<L>,
+) {
+    params.delta_bias = [0.0; L];
+    params.d = [0.0; L];
+    params.a.fill([0.0; L]);
     for (lane, channel) in channels.enumerate() {
         params.delta_bias[lane] = block.delta_bias[channel];
         params.d[lane] = block.d[channel];
@@ -186,14 +201,14 @@ fn load_params(block: &ChannelBlock, channels: Range<usize>, params: &mut LanePa
 
 /// Transposes delta and u of `channels` over the `chunk` steps into `steps`
 /// (`dt` and `dt_u`), zero in the lanes past the last channel.
-fn load_steps(
+fn load_steps<const L: usize>(
     block: &ChannelBlock,
     channels: Range<usize>,
     chunk: Range<usize>,
-    steps: &mut [Step],
+    steps: &mut [Step<L>],
 ) {
-    if channels.len() < LANES {
-        steps.fill(Step::default());
+    if channels.len() < L {
+        steps.fill(Step::ZERO);
     }
     for (lane, channel) in channels.enumerate() {
         let row = channel * block.len..(channel + 1) * block.len;
@@ -208,7 +223,12 @@ fn load_steps(
 
 /// Transposes the steps' y back into `y_rows` (`[channels, len]`) over
 /// `chunk`: written in place, or with a traversal added at each step's pixel.
-fn store_y(block: &ChannelBlock, steps: &[Step], chunk: Range<usize>, y_rows: &mut [f32]) {
+fn store_y<const L: usize>(
+    block: &ChannelBlock,
+    steps: &[Step<L>],
+    chunk: Range<usize>,
+    y_rows: &mut [f32],
+) {
     for (lane, y_row) in y_rows.chunks_exact_mut(block.len).enumerate() {
         match block.traversal {
             None => {

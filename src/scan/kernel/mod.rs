@@ -115,6 +115,10 @@ pub trait ScanKernel: Send + Sync {
     /// Short name for logs and benchmark ids, e.g. `"avx2+fma"`.
     fn name(&self) -> &'static str;
 
+    /// Channels it computes side by side (its vector width; 1 for the
+    /// scalar reference): the 2-D scan gives each task this many.
+    fn vector_channels(&self) -> usize;
+
     /// Scans every channel of `block` into `y`, row-major `[channels, L]`:
     /// writes step t's output at t, or with a traversal adds it at the
     /// pixel the step visits.
@@ -167,22 +171,22 @@ pub fn reference() -> &'static dyn ScanKernel {
 
 /// The fastest kernel this CPU can run.
 pub fn best() -> &'static dyn ScanKernel {
-    simd_kernel().unwrap_or_else(reference)
+    simd_kernels().next().unwrap_or_else(reference)
 }
 
 /// Every kernel this CPU can run, the reference first.
 pub fn available() -> Vec<&'static dyn ScanKernel> {
-    std::iter::once(reference()).chain(simd_kernel()).collect()
+    std::iter::once(reference()).chain(simd_kernels()).collect()
 }
 
-/// The SIMD kernel for this CPU, if it has the instructions it needs.
-fn simd_kernel() -> Option<&'static dyn ScanKernel> {
+/// The SIMD kernels this CPU has the instructions for, fastest first.
+fn simd_kernels() -> impl Iterator<Item = &'static dyn ScanKernel> {
     #[cfg(target_arch = "x86_64")]
     return x86_64::detect();
     #[cfg(target_arch = "aarch64")]
-    return Some(arm64::kernel());
+    return std::iter::once(arm64::kernel());
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    return None;
+    return std::iter::empty();
 }
 
 /// Runs the selective scan described by `dims` on `inputs` into `y`

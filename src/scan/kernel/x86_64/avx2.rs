@@ -1,10 +1,10 @@
 //! The AVX2+FMA kernel: 8 channels per `__m256`, laid out by [`lanes`]; the
-//! vector exp and softplus follow [`approx`](super::approx).
+//! vector exp and softplus follow [`approx`](crate::scan::kernel::approx).
 //!
 //! Its exp has a relative error of at most 1.1e-7 on [-87.33, 88.72], returns
 //! exactly 0 below (subnormal results are flushed), +inf above, 1 for ±0 and
 //! NaN for NaN; its softplus a relative error of at most 3e-7 (see
-//! [`approx`](super::approx) for the derivation, and the tests below for the sweeps).
+//! [`approx`](crate::scan::kernel::approx) for the derivation, and the tests below for the sweeps).
 //!
 //! Per state update: one multiply for dt A, the exp (two clamps, a multiply,
 //! a floor, two FMAs of range reduction, six of polynomial, a conversion, an
@@ -13,12 +13,14 @@
 
 use std::arch::x86_64::*;
 
-use super::approx::{EXP_ARG_MAX, EXP_ARG_MIN, EXP_POLY, LN_2_HI, LN_2_LO, LOG1P_POLY, LOG2_E};
-use super::lanes::{self, GroupRows, LaneMath, LaneParams, Step, LANES};
-use super::{ChannelBlock, ScanKernel};
+use crate::scan::kernel::approx::{
+    EXP_ARG_MAX, EXP_ARG_MIN, EXP_POLY, LN_2_HI, LN_2_LO, LOG1P_POLY, LOG2_E,
+};
+use crate::scan::kernel::lanes::{self, GroupRows, LaneMath, LaneParams, Step};
+use crate::scan::kernel::{ChannelBlock, ScanKernel};
 
-/// f32s per 64-byte cache line.
-const F32_PER_CACHE_LINE: usize = 16;
+/// Channels per vector block: one AVX2 register.
+const LANES: usize = 8;
 
 /// The AVX2+FMA kernel. Its private field means only [`detect`] can hand one
 /// out, so holding one proves the CPU has AVX2 and FMA.
@@ -37,30 +39,36 @@ impl ScanKernel for Avx2Fma {
         "avx2+fma"
     }
 
+    fn vector_channels(&self) -> usize {
+        LANES
+    }
+
     fn scan_block(&self, block: &ChannelBlock, y: &mut [f32]) {
         lanes::scan_block(self, block, y);
     }
 }
 
-impl LaneMath for Avx2Fma {
+impl LaneMath<LANES> for Avx2Fma {
     fn prefetch(&self, data: &[f32]) {
-        for line in data.chunks(F32_PER_CACHE_LINE) {
-            // SAFETY: SSE is part of x86_64; a prefetch never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) }
-        }
+        super::prefetch(data);
     }
 
-    fn prepare_steps(&self, params: &LaneParams, delta_softplus: bool, steps: &mut [Step]) {
+    fn prepare_steps(
+        &self,
+        params: &LaneParams<LANES>,
+        delta_softplus: bool,
+        steps: &mut [Step<LANES>],
+    ) {
         // SAFETY: an `Avx2Fma` exists only once `detect` saw AVX2 and FMA.
         unsafe { prepare_steps(params, delta_softplus, steps) }
     }
 
     fn scan_states(
         &self,
-        params: &LaneParams,
+        params: &LaneParams<LANES>,
         rows: &GroupRows,
         h: &mut [[f32; LANES]],
-        steps: &mut [Step],
+        steps: &mut [Step<LANES>],
     ) {
         // SAFETY: an `Avx2Fma` exists only once `detect` saw AVX2 and FMA.
         unsafe { scan_states(params, rows, h, steps) }
@@ -69,7 +77,7 @@ impl LaneMath for Avx2Fma {
 
 /// See [`LaneMath::prepare_steps`].
 #[target_feature(enable = "avx2,fma")]
-fn prepare_steps(params: &LaneParams, delta_softplus: bool, steps: &mut [Step]) {
+fn prepare_steps(params: &LaneParams<LANES>, delta_softplus: bool, steps: &mut [Step<LANES>]) {
     let delta_bias = load(&params.delta_bias);
     let d = load(&params.d);
     for step in steps {
@@ -84,7 +92,12 @@ fn prepare_steps(params: &LaneParams, delta_softplus: bool, steps: &mut [Step]) 
 
 /// See [`LaneMath::scan_states`].
 #[target_feature(enable = "avx2,fma")]
-fn scan_states(params: &LaneParams, rows: &GroupRows, h: &mut [[f32; LANES]], steps: &mut [Step]) {
+fn scan_states(
+    params: &LaneParams<LANES>,
+    rows: &GroupRows,
+    h: &mut [[f32; LANES]],
+    steps: &mut [Step<LANES>],
+) {
     for ((a_n, h_n), (b_row, c_row)) in params.a.iter().zip(h).zip(rows.state_rows()) {
         let a_n = load(a_n);
         let mut h = load(h_n);
@@ -99,7 +112,7 @@ fn scan_states(params: &LaneParams, rows: &GroupRows, h: &mut [[f32; LANES]], st
     }
 }
 
-/// Lane-wise e^x, as described in [`approx`](super::approx).
+/// Lane-wise e^x, as described in [`approx`](crate::scan::kernel::approx).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn exp(x: __m256) -> __m256 {
@@ -114,7 +127,7 @@ fn exp(x: __m256) -> __m256 {
     _mm256_mul_ps(exp_r, two_to_k)
 }
 
-/// Lane-wise ln(1 + e^x), as described in [`approx`](super::approx).
+/// Lane-wise ln(1 + e^x), as described in [`approx`](crate::scan::kernel::approx).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn softplus(x: __m256) -> __m256 {
@@ -160,8 +173,8 @@ fn store(lanes: &mut [f32; LANES], value: __m256) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::approx::checks;
     use super::*;
+    use crate::scan::kernel::approx::checks;
 
     /// Runs `f` on 8 lanes, or returns None on a CPU without AVX2 and FMA.
     fn on_lanes(f: unsafe fn(__m256) -> __m256) -> Option<impl Fn([f32; 8]) -> [f32; 8]> {
