@@ -154,10 +154,9 @@ fn exp(x: float32x4_t) -> float32x4_t {
     let k = vrndmq_f32(vmulq_n_f32(x, LOG2_E));
     let r = vfmsq_n_f32(x, k, LN_2_HI);
     let r = vfmsq_n_f32(r, k, LN_2_LO);
-    let exp_r = vfmaq_f32(vdupq_n_f32(1.0), r, polynomial(r, &EXP_POLY));
     let biased_k = vaddq_s32(vcvtq_s32_f32(k), vdupq_n_s32(127));
     let two_to_k = vreinterpretq_f32_s32(vshlq_n_s32::<23>(biased_k));
-    vmulq_f32(exp_r, two_to_k)
+    vfmaq_f32(two_to_k, vmulq_f32(two_to_k, r), polynomial(r, &EXP_POLY))
 }
 
 /// Lane-wise ln(1 + e^x), as described in [`approx`](super::approx).

@@ -7,9 +7,9 @@
 //! [`approx`](crate::scan::kernel::approx) for the derivation, and the tests below for the sweeps).
 //!
 //! Per state update: one multiply for dt A, the exp (two clamps, a multiply,
-//! a floor, two FMAs of range reduction, six of polynomial, a conversion, an
-//! integer add and shift, and a multiply), a multiply for dt u Bs, an FMA for h and one
-//! for y: the exp is three quarters of the arithmetic.
+//! a floor, two FMAs of range reduction, a conversion, an integer add and
+//! shift, a multiply and six FMAs of polynomial), a multiply for dt u Bs, an
+//! FMA for h and one for y: the exp is three quarters of the arithmetic.
 
 use std::arch::x86_64::*;
 
@@ -121,10 +121,13 @@ fn exp(x: __m256) -> __m256 {
     let k = _mm256_floor_ps(_mm256_mul_ps(x, splat(LOG2_E)));
     let r = _mm256_fnmadd_ps(k, splat(LN_2_HI), x);
     let r = _mm256_fnmadd_ps(k, splat(LN_2_LO), r);
-    let exp_r = _mm256_fmadd_ps(r, polynomial(r, &EXP_POLY), splat(1.0));
     let biased_k = _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127));
     let two_to_k = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased_k));
-    _mm256_mul_ps(exp_r, two_to_k)
+    _mm256_fmadd_ps(
+        _mm256_mul_ps(two_to_k, r),
+        polynomial(r, &EXP_POLY),
+        two_to_k,
+    )
 }
 
 /// Lane-wise ln(1 + e^x), as described in [`approx`](crate::scan::kernel::approx).

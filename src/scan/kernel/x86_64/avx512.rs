@@ -116,10 +116,13 @@ fn exp(x: __m512) -> __m512 {
     let k = floor(_mm512_mul_ps(x, splat(LOG2_E)));
     let r = _mm512_fnmadd_ps(k, splat(LN_2_HI), x);
     let r = _mm512_fnmadd_ps(k, splat(LN_2_LO), r);
-    let exp_r = _mm512_fmadd_ps(r, polynomial(r, &EXP_POLY), splat(1.0));
     let biased_k = _mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127));
     let two_to_k = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased_k));
-    _mm512_mul_ps(exp_r, two_to_k)
+    _mm512_fmadd_ps(
+        _mm512_mul_ps(two_to_k, r),
+        polynomial(r, &EXP_POLY),
+        two_to_k,
+    )
 }
 
 /// Lane-wise ln(1 + e^x), as described in [`approx`](crate::scan::kernel::approx).
