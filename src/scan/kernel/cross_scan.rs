@@ -4,10 +4,10 @@
 //! adding every direction's output onto the pixels it came from.
 //!
 //! Each task is one batch item and one vector block of channels (the
-//! kernel's [`vector_channels`](ScanKernel::vector_channels)), and runs the K directions one after the other into the same
-//! output rows, so the channels' `u` stays in cache across directions and
-//! every output value is the same sum, in the same order (direction 0
-//! first), at any thread count. `Bs` and `Cs` are put in each direction's
+//! kernel's [`vector_channels`](ScanKernel::vector_channels)), and runs the
+//! K directions one after the other into the same output rows, so the
+//! channels' `u` stays in cache across directions and every output value is
+//! the same sum, in the same order (direction 0 first), at any thread count. `Bs` and `Cs` are put in each direction's
 //! step order once per call (they are shared by all channels); `u` and
 //! `delta` are read, and `y` written, through the traversal. The traversals
 //! and those reordered copies live in a scratch kept for the process: a warm
