@@ -4,7 +4,8 @@
 //! Its exp has a relative error of at most 1.1e-7 on [-87.33, 88.72], returns
 //! exactly 0 below (subnormal results are flushed), +inf above, 1 for ±0 and
 //! NaN for NaN; its softplus a relative error of at most 3e-7 (see
-//! [`approx`](crate::scan::kernel::approx) for the derivation, and the tests below for the sweeps).
+//! [`approx`](crate::scan::kernel::approx) for the derivation, and the tests
+//! below for the sweeps).
 //!
 //! Per state update: one multiply for dt A, the exp (two clamps, a multiply,
 //! a floor, two FMAs of range reduction, a conversion, an integer add and
