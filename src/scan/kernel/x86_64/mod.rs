@@ -1,7 +1,9 @@
 //! The x86_64 kernels, each laid out by [`lanes`](super::lanes) and picked
 //! at run time by what the CPU has: AVX-512F (16 channels per `__m512`), then
-//! AVX2+FMA (8 per `__m256`). Both compute every step with the same IEEE
-//! operations, so they agree bit for bit with each other and with NEON.
+//! AVX2+FMA (8 per `__m256`). Their maths is written once, in [`lane_math!`],
+//! over a handful of vector primitives each width defines; every step is the
+//! same IEEE operation at either width, so the two agree bit for bit with each
+//! other and with NEON.
 
 use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
 
@@ -25,3 +27,125 @@ fn prefetch(data: &[f32]) {
         unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) }
     }
 }
+
+/// Writes `$kernel`'s [`LaneMath`](super::lanes::LaneMath) and its vector exp
+/// and softplus (as described in [`approx`](super::approx)), all compiled for
+/// `$feature`, from the primitives the invoking module defines: `Vector`,
+/// `LANES`, `load`, `store`, `splat`, `add`, `mul`, `div`, `min`, `max`,
+/// `fmadd(a, b, c)` = a b + c, `fnmadd(a, b, c)` = c - a b, `floor`,
+/// `two_to_the(k)` (2^k for integral k, built in the exponent field) and
+/// `minus_abs`. Each is a single instruction or two, marked
+/// `#[inline] #[target_feature(enable = $feature)]`, so all of it inlines.
+///
+/// Per state update: one multiply for dt A, the exp (two clamps, a multiply,
+/// a floor, two FMAs of range reduction, the 2^k, a multiply and six FMAs of
+/// polynomial), a multiply for dt u Bs, an FMA for h and one for y: the exp
+/// is three quarters of the arithmetic.
+macro_rules! lane_math {
+    ($kernel:ty, $feature:literal) => {
+        impl LaneMath<LANES> for $kernel {
+            fn prefetch(&self, data: &[f32]) {
+                super::prefetch(data);
+            }
+
+            fn prepare_steps(
+                &self,
+                params: &LaneParams<LANES>,
+                delta_softplus: bool,
+                steps: &mut [Step<LANES>],
+            ) {
+                // SAFETY: the kernel exists only once `detect` saw `$feature`.
+                unsafe { prepare_steps(params, delta_softplus, steps) }
+            }
+
+            fn scan_states(
+                &self,
+                params: &LaneParams<LANES>,
+                rows: &GroupRows,
+                h: &mut [[f32; LANES]],
+                steps: &mut [Step<LANES>],
+            ) {
+                // SAFETY: the kernel exists only once `detect` saw `$feature`.
+                unsafe { scan_states(params, rows, h, steps) }
+            }
+        }
+
+        /// See [`LaneMath::prepare_steps`].
+        #[target_feature(enable = $feature)]
+        fn prepare_steps(
+            params: &LaneParams<LANES>,
+            delta_softplus: bool,
+            steps: &mut [Step<LANES>],
+        ) {
+            let delta_bias = load(&params.delta_bias);
+            let d = load(&params.d);
+            for step in steps {
+                let dt = add(load(&step.dt), delta_bias);
+                let dt = if delta_softplus { softplus(dt) } else { dt };
+                let u = load(&step.dt_u);
+                store(&mut step.dt, dt);
+                store(&mut step.dt_u, mul(dt, u));
+                store(&mut step.y, mul(d, u));
+            }
+        }
+
+        /// See [`LaneMath::scan_states`].
+        #[target_feature(enable = $feature)]
+        fn scan_states(
+            params: &LaneParams<LANES>,
+            rows: &GroupRows,
+            h: &mut [[f32; LANES]],
+            steps: &mut [Step<LANES>],
+        ) {
+            for ((a_n, h_n), (b_row, c_row)) in params.a.iter().zip(h).zip(rows.state_rows()) {
+                let a_n = load(a_n);
+                let mut h = load(h_n);
+                for ((step, &b), &c) in steps.iter_mut().zip(b_row).zip(c_row) {
+                    let decay = exp(mul(load(&step.dt), a_n));
+                    let input = mul(load(&step.dt_u), splat(b));
+                    h = fmadd(decay, h, input);
+                    let y = fmadd(splat(c), h, load(&step.y));
+                    store(&mut step.y, y);
+                }
+                store(h_n, h);
+            }
+        }
+
+        /// Lane-wise e^x, as described in [`approx`](crate::scan::kernel::approx).
+        #[inline]
+        #[target_feature(enable = $feature)]
+        fn exp(x: Vector) -> Vector {
+            // `max`/`min` return their second operand when either is NaN: keep x there.
+            let x = min(splat(EXP_ARG_MAX), max(splat(EXP_ARG_MIN), x));
+            let k = floor(mul(x, splat(LOG2_E)));
+            let r = fnmadd(k, splat(LN_2_HI), x);
+            let r = fnmadd(k, splat(LN_2_LO), r);
+            let two_to_k = two_to_the(k);
+            fmadd(mul(two_to_k, r), polynomial(r, &EXP_POLY), two_to_k)
+        }
+
+        /// Lane-wise ln(1 + e^x), as described in [`approx`](crate::scan::kernel::approx).
+        #[inline]
+        #[target_feature(enable = $feature)]
+        fn softplus(x: Vector) -> Vector {
+            let e = exp(minus_abs(x));
+            let s = div(e, add(splat(2.0), e));
+            let log1p_e = mul(s, polynomial(mul(s, s), &LOG1P_POLY));
+            add(max(x, splat(0.0)), log1p_e)
+        }
+
+        /// The sum of `coefficients[i] * x^i`, in Horner form.
+        #[inline]
+        #[target_feature(enable = $feature)]
+        fn polynomial(x: Vector, coefficients: &[f32]) -> Vector {
+            let (&highest, lower) = coefficients
+                .split_last()
+                .expect("a polynomial has coefficients");
+            lower
+                .iter()
+                .rev()
+                .fold(splat(highest), |acc, &c| fmadd(acc, x, splat(c)))
+        }
+    };
+}
+use lane_math;
