@@ -50,6 +50,8 @@ impl ScanKernel for Avx2Fma {
 
 lane_math!(Avx2Fma, "avx2,fma");
 
+// The primitives `lane_math!` is written over (see its documentation).
+
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn load(lanes: &[f32; LANES]) -> Vector {

@@ -3,9 +3,9 @@
 //! floor is `vrndscaleps` rounding down), the same steps as the AVX2 kernel,
 //! so the two agree bit for bit.
 //!
-//! Twice the AVX2 kernel's channels per instruction: the scan is bound by the
-//! exp's arithmetic, not by memory, wherever a core has two 512-bit FMA
-//! pipes.
+//! Twice the AVX2 kernel's channels per instruction; on the development VM
+//! (Intel Xeon, 2 cores) 1.4x its throughput (`cargo bench --bench scan`,
+//! docs/performance.md).
 
 use std::arch::x86_64::*;
 
@@ -48,6 +48,8 @@ impl ScanKernel for Avx512 {
 }
 
 lane_math!(Avx512, "avx512f");
+
+// The primitives `lane_math!` is written over (see its documentation).
 
 #[inline]
 #[target_feature(enable = "avx512f")]
