@@ -4,6 +4,7 @@ weights of another checkpoint."""
 
 import json
 
+import pytest
 import torch
 
 from fer_edge_training import train
@@ -63,3 +64,20 @@ def test_close_up_batch_takes_part_in_every_step(tiny_data, tmp_path):
     half = torch.load(tmp_path / "weight-0.5" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(b[k], one[k]) for k in b)
     assert any(not torch.equal(b[k], half[k]) for k in b if k.endswith(".weight"))
+
+
+def test_frozen_modules_keep_their_weights_and_norm_statistics(tiny_data, tmp_path):
+    start, out = tmp_path / "start", tmp_path / "frozen"
+    assert run(tiny_data, start, 1) == 0
+    init = torch.load(start / "best.pt", weights_only=True)["ema"]
+    frozen = ("head.reg_convs", "head.obj_preds")
+    assert run(tiny_data, out, 2, "--init", str(start / "best.pt"), "--freeze", *frozen) == 0
+    after = torch.load(out / "last.pt", weights_only=True)["model"]
+    kept = [k for k in init if k.startswith(frozen)]
+    assert any(k.endswith("running_mean") for k in kept)
+    assert all(torch.equal(init[k], after[k]) for k in kept)
+    trained = [k for k in init if k.startswith("head.cls_convs") and k.endswith(".weight")]
+    assert any(not torch.equal(init[k], after[k]) for k in trained)
+
+    with pytest.raises(SystemExit, match="head.nothing"):
+        run(tiny_data, tmp_path / "typo", 1, "--freeze", "head.nothing")
