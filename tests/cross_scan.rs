@@ -216,7 +216,6 @@ fn every_kernel_gives_version_1_cross_scanned_by_hand_bit_for_bit() {
                 fused.iter().any(|v| v.abs() > 1e-3),
                 "{dims:?}: all about 0"
             );
-            let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(
                 bits(&fused),
                 bits(&by_hand),
@@ -233,7 +232,6 @@ fn thread_count_does_not_change_the_2d_scan() {
     for kernel in available() {
         let single = multithread_tract_scope(Executor::SingleThread, || problem.run_2d(kernel));
         let pooled = multithread_tract_scope(Executor::multithread(2), || problem.run_2d(kernel));
-        let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&single), bits(&pooled), "{}", kernel.name());
     }
 }
@@ -271,7 +269,11 @@ fn scratch_kept_from_earlier_scans_does_not_change_a_scan() {
             }
             first.run_2d(kernel)
         });
-        let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&before), bits(&after), "{}", kernel.name());
     }
+}
+
+/// The bit patterns of `y`, for exact comparisons that NaN does not defeat.
+fn bits(y: &[f32]) -> Vec<u32> {
+    y.iter().map(|v| v.to_bits()).collect()
 }

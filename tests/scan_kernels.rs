@@ -148,13 +148,12 @@ fn simd_kernels_agree_bit_for_bit() {
         );
         return;
     }
-    let bits = |y: Vec<f32>| y.into_iter().map(f32::to_bits).collect::<Vec<_>>();
     for (seed, (dims, delta_softplus, ranges)) in cases().into_iter().enumerate() {
         let problem = Problem::random(dims, delta_softplus, ranges, seed as u64);
-        let first = bits(problem.run(simd[0]));
+        let first = bits(&problem.run(simd[0]));
         for kernel in &simd[1..] {
             assert!(
-                bits(problem.run(*kernel)) == first,
+                bits(&problem.run(*kernel)) == first,
                 "{} and {} differ on {dims:?} softplus={delta_softplus} {ranges:?}",
                 simd[0].name(),
                 kernel.name()
@@ -195,7 +194,6 @@ fn thread_count_does_not_change_results() {
         let single = multithread_tract_scope(Executor::SingleThread, || problem.run(kernel));
         let pooled = multithread_tract_scope(Executor::multithread(2), || problem.run(kernel));
         assert!(single.iter().all(|y| y.is_finite()), "{}", kernel.name());
-        let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(
             bits(&single),
             bits(&pooled),
@@ -354,4 +352,9 @@ fn empty_dims_give_empty_or_skip_only_output() {
             );
         }
     }
+}
+
+/// The bit patterns of `y`, for exact comparisons that NaN does not defeat.
+fn bits(y: &[f32]) -> Vec<u32> {
+    y.iter().map(|v| v.to_bits()).collect()
 }
