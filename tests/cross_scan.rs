@@ -5,11 +5,15 @@
 //! direction's sequence, the 1-D scan with one group per direction, put each
 //! output back on its pixel and add the directions in order). The 1-D
 //! kernels are checked against an f64 oracle in tests/scan_kernels.rs.
+//! Version 3's form, the dt projection done inside the scan, gives bit for
+//! bit version 2's on the projected delta.
 
 use fer_edge::scan::kernel::cross_scan::{
     selective_scan_2d, traversal, GridDims, GridInputs, MAX_DIRECTIONS,
 };
-use fer_edge::scan::kernel::{available, selective_scan, ScanDims, ScanError, ScanInputs};
+use fer_edge::scan::kernel::{
+    available, selective_scan, Delta, ScanDims, ScanError, ScanInputs, ScanKernel,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
@@ -86,7 +90,7 @@ impl Problem {
     fn inputs(&self) -> GridInputs<'_> {
         GridInputs {
             u: &self.u,
-            delta: &self.delta,
+            delta: Delta::Rows(&self.delta),
             a: &self.a,
             b: &self.b,
             c: &self.c,
@@ -107,14 +111,30 @@ impl Problem {
         batch * channels * height * width
     }
 
-    fn run_2d(&self, kernel: &dyn fer_edge::scan::kernel::ScanKernel) -> Vec<f32> {
+    /// Its inputs in version 3's form, with `projection` in place of delta.
+    fn low_rank_inputs<'a>(&'a self, projection: &'a Projection) -> GridInputs<'a> {
+        GridInputs {
+            delta: Delta::LowRank {
+                weight: &projection.weight,
+                low: &projection.low,
+                rank: projection.rank,
+            },
+            ..self.inputs()
+        }
+    }
+
+    fn run_2d(&self, kernel: &dyn ScanKernel) -> Vec<f32> {
+        self.run_2d_on(kernel, &self.inputs())
+    }
+
+    fn run_2d_on(&self, kernel: &dyn ScanKernel, inputs: &GridInputs) -> Vec<f32> {
         let mut y = vec![f32::NAN; self.output_len()];
-        selective_scan_2d(kernel, &self.dims, &self.inputs(), &mut y).unwrap();
+        selective_scan_2d(kernel, &self.dims, inputs, &mut y).unwrap();
         y
     }
 
     /// Version 1 on the same data, cross-scanned and merged by hand.
-    fn run_by_hand(&self, kernel: &dyn fer_edge::scan::kernel::ScanKernel) -> Vec<f32> {
+    fn run_by_hand(&self, kernel: &dyn ScanKernel) -> Vec<f32> {
         let GridDims {
             batch,
             channels,
@@ -179,6 +199,56 @@ impl Problem {
     }
 }
 
+/// Version 3's dt projection of a [`Problem`]: `dt_low` `[B, K, R, H, W]`
+/// and `dt_weight` `[K*Di, R]`.
+struct Projection {
+    rank: usize,
+    low: Vec<f32>,
+    weight: Vec<f32>,
+}
+
+impl Projection {
+    fn random(dims: &GridDims, rank: usize, seed: u64) -> Projection {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let GridDims {
+            batch,
+            channels,
+            directions,
+            height,
+            width,
+            ..
+        } = *dims;
+        let mut values =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
+        Projection {
+            rank,
+            low: values(batch * directions * rank * height * width),
+            weight: values(directions * channels * rank),
+        }
+    }
+
+    /// The delta it stands for, `[B, K, Di, H, W]`: each value
+    /// `sum_r dt_weight[k*Di + c, r] dt_low[b, k, r, p]`, as FMAs on 0 with
+    /// r in order (how every kernel forms it).
+    fn delta(&self, dims: &GridDims) -> Vec<f32> {
+        let (rank, len) = (self.rank, dims.height * dims.width);
+        let mut delta = Vec::new();
+        for (direction, low) in self.low.chunks_exact(rank * len).enumerate() {
+            let k = direction % dims.directions;
+            for weight in self.weight[k * dims.channels * rank..]
+                .chunks_exact(rank)
+                .take(dims.channels)
+            {
+                delta.extend((0..len).map(|p| {
+                    let terms = weight.iter().zip(low.chunks_exact(len));
+                    terms.fold(0.0f32, |sum, (&w, low_r)| w.mul_add(low_r[p], sum))
+                }));
+            }
+        }
+        delta
+    }
+}
+
 fn grid(
     batch: usize,
     channels: usize,
@@ -227,6 +297,36 @@ fn every_kernel_gives_version_1_cross_scanned_by_hand_bit_for_bit() {
 }
 
 #[test]
+fn the_dt_projection_inside_the_scan_gives_version_2_on_the_projected_delta_bit_for_bit() {
+    let cases = [
+        (grid(1, 16, 8, 16, 5, 7), 4),   // the nano model's R at Di 128
+        (grid(2, 11, 8, 4, 7, 5), 8),    // tail lanes, two items
+        (grid(1, 3, 1, 2, 1, 9), 1),     // rank 1
+        (grid(1, 16, 4, 16, 6, 6), 6),   // terms in a group of 4, then one by one
+        (grid(1, 24, 2, 16, 14, 14), 3), // several time chunks
+    ];
+    for (seed, (dims, rank)) in cases.into_iter().enumerate() {
+        let mut problem = Problem::random(dims, 100 + seed as u64);
+        let projection = Projection::random(&dims, rank, 200 + seed as u64);
+        problem.delta = projection.delta(&dims);
+        for kernel in available() {
+            let fused = problem.run_2d_on(kernel, &problem.low_rank_inputs(&projection));
+            assert!(fused.iter().all(|v| v.is_finite()), "{dims:?}");
+            assert!(
+                fused.iter().any(|v| v.abs() > 1e-3),
+                "{dims:?}: all about 0"
+            );
+            assert_eq!(
+                bits(&fused),
+                bits(&problem.run_2d(kernel)),
+                "{} on {dims:?}, R = {rank}",
+                kernel.name()
+            );
+        }
+    }
+}
+
+#[test]
 fn thread_count_does_not_change_the_2d_scan() {
     let problem = Problem::random(grid(2, 40, 8, 16, 9, 8), 7);
     for kernel in available() {
@@ -246,9 +346,24 @@ fn bad_directions_and_lengths_are_named() {
     assert_eq!(err, ScanError::Directions(9));
     assert!(err.to_string().contains("K must be 1 to 8"), "{err}");
     let mut inputs = problem.inputs();
-    inputs.delta = &problem.delta[1..];
+    inputs.delta = Delta::Rows(&problem.delta[1..]);
     let err = selective_scan_2d(kernel, &problem.dims, &inputs, &mut y).unwrap_err();
     assert!(err.to_string().contains("`delta` has"), "{err}");
+    let projection = Projection::random(&problem.dims, 2, 4);
+    let low_rank = |weight: &[f32], low: &[f32], rank: usize| {
+        let inputs = GridInputs {
+            delta: Delta::LowRank { weight, low, rank },
+            ..problem.inputs()
+        };
+        let mut y = vec![0.0; problem.output_len()];
+        selective_scan_2d(kernel, &problem.dims, &inputs, &mut y).unwrap_err()
+    };
+    let (weight, low) = (&projection.weight, &projection.low);
+    let err = low_rank(weight, &low[1..], 2);
+    assert!(err.to_string().contains("`dt_low` has"), "{err}");
+    let err = low_rank(&weight[1..], low, 2);
+    assert!(err.to_string().contains("`dt_weight` has"), "{err}");
+    assert_eq!(low_rank(&[], &[], 0), ScanError::NoRank);
 }
 
 #[test]
@@ -257,17 +372,26 @@ fn scratch_kept_from_earlier_scans_does_not_change_a_scan() {
     // a first scan, then scans that grow the buffers and extend the same
     // grid's directions, then the first again, which must come out the same.
     let first = Problem::random(grid(1, 8, 4, 16, 6, 6), 11);
+    let first_projection = Projection::random(&first.dims, 4, 14);
+    let first_inputs = first.low_rank_inputs(&first_projection);
     let others = [
         Problem::random(grid(1, 8, 8, 16, 6, 6), 12),
         Problem::random(grid(2, 16, 8, 16, 9, 8), 13),
     ];
+    let projections: Vec<Projection> = (0..)
+        .zip(&others)
+        .map(|(seed, other)| Projection::random(&other.dims, 8, 15 + seed))
+        .collect();
     for kernel in available() {
-        let before = multithread_tract_scope(Executor::SingleThread, || first.run_2d(kernel));
+        let before = multithread_tract_scope(Executor::SingleThread, || {
+            first.run_2d_on(kernel, &first_inputs)
+        });
         let after = multithread_tract_scope(Executor::SingleThread, || {
-            for other in &others {
+            for (other, projection) in others.iter().zip(&projections) {
                 other.run_2d(kernel);
+                other.run_2d_on(kernel, &other.low_rank_inputs(projection));
             }
-            first.run_2d(kernel)
+            first.run_2d_on(kernel, &first_inputs)
         });
         assert_eq!(bits(&before), bits(&after), "{}", kernel.name());
     }

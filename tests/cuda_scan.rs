@@ -16,7 +16,7 @@ use fer_edge::scan::cuda::launch::{
 };
 use fer_edge::scan::cuda::{run_scans_on_gpu, CudaSelectiveScan, CudaSelectiveScan2D};
 use fer_edge::scan::kernel::cross_scan::{selective_scan_2d, GridDims, GridInputs};
-use fer_edge::scan::kernel::{reference, ScanDims};
+use fer_edge::scan::kernel::{reference, Delta, ScanDims};
 use fer_edge::scan::op::{SelectiveScan, SelectiveScan2D};
 use std::path::PathBuf;
 use std::process::Command;
@@ -79,7 +79,7 @@ impl GridProblem {
         let data = &self.data;
         GridInputs {
             u: &data.u,
-            delta: &data.delta,
+            delta: Delta::Rows(&data.delta),
             a: &data.a,
             b: &data.b,
             c: &data.c,
@@ -618,14 +618,21 @@ fn kernel_2d_source_run_on_the_cpu_matches_the_reference_bit_for_bit() {
 enum Version {
     One,
     Two,
+    /// `SelectiveScan2D` with the dt projection inside (R = 2).
+    Three,
 }
 
 impl Version {
     /// Its inputs with N = `state`: version 1 for B=1, KD=8, G=2, L=5;
-    /// version 2 for B=1, Di=3, K=8, H=2, W=5.
-    fn input_facts(self, state: usize) -> [TypedFact; 7] {
+    /// versions 2 and 3 for B=1, Di=3, K=8, H=2, W=5.
+    fn input_facts(self, state: usize) -> Vec<TypedFact> {
+        if let Version::Three = self {
+            let mut facts = Version::Two.input_facts(state);
+            facts.splice(1..2, [f32::fact([1, 8, 2, 2, 5]), f32::fact([24, 2])]);
+            return facts;
+        }
         match self {
-            Version::One => [
+            Version::One => vec![
                 f32::fact([1, 8, 5]),
                 f32::fact([1, 8, 5]),
                 f32::fact([8, state]),
@@ -634,7 +641,7 @@ impl Version {
                 f32::fact([8]),
                 f32::fact([8]),
             ],
-            Version::Two => [
+            _ => vec![
                 f32::fact([1, 3, 2, 5]),
                 f32::fact([1, 8, 3, 2, 5]),
                 f32::fact([24, state]),
@@ -656,7 +663,10 @@ impl Version {
         let delta_softplus = true;
         match self {
             Version::One => Box::new(SelectiveScan { delta_softplus }),
-            Version::Two => Box::new(SelectiveScan2D { delta_softplus }),
+            Version::Two | Version::Three => Box::new(SelectiveScan2D {
+                delta_softplus,
+                low_rank: matches!(self, Version::Three),
+            }),
         }
     }
 
@@ -664,7 +674,7 @@ impl Version {
     fn host_scans(self, model: &TypedModel) -> usize {
         let is_host = |n: &&TypedNode| match self {
             Version::One => n.op_is::<SelectiveScan>(),
-            Version::Two => n.op_is::<SelectiveScan2D>(),
+            Version::Two | Version::Three => n.op_is::<SelectiveScan2D>(),
         };
         model.nodes().iter().filter(is_host).count()
     }
@@ -673,7 +683,7 @@ impl Version {
     fn gpu_scans(self, model: &TypedModel) -> Vec<&TypedNode> {
         let is_gpu = |n: &&TypedNode| match self {
             Version::One => n.op_is::<CudaSelectiveScan>(),
-            Version::Two => n.op_is::<CudaSelectiveScan2D>(),
+            Version::Two | Version::Three => n.op_is::<CudaSelectiveScan2D>(),
         };
         model.nodes().iter().filter(is_gpu).collect()
     }
@@ -771,6 +781,19 @@ fn rewrite_copies_inputs_left_on_the_host_to_the_device() -> TractResult<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Version 3's form has no CUDA kernel yet: it must stay on the CPU, its
+/// inputs copied to the host as tract-cuda left them.
+#[test]
+fn rewrite_leaves_version_3_2d_scans_on_the_cpu() -> TractResult<()> {
+    let mut model = translated_scan_model(Version::Three, 16, &[])?;
+    run_scans_on_gpu(&mut model)?;
+    assert_eq!(Version::Three.host_scans(&model), 1);
+    assert!(Version::Three.gpu_scans(&model).is_empty());
+    // one copy to the host per scan input, and the model output's
+    assert_eq!(count_syncs(&model, DeviceSyncKind::ToHost), 8 + 1);
     Ok(())
 }
 
@@ -901,6 +924,7 @@ fn one_scan_2d_model(problem: &GridProblem) -> TractResult<TypedModel> {
         "scan",
         SelectiveScan2D {
             delta_softplus: data.delta_softplus,
+            low_rank: false,
         },
         &[u, delta, a, b, c, d, bias],
     )?;

@@ -27,7 +27,7 @@ use fer_edge::detector::Detector;
 use fer_edge::infer::{set_threads, Model};
 use fer_edge::preprocess::{Frame, PixelFormat};
 use fer_edge::scan::kernel::cross_scan::{selective_scan_2d, GridDims, GridInputs};
-use fer_edge::scan::kernel::{available, selective_scan, ScanDims, ScanInputs};
+use fer_edge::scan::kernel::{available, selective_scan, Delta, ScanDims, ScanInputs};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -166,7 +166,7 @@ fn a_warm_selective_scan_allocates_only_its_task_list() {
     };
     let grid_inputs = GridInputs {
         u: &u,
-        delta: &delta,
+        delta: Delta::Rows(&delta),
         a: &a,
         b: &bc,
         c: &bc,
@@ -194,6 +194,20 @@ fn a_warm_selective_scan_allocates_only_its_task_list() {
         d,
     };
     let mut sequence_y = filled(directions * channels * len, 0.0);
+    // Version 3's form: the dt projection (rank 4) inside the scan.
+    let rank = 4;
+    let (dt_low, dt_weight) = (
+        filled(directions * rank * len, -0.5),
+        filled(directions * channels * rank, 0.5),
+    );
+    let low_rank_inputs = GridInputs {
+        delta: Delta::LowRank {
+            weight: &dt_weight,
+            low: &dt_low,
+            rank,
+        },
+        ..grid_inputs
+    };
     for kernel in available() {
         let allocations = |scan: &mut dyn FnMut()| {
             multithread_tract_scope(Executor::SingleThread, || {
@@ -205,13 +219,16 @@ fn a_warm_selective_scan_allocates_only_its_task_list() {
         };
         let two_d =
             allocations(&mut || selective_scan_2d(kernel, &grid, &grid_inputs, &mut y).unwrap());
+        let low_rank = allocations(&mut || {
+            selective_scan_2d(kernel, &grid, &low_rank_inputs, &mut y).unwrap()
+        });
         let one_d = allocations(&mut || {
             selective_scan(kernel, &sequences, &sequence_inputs, &mut sequence_y).unwrap()
         });
         assert_eq!(
-            (two_d, one_d),
-            (1, 1),
-            "{}: allocations of a warm 2-D and 1-D scan",
+            (two_d, low_rank, one_d),
+            (1, 1, 1),
+            "{}: allocations of a warm 2-D scan, low-rank 2-D scan and 1-D scan",
             kernel.name()
         );
     }

@@ -128,20 +128,21 @@ fn scan_op_survives_optimisation_once_per_ss2d_call() {
     );
 }
 
-/// The custom ops (one FER-YOLO-VSS block exported in contract version 2,
-/// `SelectiveScan2D`, and in version 1, `SelectiveScan` between Gathers) and
+/// The custom ops (one FER-YOLO-VSS block exported in contract version 3,
+/// `SelectiveScan2D` with the dt projection inside, in version 2, and in
+/// version 1, `SelectiveScan` between Gathers) and
 /// the standard ONNX `Scan` formulation are the same maths run by different
 /// code in tract; they agree to f32 rounding (1e-5 abs + 1e-4 rel), and all
 /// agree with PyTorch.
 #[test]
-fn scan_ops_of_both_contract_versions_match_their_scan_twin_and_pytorch() {
+fn scan_ops_of_every_contract_version_match_their_scan_twin_and_pytorch() {
     let input = read_npy(&repo("tests/data/vss_block/vss_block_input.npy"));
     let want = read_npy(&repo("tests/data/vss_block/vss_block_output.npy"));
     let twin = run_onnx(
         &repo("tests/data/vss_block/vss_block_scan.onnx"),
         input.clone(),
     );
-    for file in ["vss_block.onnx", "vss_block_v1.onnx"] {
+    for file in ["vss_block_v3.onnx", "vss_block.onnx", "vss_block_v1.onnx"] {
         let custom = run_onnx(
             &repo(&format!("tests/data/vss_block/{file}")),
             input.clone(),
@@ -175,6 +176,29 @@ fn a_version_2_block_scans_without_gathers() {
     };
     assert_eq!(count("SelectiveScan2D"), 1);
     assert_eq!(count("SelectiveScan") + count("Gather"), 0);
+}
+
+/// The version 3 block computes its dt projection inside `SelectiveScan2D`:
+/// after tract's optimisation it has fewer matrix-product nodes than the
+/// version 2 block of the same weights.
+#[test]
+fn a_version_3_block_has_no_dt_projection_product() {
+    let products = |file: &str| {
+        let optimized = fer_edge::infer::onnx()
+            .model_for_path(repo(&format!("tests/data/vss_block/{file}")))
+            .unwrap()
+            .into_optimized()
+            .unwrap();
+        let nodes = optimized.nodes().iter();
+        nodes.filter(|n| n.op().name().contains("MatMul")).count()
+    };
+    let (v2, v3) = (products("vss_block.onnx"), products("vss_block_v3.onnx"));
+    assert!(v2 > 0, "the block's projections are matrix products");
+    // tract writes a product as a packing node and a kernel node
+    assert!(
+        v3 < v2,
+        "matrix product nodes: version 2 {v2}, version 3 {v3}"
+    );
 }
 
 fn load_error(bytes: &[u8]) -> String {
@@ -248,7 +272,7 @@ fn edited_block_model(file: &str, edit: impl Fn(&mut tract_onnx::pb::NodeProto))
 
 #[test]
 fn a_model_whose_op_is_missing_or_foreign_gives_a_clear_error() {
-    for file in ["vss_block.onnx", "vss_block_v1.onnx"] {
+    for file in ["vss_block_v3.onnx", "vss_block.onnx", "vss_block_v1.onnx"] {
         let err = load_error(&edited_block_model(file, |n| {
             n.op_type = "SelectiveScan3D".into()
         }));
@@ -263,37 +287,41 @@ fn a_model_whose_op_is_missing_or_foreign_gives_a_clear_error() {
     }
 }
 
+/// A block model (`tests/data/vss_block/{file}`) whose `fer_edge` import
+/// says `version`, its nodes unchanged.
+fn importing_version(file: &str, version: i64) -> Vec<u8> {
+    use prost::Message;
+    let bytes = std::fs::read(repo(&format!("tests/data/vss_block/{file}"))).unwrap();
+    let mut proto = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
+    let imports = proto.opset_import.iter_mut();
+    imports
+        .filter(|o| o.domain == "fer_edge")
+        .for_each(|o| o.version = version);
+    proto.encode_to_vec()
+}
+
 /// A model of a newer op contract, or with a scan input of the wrong shape,
 /// is named as such in one line: not as a corrupt file, not in tract's dump
 /// of every fact of the node.
 #[test]
 fn a_model_that_breaks_the_op_contract_says_how_in_one_line() {
-    use prost::Message;
-    let bytes = std::fs::read(repo("tests/data/vss_block/vss_block.onnx")).unwrap();
-    let mut proto = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
-    for import in proto
-        .opset_import
-        .iter_mut()
-        .filter(|o| o.domain == "fer_edge")
-    {
-        import.version = 3;
-    }
-    let err = load_error(&proto.encode_to_vec());
+    let err = load_error(&importing_version("vss_block.onnx", 4));
     assert!(
         err.contains("does not keep fer-edge's model contract")
-            && err.contains("ops are version 3")
-            && err.contains("implements versions 1 to 2"),
+            && err.contains("ops are version 4")
+            && err.contains("implements versions 1 to 3"),
         "{err}"
     );
     assert!(!err.contains("corrupt") && !err.contains("Some("), "{err}");
 
-    // D wired to A ([KD, N]) instead of a [KD] vector, in either version.
-    for (file, op) in [
-        ("vss_block.onnx", "SelectiveScan2D"),
-        ("vss_block_v1.onnx", "SelectiveScan"),
+    // D wired to A ([KD, N]) instead of a [KD] vector, in every version.
+    for (file, op, d, a) in [
+        ("vss_block_v3.onnx", "SelectiveScan2D", 6, 3),
+        ("vss_block.onnx", "SelectiveScan2D", 5, 2),
+        ("vss_block_v1.onnx", "SelectiveScan", 5, 2),
     ] {
         let err = load_error(&edited_block_model(file, |n| {
-            n.input[5] = n.input[2].clone()
+            n.input[d] = n.input[a].clone()
         }));
         assert!(
             err.contains(&format!("{op} input `D` has rank 2")) && err.contains("expected rank 1"),
@@ -306,18 +334,16 @@ fn a_model_that_breaks_the_op_contract_says_how_in_one_line() {
         );
     }
 
+    // version 2's 7-input form in a model that imports version 3
+    let err = load_error(&importing_version("vss_block.onnx", 3));
+    assert!(
+        err.contains("of contract version 3 takes 8 inputs (u, dt_low, dt_weight, A, Bs, Cs")
+            && err.contains("got 7"),
+        "{err}"
+    );
+
     // a version 2 op in a model that imports version 1
-    let mut proto =
-        tract_onnx::pb::ModelProto::decode(&edited_block_model("vss_block.onnx", |_| {})[..])
-            .unwrap();
-    for import in proto
-        .opset_import
-        .iter_mut()
-        .filter(|o| o.domain == "fer_edge")
-    {
-        import.version = 1;
-    }
-    let err = load_error(&proto.encode_to_vec());
+    let err = load_error(&importing_version("vss_block.onnx", 1));
     assert!(
         err.contains("`SelectiveScan2D` is an op of contract version 2")
             && err.contains("imports `fer_edge` version 1"),

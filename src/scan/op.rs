@@ -5,7 +5,8 @@
 //! A, Bs, Cs, D, delta_bias; output y with the shape of u; integer attribute
 //! `delta_softplus` (default 1). Version 2 (docs/model-contract.md) adds
 //! [`SelectiveScan2D`], the scan that walks SS2D's directions itself; a
-//! version 2 model may use both ops.
+//! version 2 model may use both ops. Version 3 moves SS2D's dt projection
+//! into `SelectiveScan2D` (inputs `dt_low` and `dt_weight` for `delta`).
 
 use super::kernel::{self, ScanDims, ScanInputs};
 use tract_hir::internal::*;
@@ -20,7 +21,7 @@ pub const OP_TYPE: &str = "SelectiveScan";
 pub const OP_TYPE_2D: &str = "SelectiveScan2D";
 /// The newest version of the op contract this runtime implements; it loads
 /// every version from 1 up.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// A model that breaks the op's contract (MODEL.md): a wrong domain or
 /// version, inputs, attributes or shapes. [`crate::infer`] reports it alone,
@@ -43,6 +44,9 @@ mod scan_2d;
 pub use scan_2d::SelectiveScan2D;
 
 /// Input names, in contract order, with their ranks.
+type InputSpec = [(&'static str, usize)];
+
+/// `SelectiveScan`'s inputs.
 const INPUTS: [(&str, usize); 7] = [
     ("u", 3),
     ("delta", 3),
@@ -66,12 +70,13 @@ fn register_into(register: &mut OnnxOpRegister) {
 /// tract's register is keyed by op name only, so the domain is checked here,
 /// and the contract version the model imports must be one this runtime
 /// knows and at least `since`, the version that introduced `op_type`.
+/// Returns that version.
 fn check_domain_and_version(
     ctx: &ParsingContext,
     node: &NodeProto,
     op_type: &str,
     since: i64,
-) -> TractResult<()> {
+) -> TractResult<i64> {
     contract!(
         node.domain == DOMAIN,
         "node `{}` is a `{op_type}` of domain `{}`; fer-edge implements `{op_type}` only in domain `{DOMAIN}`",
@@ -92,14 +97,14 @@ fn check_domain_and_version(
         node.name,
         version.map_or("of no imported version".into(), |v| format!("version {v}"))
     );
+    let version = version.unwrap_or_default();
     contract!(
-        version.is_some_and(|v| v >= since),
+        version >= since,
         "node `{}`: `{op_type}` is an op of contract version {since}, but the model imports \
-         `{DOMAIN}` version {}",
-        node.name,
-        version.unwrap_or_default()
+         `{DOMAIN}` version {version}",
+        node.name
     );
-    Ok(())
+    Ok(version)
 }
 
 /// The `delta_softplus` attribute: 0 or 1, default 1.
@@ -119,32 +124,46 @@ fn parse(
     ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    parse_scan(ctx, node, OP_TYPE, 1, |delta_softplus| SelectiveScan {
+    parse_scan(ctx, node, OP_TYPE, 1, |_, delta_softplus| SelectiveScan {
         delta_softplus,
     })
 }
 
+/// A scan op as the parser sees it: its inputs depend on the form it was
+/// built in.
+trait ScanOp: TypedOp + Clone {
+    /// Its inputs, in contract order, with their ranks (`u` first).
+    fn inputs(&self) -> &'static InputSpec;
+}
+
 /// Parses a scan node of `op_type` (an op of contract version `since`, with
-/// the seven inputs u, delta, A, Bs, Cs, D, delta_bias and the attribute
-/// `delta_softplus`) into `op`.
-fn parse_scan<T: TypedOp + Clone>(
+/// the attribute `delta_softplus`) into the op `make` builds for the
+/// model's contract version, and checks the node has that op's inputs.
+fn parse_scan<T: ScanOp>(
     ctx: &ParsingContext,
     node: &NodeProto,
     op_type: &str,
     since: i64,
-    op: fn(bool) -> T,
+    make: fn(i64, bool) -> T,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    check_domain_and_version(ctx, node, op_type, since)?;
+    let version = check_domain_and_version(ctx, node, op_type, since)?;
+    let op = make(version, delta_softplus(node)?);
+    let inputs = op.inputs();
     contract!(
-        node.input.len() == INPUTS.len() && node.output.len() == 1,
-        "node `{}`: `{op_type}` takes {} inputs (u, delta, A, Bs, Cs, D, delta_bias) and 1 output, got {} and {}",
+        node.input.len() == inputs.len() && node.output.len() == 1,
+        "node `{}`: `{op_type}` of contract version {version} takes {} inputs ({}) and 1 \
+         output, got {} and {}",
         node.name,
-        INPUTS.len(),
+        inputs.len(),
+        inputs
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", "),
         node.input.len(),
         node.output.len()
     );
-    let delta_softplus = delta_softplus(node)?;
-    Ok((expand(ScanExpansion(op(delta_softplus))), vec![]))
+    Ok((expand(ScanExpansion(op)), vec![]))
 }
 
 /// Parse-time form of a scan op: infers the output fact (f32, the shape of
@@ -152,7 +171,7 @@ fn parse_scan<T: TypedOp + Clone>(
 #[derive(Debug, Clone)]
 struct ScanExpansion<T>(T);
 
-impl<T: TypedOp + Clone> Expansion for ScanExpansion<T> {
+impl<T: ScanOp> Expansion for ScanExpansion<T> {
     fn name(&self) -> StaticName {
         self.0.name()
     }
@@ -163,7 +182,7 @@ impl<T: TypedOp + Clone> Expansion for ScanExpansion<T> {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, INPUTS.len())?;
+        check_input_arity(inputs, self.0.inputs().len())?;
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, f32::datum_type())?;
         s.equals(&outputs[0].shape, &inputs[0].shape)?;
@@ -209,8 +228,8 @@ fn check_inputs<D: DimLike>(
     Ok(())
 }
 
-/// Inputs of a scan op that [`eval_on_slices`] keeps on the stack (both
-/// versions have 7); more would spill to the heap, not fail.
+/// Inputs of a scan op that [`eval_on_slices`] keeps on the stack (7 or 8);
+/// more would spill to the heap, not fail.
 const INLINE_INPUTS: usize = 8;
 
 /// The shapes and types of a scan's input values, then `run` on their data
@@ -279,6 +298,12 @@ impl SelectiveScan {
 pub(crate) fn shape_text<D: std::fmt::Display>(shape: &[D]) -> String {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     format!("[{}]", dims.join(", "))
+}
+
+impl ScanOp for SelectiveScan {
+    fn inputs(&self) -> &'static InputSpec {
+        &INPUTS
+    }
 }
 
 impl Op for SelectiveScan {

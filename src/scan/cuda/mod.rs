@@ -111,6 +111,7 @@ impl CudaSelectiveScan2D {
     fn host_op(&self) -> SelectiveScan2D {
         SelectiveScan2D {
             delta_softplus: self.delta_softplus,
+            low_rank: false,
         }
     }
 
@@ -280,7 +281,8 @@ pub fn compile_kernels() -> TractResult<()> {
 /// [`CudaSelectiveScan2D`] in place of every `SelectiveScan2D`, of a model
 /// tract-cuda has translated, fed by their inputs' device tensors, then
 /// removes the to-host-and-back copies this leaves. A scan with more than
-/// [`MAX_STATE`] states (or a symbolic count) stays on the CPU.
+/// [`MAX_STATE`] states (or a symbolic count), and a `SelectiveScan2D` of
+/// contract version 3 (dt projection inside), stays on the CPU.
 pub fn run_scans_on_gpu(model: &mut TypedModel) -> TractResult<()> {
     Rewriter::default()
         .with_rule_for(
@@ -293,6 +295,9 @@ pub fn run_scans_on_gpu(model: &mut TypedModel) -> TractResult<()> {
         .with_rule_for(
             "fer-edge-scan-2d-on-gpu",
             |_: &(), model, node, name, op: &SelectiveScan2D| {
+                // Version 3's form (the dt projection inside) has no CUDA
+                // kernel yet: it stays on the CPU.
+                rule_if!(!op.low_rank);
                 let delta_softplus = op.delta_softplus;
                 move_to_gpu(model, node, name, CudaSelectiveScan2D { delta_softplus })
             },
@@ -301,9 +306,9 @@ pub fn run_scans_on_gpu(model: &mut TypedModel) -> TractResult<()> {
     rewire_syncs(model)
 }
 
-/// The patch that puts `gpu_op` in place of the scan `node` (of either
-/// version: their inputs are u, delta, A, Bs, Cs, D, delta_bias, with N at
-/// dimension 2 of Bs). An input that tract-cuda copied to the host is taken
+/// The patch that puts `gpu_op` in place of the scan `node` (`SelectiveScan`,
+/// or `SelectiveScan2D` in its version 2 form: their inputs are u, delta, A,
+/// Bs, Cs, D, delta_bias, with N at dimension 2 of Bs). An input that tract-cuda copied to the host is taken
 /// from before the copy; any other (a constant, or the output of an op left
 /// on the CPU) is copied to the device, a small copy next to the scan's.
 fn move_to_gpu(

@@ -19,8 +19,8 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::approx::{EXP_ARG_MAX, EXP_ARG_MIN, EXP_POLY, LN_2_HI, LN_2_LO, LOG1P_POLY, LOG2_E};
-use super::lanes::{self, GroupRows, LaneMath, LaneParams, Step};
-use super::{ChannelBlock, ScanKernel};
+use super::lanes::{self, ChunkRows, GroupRows, LaneMath, LaneParams, Step};
+use super::{ChannelBlock, ScanKernel, INLINE_STATES};
 
 /// f32s per 64-byte cache line (Cortex-A72, A76 and Carmel alike).
 const F32_PER_CACHE_LINE: usize = 16;
@@ -70,6 +70,11 @@ impl LaneMath<LANES> for Neon {
         }
     }
 
+    fn project_delta(&self, weight: &[[f32; LANES]], low: &ChunkRows, steps: &mut [Step<LANES>]) {
+        // SAFETY: NEON is part of the AArch64 baseline: every such CPU has it.
+        unsafe { project_delta(weight, low, steps) }
+    }
+
     fn prepare_steps(
         &self,
         params: &LaneParams<LANES>,
@@ -89,6 +94,47 @@ impl LaneMath<LANES> for Neon {
     ) {
         // SAFETY: NEON is part of the AArch64 baseline: every such CPU has it.
         unsafe { scan_states(params, rows, h, steps) }
+    }
+}
+
+/// See [`LaneMath::project_delta`].
+#[target_feature(enable = "neon")]
+fn project_delta(weight: &[[f32; LANES]], low: &ChunkRows, steps: &mut [Step<LANES>]) {
+    let low_rows: smallvec::SmallVec<[&[f32]; INLINE_STATES]> = low.iter().collect();
+    // Four terms at a time keep their weights in registers across the steps;
+    // the sum is the same chain of FMAs in r order whatever the grouping.
+    let groups = weight.chunks_exact(4).zip(low_rows.chunks_exact(4));
+    for (group, (weight, rows)) in groups.enumerate() {
+        add_terms::<4>(weight, rows, group == 0, steps);
+    }
+    let done = weight.len() / 4 * 4;
+    for (r, (weight_r, low_r)) in weight.iter().zip(&low_rows).enumerate().skip(done) {
+        add_terms::<1>(std::slice::from_ref(weight_r), &[low_r], r == 0, steps);
+    }
+}
+
+/// Adds `R` terms `weight[r] low[r, t]` to each step's delta, lane-wise and
+/// in r order, starting from 0 if `first`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn add_terms<const R: usize>(
+    weight: &[[f32; LANES]],
+    rows: &[&[f32]],
+    first: bool,
+    steps: &mut [Step<LANES>],
+) {
+    let weight: [Lanes; R] = std::array::from_fn(|r| load(&weight[r]));
+    let rows: [&[f32]; R] = std::array::from_fn(|r| &rows[r][..steps.len()]);
+    for (t, step) in steps.iter_mut().enumerate() {
+        let mut sum = if first {
+            both(|_| vdupq_n_f32(0.0))
+        } else {
+            load(&step.dt)
+        };
+        for (weight_r, row) in weight.iter().zip(rows) {
+            sum = both(|i| vfmaq_n_f32(sum[i], weight_r[i], row[t]));
+        }
+        store(&mut step.dt, sum);
     }
 }
 

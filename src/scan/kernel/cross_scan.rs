@@ -7,16 +7,17 @@
 //! kernel's [`vector_channels`](ScanKernel::vector_channels)), and runs the
 //! K directions one after the other into the same output rows, so the
 //! channels' `u` stays in cache across directions and every output value is
-//! the same sum, in the same order (direction 0 first), at any thread count. `Bs` and `Cs` are put in each direction's
-//! step order once per call (they are shared by all channels); `u` and
-//! `delta` are read, and `y` written, through the traversal. The traversals
-//! and those reordered copies live in a scratch kept for the process: a warm
-//! scan allocates only its list of tasks.
+//! the same sum, in the same order (direction 0 first), at any thread count.
+//! `Bs`, `Cs` and version 3's `dt_low` are put in each direction's step order
+//! once per call (they are shared by all channels); `u` and a given `delta`
+//! are read, and `y` written, through the traversal. The traversals and those
+//! reordered copies live in a scratch kept for the process: a warm scan
+//! allocates only its list of tasks.
 
 use std::ops::Range;
 use std::sync::{Mutex, TryLockError};
 
-use super::{run_blocks, ChannelBlock, ScanError, ScanKernel};
+use super::{run_blocks, ChannelBlock, Delta, ScanError, ScanKernel};
 
 /// Directions the contract defines (MODEL.md's k0..k7).
 pub const MAX_DIRECTIONS: usize = 8;
@@ -33,6 +34,8 @@ struct GridScratch {
     b_steps: Vec<f32>,
     /// `Cs` in each direction's step order.
     c_steps: Vec<f32>,
+    /// Version 3's `dt_low` in each direction's step order.
+    low_steps: Vec<f32>,
 }
 
 /// Per grid met: its height, width, and its first directions' traversals.
@@ -70,6 +73,7 @@ static SCRATCH: Mutex<GridScratch> = Mutex::new(GridScratch {
     traversals: KeptTraversals(Vec::new()),
     b_steps: Vec::new(),
     c_steps: Vec::new(),
+    low_steps: Vec::new(),
 });
 
 /// Runs `f` with the process's [`SCRATCH`], or a fresh one while it is taken.
@@ -82,21 +86,22 @@ fn with_grid_scratch<R>(f: impl FnOnce(&mut GridScratch) -> R) -> R {
     }
 }
 
-/// Sizes of one 2-D selective scan.
+/// Sizes of one 2-D selective scan: `usize`, or the op's symbolic dims
+/// while tract types the graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GridDims {
+pub struct GridDims<D = usize> {
     /// B
-    pub batch: usize,
+    pub batch: D,
     /// Di: channels of the feature map.
-    pub channels: usize,
+    pub channels: D,
     /// K: directions, 1 to [`MAX_DIRECTIONS`].
-    pub directions: usize,
+    pub directions: D,
     /// N: states per channel.
-    pub state: usize,
+    pub state: D,
     /// H
-    pub height: usize,
+    pub height: D,
     /// W
-    pub width: usize,
+    pub width: D,
 }
 
 /// The op's inputs, row-major, named as in the ONNX node.
@@ -104,8 +109,9 @@ pub struct GridDims {
 pub struct GridInputs<'a> {
     /// `u`: `[B, Di, H, W]`
     pub u: &'a [f32],
-    /// `delta`: `[B, K, Di, H, W]`
-    pub delta: &'a [f32],
+    /// `delta`: `[B, K, Di, H, W]` (version 2), or version 3's low rank:
+    /// `dt_weight` `[K*Di, R]` and `dt_low` `[B, K, R, H, W]`.
+    pub delta: Delta<'a>,
     /// `A`: `[K*Di, N]`
     pub a: &'a [f32],
     /// `Bs`: `[B, K, N, H, W]`
@@ -174,17 +180,20 @@ pub fn selective_scan_2d(
             traversals,
             b_steps,
             c_steps,
+            low_steps,
         } = scratch;
-        let (b_steps, c_steps) = (
-            scratch_slice(b_steps, inputs.b.len()),
-            scratch_slice(c_steps, inputs.c.len()),
-        );
         let traversals = traversals.get(directions, height, width);
-        in_step_order(inputs.b, traversals, state, len, b_steps);
-        in_step_order(inputs.c, traversals, state, len, c_steps);
         let reordered = GridInputs {
-            b: b_steps,
-            c: c_steps,
+            b: in_step_order(inputs.b, traversals, state, len, b_steps),
+            c: in_step_order(inputs.c, traversals, state, len, c_steps),
+            delta: match inputs.delta {
+                Delta::Rows(rows) => Delta::Rows(rows),
+                Delta::LowRank { weight, low, rank } => Delta::LowRank {
+                    weight,
+                    low: in_step_order(low, traversals, rank, len, low_steps),
+                    rank,
+                },
+            },
             ..*inputs
         };
         // One vector block per task, so that the thin SS2D blocks of the small
@@ -213,7 +222,7 @@ pub fn selective_scan_2d(
 }
 
 /// The block of direction `k` for the channels `rows` of batch item `item`,
-/// with `inputs`' `Bs` and `Cs` already in step order.
+/// with `inputs`' `Bs`, `Cs` and `dt_low` already in step order.
 fn direction_block<'a>(
     dims: &GridDims,
     inputs: &GridInputs<'a>,
@@ -230,13 +239,23 @@ fn direction_block<'a>(
     } = *dims;
     let len = dims.height * dims.width;
     let params = k * channels + rows.start..k * channels + rows.end;
-    let group = (item * directions + k) * state * len;
-    let delta_rows = (item * directions + k) * channels + rows.start;
+    let direction = item * directions + k;
+    let group = direction * state * len;
+    let delta = match inputs.delta {
+        Delta::Rows(delta) => {
+            Delta::Rows(&delta[(direction * channels + rows.start) * len..][..rows.len() * len])
+        }
+        Delta::LowRank { weight, low, rank } => Delta::LowRank {
+            weight: &weight[params.start * rank..params.end * rank],
+            low: &low[direction * rank * len..][..rank * len],
+            rank,
+        },
+    };
     ChannelBlock {
         len,
         state,
         u: &inputs.u[(item * channels + rows.start) * len..][..rows.len() * len],
-        delta: &inputs.delta[delta_rows * len..][..rows.len() * len],
+        delta,
         a: &inputs.a[params.start * state..params.end * state],
         b: &inputs.b[group..group + state * len],
         c: &inputs.c[group..group + state * len],
@@ -247,25 +266,28 @@ fn direction_block<'a>(
     }
 }
 
-/// The first `len` elements of `buffer`, which grows to `len` if shorter.
-/// Whatever an earlier call left there stays: callers overwrite it.
-fn scratch_slice(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
+/// `[B, K, rows_per_direction, L]` rows of pixels -> the same rows in each
+/// direction's step order (`out[b, k, n, t] = rows[b, k, n, traversal_k[t]]`),
+/// written over the start of `buffer`, which grows to fit if it is shorter.
+fn in_step_order<'a>(
+    rows: &[f32],
+    traversals: &[Vec<u32>],
+    rows_per_direction: usize,
+    len: usize,
+    buffer: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    if buffer.len() < rows.len() {
+        buffer.resize(rows.len(), 0.0);
     }
-    &mut buffer[..len]
-}
-
-/// `[B, K, N, L]` rows of pixels -> the same rows in each direction's step
-/// order in `out` (`out[b, k, n, t] = rows[b, k, n, traversal_k[t]]`).
-fn in_step_order(rows: &[f32], traversals: &[Vec<u32>], state: usize, len: usize, out: &mut [f32]) {
+    let out = &mut buffer[..rows.len()];
     let row_pairs = rows.chunks_exact(len).zip(out.chunks_exact_mut(len));
     for (index, (row, out_row)) in row_pairs.enumerate() {
-        let direction = (index / state) % traversals.len();
+        let direction = (index / rows_per_direction) % traversals.len();
         for (value, &pixel) in out_row.iter_mut().zip(&traversals[direction]) {
             *value = row[pixel as usize];
         }
     }
+    out
 }
 
 /// Checks K and that every slice has the length its shape gives.
@@ -288,6 +310,36 @@ fn validate(dims: &GridDims, inputs: &GridInputs, y_len: usize) -> Result<(), Sc
         });
     }
     let k_channels = directions.saturating_mul(channels);
+    match inputs.delta {
+        Delta::Rows(delta) => super::check_lengths([(
+            "input",
+            "delta",
+            "B*K*Di*H*W",
+            delta.len(),
+            &[batch, directions, channels, height, width],
+        )])?,
+        Delta::LowRank { weight, low, rank } => {
+            if rank == 0 {
+                return Err(ScanError::NoRank);
+            }
+            super::check_lengths([
+                (
+                    "input",
+                    "dt_low",
+                    "B*K*R*H*W",
+                    low.len(),
+                    &[batch, directions, rank, height, width],
+                ),
+                (
+                    "input",
+                    "dt_weight",
+                    "K*Di*R",
+                    weight.len(),
+                    &[k_channels, rank],
+                ),
+            ])?
+        }
+    }
     super::check_lengths([
         (
             "input",
@@ -295,13 +347,6 @@ fn validate(dims: &GridDims, inputs: &GridInputs, y_len: usize) -> Result<(), Sc
             "B*Di*H*W",
             inputs.u.len(),
             &[batch, channels, height, width],
-        ),
-        (
-            "input",
-            "delta",
-            "B*K*Di*H*W",
-            inputs.delta.len(),
-            &[batch, directions, channels, height, width],
         ),
         ("input", "A", "K*Di*N", inputs.a.len(), &[k_channels, state]),
         (

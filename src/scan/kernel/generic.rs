@@ -28,13 +28,12 @@ impl ScanKernel for Reference {
         let mut h: SmallVec<[f32; INLINE_STATES]> = smallvec![0.0; state];
         for (channel, y_row) in y.chunks_exact_mut(len).enumerate() {
             let u_row = &block.u[channel * len..][..len];
-            let delta_row = &block.delta[channel * len..][..len];
             let a_row = &block.a[channel * state..][..state];
             let (d, delta_bias) = (block.d[channel], block.delta_bias[channel]);
             h.fill(0.0);
             for t in 0..len {
                 let position = block.position(t);
-                let raw_dt = delta_row[position] + delta_bias;
+                let raw_dt = block.delta(channel, t) + delta_bias;
                 let dt = if block.delta_softplus {
                     softplus(raw_dt)
                 } else {

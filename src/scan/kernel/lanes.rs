@@ -10,6 +10,8 @@
 //!
 //! 1. its delta and u rows are transposed into a small time-major scratch
 //!    ([`Step`] per time step), lanes past the block's last channel being 0;
+//!    a low-rank delta (contract version 3) is formed there instead by
+//!    [`LaneMath::project_delta`], R vector FMAs per step;
 //! 2. [`LaneMath::prepare_steps`] turns them into dt, dt*u and D*u once per
 //!    (channel, step), not once per state;
 //! 3. [`LaneMath::scan_states`] runs the recurrence state by state, each state
@@ -30,7 +32,7 @@ use std::ops::Range;
 
 use smallvec::{smallvec, SmallVec};
 
-use super::{ChannelBlock, INLINE_STATES};
+use super::{ChannelBlock, Delta, INLINE_STATES};
 
 /// Time steps per chunk: the scratch (3 x 64 x L f32, 6 KiB at 8 lanes and
 /// 12 KiB at 16) stays in L1 while the N state passes re-read it.
@@ -65,33 +67,47 @@ pub(super) struct LaneParams<const L: usize> {
     pub d: [f32; L],
     /// Row n holds the lanes' A[c, n].
     pub a: StateRows<L>,
+    /// Row r holds the lanes' dt_weight[c, r]: empty unless delta is low-rank.
+    pub dt_weight: StateRows<L>,
+}
+
+/// Rows of `len` steps (a group's `Bs`, `Cs` or `dt_low`), seen over the
+/// steps of one time chunk.
+pub(super) struct ChunkRows<'a> {
+    rows: &'a [f32],
+    len: usize,
+    steps: Range<usize>,
+}
+
+impl<'a> ChunkRows<'a> {
+    fn new(rows: &'a [f32], len: usize, steps: Range<usize>) -> Self {
+        ChunkRows { rows, len, steps }
+    }
+
+    /// Each row's values over the chunk.
+    pub fn iter(&self) -> impl Iterator<Item = &'a [f32]> + '_ {
+        let rows = self.rows.chunks_exact(self.len);
+        rows.map(|row| &row[self.steps.clone()])
+    }
 }
 
 /// `Bs` and `Cs` of the block's group over the steps of one time chunk.
 pub(super) struct GroupRows<'a> {
-    b: &'a [f32],
-    c: &'a [f32],
-    len: usize,
-    steps: Range<usize>,
+    b: ChunkRows<'a>,
+    c: ChunkRows<'a>,
 }
 
 impl<'a> GroupRows<'a> {
     fn new(block: &ChannelBlock<'a>, steps: Range<usize>) -> Self {
         GroupRows {
-            b: block.b,
-            c: block.c,
-            len: block.len,
-            steps,
+            b: ChunkRows::new(block.b, block.len, steps.clone()),
+            c: ChunkRows::new(block.c, block.len, steps),
         }
     }
 
     /// (Bs[n, chunk], Cs[n, chunk]) for n = 0..N.
     pub fn state_rows(&self) -> impl Iterator<Item = (&'a [f32], &'a [f32])> + '_ {
-        let rows = self
-            .b
-            .chunks_exact(self.len)
-            .zip(self.c.chunks_exact(self.len));
-        rows.map(|(b_row, c_row)| (&b_row[self.steps.clone()], &c_row[self.steps.clone()]))
+        self.b.iter().zip(self.c.iter())
     }
 }
 
@@ -100,6 +116,10 @@ impl<'a> GroupRows<'a> {
 pub(super) trait LaneMath<const L: usize> {
     /// Hints the CPU to start loading `data` into the cache.
     fn prefetch(&self, data: &[f32]);
+
+    /// Sets each step's delta to `sum_r weight[r] low[r, t]` lane-wise, r in
+    /// order, as FMAs on 0 (the reference's operations, so the same bits).
+    fn project_delta(&self, weight: &[[f32; L]], low: &ChunkRows, steps: &mut [Step<L>]);
 
     /// Turns each step's loaded delta into dt (with softplus when asked) and
     /// its u into dt * u, and sets its y to D * u.
@@ -127,10 +147,15 @@ pub(super) fn scan_block<const L: usize>(
     let len = block.len;
     let mut steps = [Step::ZERO; TIME_CHUNK];
     let mut h: StateRows<L> = smallvec![[0.0; L]; block.state];
+    let rank = match block.delta {
+        Delta::Rows(_) => 0,
+        Delta::LowRank { rank, .. } => rank,
+    };
     let mut params = LaneParams {
         delta_bias: [0.0; L],
         d: [0.0; L],
         a: h.clone(),
+        dt_weight: smallvec![[0.0; L]; rank],
     };
     for (vector, y_rows) in y.chunks_mut(L * len).enumerate() {
         let channels = vector * L..vector * L + y_rows.len() / len;
@@ -140,6 +165,13 @@ pub(super) fn scan_block<const L: usize>(
             let chunk = start..(start + TIME_CHUNK).min(len);
             let steps = &mut steps[..chunk.len()];
             load_steps(block, channels.clone(), chunk.clone(), steps);
+            if let Delta::LowRank { low, .. } = block.delta {
+                math.project_delta(
+                    &params.dt_weight,
+                    &ChunkRows::new(low, len, chunk.clone()),
+                    steps,
+                );
+            }
             if block.traversal.is_none() {
                 prefetch(math, block, channels.clone(), chunk.clone(), y_rows);
             }
@@ -167,8 +199,12 @@ fn prefetch<const L: usize>(
 ) {
     let next_chunk = chunk.end..(chunk.end + TIME_CHUNK).min(block.len);
     let rows = channels.start * block.len..channels.end * block.len;
+    let delta_rows = match block.delta {
+        Delta::Rows(delta) => &delta[rows.clone()],
+        Delta::LowRank { low, .. } => low,
+    };
     let targets = [
-        (&block.delta[rows.clone()], &next_chunk),
+        (delta_rows, &next_chunk),
         (&block.u[rows], &next_chunk),
         (y_rows, &chunk),
     ];
@@ -189,6 +225,7 @@ fn load_params<const L: usize>(
     params.delta_bias = [0.0; L];
     params.d = [0.0; L];
     params.a.fill([0.0; L]);
+    params.dt_weight.fill([0.0; L]);
     for (lane, channel) in channels.enumerate() {
         params.delta_bias[lane] = block.delta_bias[channel];
         params.d[lane] = block.d[channel];
@@ -196,11 +233,17 @@ fn load_params<const L: usize>(
         for (a_n, &a) in params.a.iter_mut().zip(a_row) {
             a_n[lane] = a;
         }
+        if let Delta::LowRank { weight, rank, .. } = block.delta {
+            for (weight_r, &w) in params.dt_weight.iter_mut().zip(&weight[channel * rank..]) {
+                weight_r[lane] = w;
+            }
+        }
     }
 }
 
-/// Transposes delta and u of `channels` over the `chunk` steps into `steps`
-/// (`dt` and `dt_u`), zero in the lanes past the last channel.
+/// Transposes delta (when given as rows) and u of `channels` over the
+/// `chunk` steps into `steps` (`dt` and `dt_u`), zero in the lanes past the
+/// last channel.
 fn load_steps<const L: usize>(
     block: &ChannelBlock,
     channels: Range<usize>,
@@ -212,11 +255,17 @@ fn load_steps<const L: usize>(
     }
     for (lane, channel) in channels.enumerate() {
         let row = channel * block.len..(channel + 1) * block.len;
-        let (delta, u) = (&block.delta[row.clone()], &block.u[row]);
+        let u = &block.u[row.clone()];
+        let delta = match block.delta {
+            Delta::Rows(delta) => Some(&delta[row]),
+            Delta::LowRank { .. } => None,
+        };
         for (step, t) in steps.iter_mut().zip(chunk.clone()) {
             let position = block.position(t);
-            step.dt[lane] = delta[position];
             step.dt_u[lane] = u[position];
+            if let Some(delta) = delta {
+                step.dt[lane] = delta[position];
+            }
         }
     }
 }

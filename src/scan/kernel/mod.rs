@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! dt[c,t]  = softplus(delta[c,t] + delta_bias[c])   (or without softplus)
+//!            with delta[c,t] = sum_r dt_weight[c,r] dt_low[g,r,t] when low-rank
 //! h[c,n,t] = exp(dt[c,t] A[c,n]) h[c,n,t-1] + dt[c,t] Bs[g,n,t] u[c,t],   h[.,.,-1] = 0
 //! y[c,t]   = sum_n Cs[g,n,t] h[c,n,t] + D[c] u[c,t]
 //! ```
@@ -53,6 +54,24 @@ pub struct ScanDims {
     pub state: usize,
     /// L: time steps.
     pub len: usize,
+}
+
+/// Where a scan's delta comes from. Shapes are per scan (the op's tensors) or
+/// per block (the rows of a [`ChannelBlock`]'s channels and group).
+#[derive(Debug, Clone, Copy)]
+pub enum Delta<'a> {
+    /// Given: one row of L per channel.
+    Rows(&'a [f32]),
+    /// Contract version 3: the dt projection done inside the scan,
+    /// `delta[c, t] = sum_r weight[c, r] low[r, t]`, r from 0, as FMAs on 0.
+    LowRank {
+        /// One row of R per channel.
+        weight: &'a [f32],
+        /// R rows of L per group (per direction, for the 2-D scan).
+        low: &'a [f32],
+        /// R, at least 1.
+        rank: usize,
+    },
 }
 
 /// The op's inputs, row-major, named as in the ONNX node.
@@ -100,6 +119,9 @@ pub enum ScanError {
         max = cross_scan::MAX_DIRECTIONS
     )]
     Directions(usize),
+    /// A low-rank delta (contract version 3) of rank 0.
+    #[error("the dt projection has rank 0 (`dt_weight` dim 1): it must be at least 1")]
+    NoRank,
     /// The dims describe a tensor too large to address.
     #[error("`{name}` would have {shape} elements, which overflows usize")]
     SizeOverflow {
@@ -137,8 +159,9 @@ pub struct ChannelBlock<'a> {
     state: usize,
     /// `[channels, L]`
     u: &'a [f32],
-    /// `[channels, L]`
-    delta: &'a [f32],
+    /// Rows `[channels, L]`, or low-rank: weight `[channels, R]` and low
+    /// `[R, L]`, the group's rows in step order.
+    delta: Delta<'a>,
     /// `[channels, N]`
     a: &'a [f32],
     /// `[N, L]`, the group's `Bs`.
@@ -161,6 +184,18 @@ impl ChannelBlock<'_> {
     #[inline]
     fn position(&self, t: usize) -> usize {
         self.traversal.map_or(t, |order| order[t] as usize)
+    }
+
+    /// `channel`'s delta at step `t` (before `delta_bias`).
+    #[inline]
+    fn delta(&self, channel: usize, t: usize) -> f32 {
+        match self.delta {
+            Delta::Rows(rows) => rows[channel * self.len + self.position(t)],
+            Delta::LowRank { weight, low, rank } => weight[channel * rank..][..rank]
+                .iter()
+                .zip(low.chunks_exact(self.len))
+                .fold(0.0, |sum, (&w, low_row)| w.mul_add(low_row[t], sum)),
+        }
     }
 }
 
@@ -328,7 +363,7 @@ fn split_into_blocks<'a>(
                 len,
                 state,
                 u: &inputs.u[rows.clone()],
-                delta: &inputs.delta[rows],
+                delta: Delta::Rows(&inputs.delta[rows]),
                 a: &inputs.a[block_channels.start * state..block_channels.end * state],
                 b: &inputs.b[group_inputs.clone()],
                 c: &inputs.c[group_inputs.clone()],

@@ -48,6 +48,16 @@ macro_rules! lane_math {
                 super::prefetch(data);
             }
 
+            fn project_delta(
+                &self,
+                weight: &[[f32; LANES]],
+                low: &ChunkRows,
+                steps: &mut [Step<LANES>],
+            ) {
+                // SAFETY: the kernel exists only once `detect` saw `$feature`.
+                unsafe { project_delta(weight, low, steps) }
+            }
+
             fn prepare_steps(
                 &self,
                 params: &LaneParams<LANES>,
@@ -67,6 +77,45 @@ macro_rules! lane_math {
             ) {
                 // SAFETY: the kernel exists only once `detect` saw `$feature`.
                 unsafe { scan_states(params, rows, h, steps) }
+            }
+        }
+
+        /// See [`LaneMath::project_delta`].
+        #[target_feature(enable = $feature)]
+        fn project_delta(weight: &[[f32; LANES]], low: &ChunkRows, steps: &mut [Step<LANES>]) {
+            let low_rows: smallvec::SmallVec<[&[f32]; crate::scan::kernel::INLINE_STATES]> =
+                low.iter().collect();
+            // Four terms at a time keep their weights in registers across the
+            // steps; the sum is the same chain of FMAs in r order whatever the
+            // grouping.
+            let groups = weight.chunks_exact(4).zip(low_rows.chunks_exact(4));
+            for (group, (weight, rows)) in groups.enumerate() {
+                add_terms::<4>(weight, rows, group == 0, steps);
+            }
+            let done = weight.len() / 4 * 4;
+            for (r, (weight_r, low_r)) in weight.iter().zip(&low_rows).enumerate().skip(done) {
+                add_terms::<1>(std::slice::from_ref(weight_r), &[low_r], r == 0, steps);
+            }
+        }
+
+        /// Adds `R` terms `weight[r] low[r, t]` to each step's delta,
+        /// lane-wise and in r order, starting from 0 if `first`.
+        #[inline]
+        #[target_feature(enable = $feature)]
+        fn add_terms<const R: usize>(
+            weight: &[[f32; LANES]],
+            rows: &[&[f32]],
+            first: bool,
+            steps: &mut [Step<LANES>],
+        ) {
+            let weight: [Vector; R] = std::array::from_fn(|r| load(&weight[r]));
+            let rows: [&[f32]; R] = std::array::from_fn(|r| &rows[r][..steps.len()]);
+            for (t, step) in steps.iter_mut().enumerate() {
+                let mut sum = if first { splat(0.0) } else { load(&step.dt) };
+                for (&weight_r, row) in weight.iter().zip(rows) {
+                    sum = fmadd(weight_r, splat(row[t]), sum);
+                }
+                store(&mut step.dt, sum);
             }
         }
 
