@@ -20,6 +20,9 @@ import time
 
 import torch
 
+from .scan import ONNX_OP_VERSION
+from .scan2d import ONNX_OP_VERSION_2D, ONNX_OP_VERSION_2D_LOW_RANK
+
 
 def _scan_inputs(b, kd, n, length, g, seed=0):
     gen = torch.Generator().manual_seed(seed)
@@ -133,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=20, help="peers: timed frames a process")
     ap.add_argument("--fer-edge", default="../target/release/fer-edge", help="fer-edge binary")
     ap.add_argument(
-        "--scan-op-version", type=int, default=2, choices=(1, 2), help="peers: contract version"
+        "--scan-op-version",
+        type=int,
+        default=ONNX_OP_VERSION_2D_LOW_RANK,
+        choices=(ONNX_OP_VERSION, ONNX_OP_VERSION_2D, ONNX_OP_VERSION_2D_LOW_RANK),
+        help="peers: contract version (default %(default)s)",
     )
     ap.add_argument(
         "--fer-tflite",

@@ -6,9 +6,11 @@ Usage (from ``training/``)::
         --output ../models/fer-yolo-mamba-nano.onnx \\
         --golden ../tests/data/golden --block ../tests/data/vss_block
 
-Models are written in ONNX contract version 2 (``docs/model-contract.md``: one
-``fer_edge::SelectiveScan2D`` node per SS2D block) unless ``--scan-op-version 1`` asks for
-the version 1 form (cross-scan Gather, ``fer_edge::SelectiveScan``, merge Gather).
+Models are written in ONNX contract version 3 (``docs/model-contract.md``: one
+``fer_edge::SelectiveScan2D`` node per SS2D block, the dt projection inside it) unless
+``--scan-op-version`` asks for an older form: 2, the dt projection's ``MatMul`` before a
+7-input ``SelectiveScan2D``; 1, cross-scan Gather, ``fer_edge::SelectiveScan``, merge
+Gather.
 See ``training/README.md`` for what every output is.
 """
 
@@ -37,8 +39,8 @@ from .model import (
     FerYoloMamba,
     build_model,
     count_parameters,
-    restore_fused_scan,
-    set_fused_scan,
+    restore_scan_op_version,
+    set_scan_op_version,
 )
 from .onnx_graph import (
     count_ops,
@@ -49,7 +51,7 @@ from .onnx_graph import (
 )
 from .preprocess import letterbox_size, load_rgb, preprocess
 from .scan import ONNX_DOMAIN, ONNX_OP_TYPE, ONNX_OP_VERSION, set_scan_impl
-from .scan2d import ONNX_OP_TYPE_2D, ONNX_OP_VERSION_2D
+from .scan2d import ONNX_OP_TYPE_2D, ONNX_OP_VERSION_2D, ONNX_OP_VERSION_2D_LOW_RANK
 
 OPSET = 18
 OUTPUT_NAMES = ["level0", "level1", "level2"]
@@ -61,11 +63,12 @@ DEFAULT_IMAGE = REPO_ROOT / "samples" / "obama.jpg"
 # --------------------------------------------------------------------------------------
 
 #: Contract versions the exporter writes (docs/model-contract.md), and its default.
-SCAN_OP_VERSIONS = (ONNX_OP_VERSION, ONNX_OP_VERSION_2D)
-DEFAULT_SCAN_OP_VERSION = ONNX_OP_VERSION_2D
+SCAN_OP_VERSIONS = (ONNX_OP_VERSION, ONNX_OP_VERSION_2D, ONNX_OP_VERSION_2D_LOW_RANK)
+DEFAULT_SCAN_OP_VERSION = ONNX_OP_VERSION_2D_LOW_RANK
 
 _FER_EDGE = onnxscript.values.Opset(ONNX_DOMAIN, ONNX_OP_VERSION)
 _FER_EDGE_2 = onnxscript.values.Opset(ONNX_DOMAIN, ONNX_OP_VERSION_2D)
+_FER_EDGE_3 = onnxscript.values.Opset(ONNX_DOMAIN, ONNX_OP_VERSION_2D_LOW_RANK)
 
 
 def _selective_scan_to_onnx(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus):
@@ -82,6 +85,16 @@ def _selective_scan_2d_to_onnx(u, delta, A, Bs, Cs, D, delta_bias, delta_softplu
     )
 
 
+def _selective_scan_2d_low_rank_to_onnx(
+    u, dt_low, dt_weight, A, Bs, Cs, D, delta_bias, delta_softplus
+):
+    """onnxscript translation of torch.ops.fer_edge.selective_scan_2d_low_rank: one
+    custom node, SelectiveScan2D's version 3 form (8 inputs)."""
+    return _FER_EDGE_3.SelectiveScan2D(
+        u, dt_low, dt_weight, A, Bs, Cs, D, delta_bias, delta_softplus=int(bool(delta_softplus))
+    )
+
+
 def torch_to_onnx(
     module: nn.Module,
     args: tuple[torch.Tensor, ...],
@@ -93,9 +106,11 @@ def torch_to_onnx(
 ) -> onnx.ModelProto:
     """Export with the torch.export-based exporter; the scans -> fer_edge nodes.
 
-    ``scan_op_version`` 2 (default): every SS2D block computes its projections in grid
-    order and becomes one ``SelectiveScan2D`` node; 1: the training computation, a
-    cross-scan ``Gather``, one ``SelectiveScan`` node and the merge. The result is checked
+    ``scan_op_version`` 3 (default): every SS2D block computes its ``x_proj`` projection
+    in grid order and becomes one 8-input ``SelectiveScan2D`` node that does the dt
+    projection too; 2: the same with the dt projection in the graph (a ``MatMul``) and a
+    7-input ``SelectiveScan2D``; 1: the training computation, a cross-scan ``Gather``,
+    one ``SelectiveScan`` node and the merge (see :class:`~.model.SS2D`). The result is checked
     (onnx.checker, full check with shape inference), stripped of per-node metadata, and
     has ``fer_edge`` at ``scan_op_version`` in its opset_import.
     """
@@ -105,7 +120,7 @@ def torch_to_onnx(
     module = module.eval()
     sink = io.StringIO()
     redirect = contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext()
-    previous = set_fused_scan(module, scan_op_version == ONNX_OP_VERSION_2D)
+    previous = set_scan_op_version(module, scan_op_version)
     try:
         with warnings.catch_warnings(), redirect:
             warnings.simplefilter("ignore")
@@ -119,13 +134,16 @@ def torch_to_onnx(
                 custom_translation_table={
                     torch.ops.fer_edge.selective_scan.default: _selective_scan_to_onnx,
                     torch.ops.fer_edge.selective_scan_2d.default: _selective_scan_2d_to_onnx,
+                    torch.ops.fer_edge.selective_scan_2d_low_rank.default: (
+                        _selective_scan_2d_low_rank_to_onnx
+                    ),
                 },
                 external_data=False,
                 optimize=True,
                 verbose=False,
             )
     finally:
-        restore_fused_scan(previous)
+        restore_scan_op_version(previous)
     model = program.model_proto
     strip_metadata(model)
     ensure_opset(model, ONNX_DOMAIN, scan_op_version)
@@ -411,17 +429,20 @@ def build_block(seed: int = 0) -> FerVSSBlock:
     return block.eval()
 
 
-#: Golden block files: contract version 2 (default form), version 1, the Scan twin.
+#: Golden block files: contract version 2 (the form the Rust tests load as vss_block.onnx;
+#: unchanged when version 3 became the exporter's default), version 1, the Scan twin.
 BLOCK_FILES = {
     "vss_block.onnx": ONNX_OP_VERSION_2D,
     "vss_block_v1.onnx": ONNX_OP_VERSION,
+    "vss_block_v3.onnx": ONNX_OP_VERSION_2D_LOW_RANK,
 }
 
 
 def write_block(out_dir: str | os.PathLike, seed: int = 0) -> dict[str, int]:
-    """The tiny block in both contract versions (same weights), its Scan twin, an input
-    and the PyTorch output (reference scan, training computation); every model is checked
-    against that output (the onnx reference evaluator, onnxruntime for the twin)."""
+    """The tiny block in the contract versions of :data:`BLOCK_FILES` (same weights), its
+    Scan twin, an input and the PyTorch output (reference scan, training computation);
+    every model is checked against that output (the onnx reference evaluator, onnxruntime
+    for the twin)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     block = build_block(seed)
@@ -471,9 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         choices=SCAN_OP_VERSIONS,
         default=DEFAULT_SCAN_OP_VERSION,
-        help="ONNX contract version of --output (docs/model-contract.md): 2, one "
-        "SelectiveScan2D node per SS2D block; 1, Gather + SelectiveScan + Gather "
-        "(default %(default)s)",
+        help="ONNX contract version of --output (docs/model-contract.md): 3, one "
+        "SelectiveScan2D node per SS2D block, dt projection included; 2, dt projection "
+        "MatMul + SelectiveScan2D; 1, Gather + SelectiveScan + Gather (default %(default)s)",
     )
     ap.add_argument("--scan-twin", help="also write the twin with standard ONNX Scan nodes")
     ap.add_argument("--golden", help="directory for golden tensors")

@@ -105,7 +105,8 @@ def load_onnx_weights(path: Path, variant: str, size: int) -> FerYoloMamba:
     BatchNorms have scale 1 after the folded convolutions (eval mode exact).
 
     The fresh export is written in the file's ONNX contract version (its ``fer_edge``
-    opset_import: 1 or 2), so that it and the file have the same nodes in the same order;
+    opset_import: 1, 2 or 3; in version 3 the dt projection's weight is an input of the
+    SelectiveScan2D node), so that it and the file have the same nodes in the same order;
     each initializer input of a fresh node names, through :func:`tensor_sources`, the
     tensor that the same input of the file's node holds (the exporter may have merged
     equal tensors, so names alone would not do)."""

@@ -26,13 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .scan import SelectiveScan
+from .scan import ONNX_OP_VERSION, SelectiveScan
 from .scan2d import (
+    ONNX_OP_VERSION_2D,
+    ONNX_OP_VERSION_2D_LOW_RANK,
     _merge_offsets_np,
     cross_merge,
     cross_scan,
     cross_scan_indices,
     scan_2d,
+    scan_2d_low_rank,
 )
 
 CLASSES = ["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
@@ -51,6 +54,8 @@ S_PARAMS_REFERENCE_LAYOUT = 10_256_772
 
 #: Number of scan directions of SS2D.
 K_DIRECTIONS = 8
+#: The computations of SS2D, named by the ONNX contract version each exports as.
+SCAN_OP_VERSIONS = (ONNX_OP_VERSION, ONNX_OP_VERSION_2D, ONNX_OP_VERSION_2D_LOW_RANK)
 
 
 # --------------------------------------------------------------------------------------
@@ -184,17 +189,20 @@ class CSPDarknet(nn.Module):
 class SS2D(nn.Module):
     """2-D selective scan over 8 directions. Input and output NHWC ``[B, H, W, d_model]``.
 
-    Two computations of the same function, chosen by the plain attribute ``fused_scan``
-    (not in the state dict; see :func:`set_fused_scan`):
+    Computations of the same function, chosen by the plain attribute ``scan_op_version``
+    (not in the state dict; see :func:`set_scan_op_version`), each named by the ONNX
+    contract version (docs/model-contract.md) it exports as:
 
-    * ``False`` (default, training): cross-scan the feature map into K sequences, project
-      each (``x_proj``, dt projection), run the 1-D :class:`~.scan.SelectiveScan`,
-      cross-merge. Exports as ONNX contract version 1 (``Gather``, ``SelectiveScan``,
-      ``Gather``, ``ReduceSum``).
-    * ``True`` (export of contract version 2, docs/model-contract.md): the projections
-      are computed in grid order (a projection at every position commutes with a
-      permutation of the positions) and :func:`~.scan2d.scan_2d` walks the directions
-      itself; exports as one ``SelectiveScan2D`` node, no Gather and no merge.
+    * 1 (default, training): cross-scan the feature map into K sequences, project each
+      (``x_proj``, dt projection), run the 1-D :class:`~.scan.SelectiveScan`,
+      cross-merge. Exports as ``Gather``, ``SelectiveScan``, ``Gather``, ``ReduceSum``.
+    * 2: the projections are computed in grid order (a projection at every position
+      commutes with a permutation of the positions) and :func:`~.scan2d.scan_2d` walks
+      the directions itself; exports as the dt projection's ``MatMul`` and one
+      ``SelectiveScan2D`` node, no Gather and no merge.
+    * 3: as 2, but the dt projection is left to the scan
+      (:func:`~.scan2d.scan_2d_low_rank`, given the low-rank dt and the projection's
+      weight): exports as one 8-input ``SelectiveScan2D`` node, no delta in the graph.
     """
 
     def __init__(
@@ -233,7 +241,7 @@ class SS2D(nn.Module):
         self.out_norm = nn.LayerNorm(di)
         self.out_proj = nn.Linear(di, d_model, bias=False)
         #: export-time choice of computation (see the class docstring); not a weight
-        self.fused_scan = False
+        self.scan_op_version = ONNX_OP_VERSION
 
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, _ = x.shape
@@ -243,7 +251,10 @@ class SS2D(nn.Module):
         xi, z = xz.split(di, dim=-1)
         z = F.silu(z)
         xi = F.silu(self.conv2d(xi.permute(0, 3, 1, 2)))  # [B, Di, H, W]
-        y = self._scan_fused(xi) if self.fused_scan else self._scan_sequences(xi)  # [B, Di, L]
+        if self.scan_op_version == ONNX_OP_VERSION:
+            y = self._scan_sequences(xi)  # [B, Di, L]
+        else:
+            y = self._scan_fused(xi)
         y = self.out_norm(y.transpose(1, 2)) * z.reshape(b, length, di)
         return self.out_proj(y).reshape(b, h, w, self.d_model)
 
@@ -275,18 +286,25 @@ class SS2D(nn.Module):
         """Projections in grid order, one SelectiveScan2D: ``[B, Di, L]``.
 
         ``x_dbl[b, k, :, p] = W_x[k] @ xi[b, :, p]`` at every pixel p (one matmul with the
-        K weights stacked), then the dt projection; direction k's values sit on the pixels
-        its steps visit, as SelectiveScan2D's inputs want them."""
+        K weights stacked); direction k's values sit on the pixels its steps visit, as
+        SelectiveScan2D's inputs want them. Version 2 then projects dt here, version 3
+        passes the low-rank dt and the projection's weight ``[K*Di, R]`` to the scan."""
         b, _, h, w = xi.shape
         length = h * w
         k, di, n, r = self.k, self.d_inner, self.d_state, self.dt_rank
         w_x = self.x_proj_weight.reshape(k * (r + 2 * n), di)
         x_dbl = torch.matmul(w_x, xi.reshape(b, di, length)).reshape(b, k, r + 2 * n, length)
         dts, bs, cs = x_dbl.split([r, n, n], dim=2)
-        dts = torch.matmul(self.dt_projs_weight, dts)  # [B, K, Di, L]
-        y = scan_2d(
+        if self.scan_op_version == ONNX_OP_VERSION_2D_LOW_RANK:
+            scan = scan_2d_low_rank
+            dt_inputs = (dts.reshape(b, k, r, h, w), self.dt_projs_weight.reshape(k * di, r))
+        else:
+            scan = scan_2d
+            dts = torch.matmul(self.dt_projs_weight, dts)  # [B, K, Di, L]
+            dt_inputs = (dts.reshape(b, k, di, h, w),)
+        y = scan(
             xi,
-            dts.reshape(b, k, di, h, w),
+            *dt_inputs,
             -torch.exp(self.A_logs),
             bs.reshape(b, k, n, h, w),
             cs.reshape(b, k, n, h, w),
@@ -298,20 +316,23 @@ class SS2D(nn.Module):
         return y.reshape(b, di, length)
 
 
-def set_fused_scan(module: nn.Module, fused: bool) -> dict[SS2D, bool]:
-    """Set ``fused_scan`` on every :class:`SS2D` inside ``module``; returns the previous
-    values (pass them to :func:`restore_fused_scan`)."""
+def set_scan_op_version(module: nn.Module, version: int) -> dict[SS2D, int]:
+    """Set ``scan_op_version`` (one of :data:`SCAN_OP_VERSIONS`) on every :class:`SS2D`
+    inside ``module``; returns the previous values (pass them to
+    :func:`restore_scan_op_version`)."""
+    if version not in SCAN_OP_VERSIONS:
+        raise ValueError(f"scan_op_version must be one of {SCAN_OP_VERSIONS}, got {version}")
     previous = {}
     for m in module.modules():
         if isinstance(m, SS2D):
-            previous[m] = m.fused_scan
-            m.fused_scan = bool(fused)
+            previous[m] = m.scan_op_version
+            m.scan_op_version = version
     return previous
 
 
-def restore_fused_scan(previous: dict[SS2D, bool]) -> None:
-    for m, fused in previous.items():
-        m.fused_scan = fused
+def restore_scan_op_version(previous: dict[SS2D, int]) -> None:
+    for m, version in previous.items():
+        m.scan_op_version = version
 
 
 class ChannelAttention(nn.Module):

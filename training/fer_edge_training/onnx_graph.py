@@ -1,8 +1,9 @@
 """ONNX-side helpers: the ``fer_edge`` contract (``SelectiveScan``, version 1, and
-``SelectiveScan2D``, version 2: docs/model-contract.md), numpy kernels for both (for
-``onnx.reference``), the lowering of every SelectiveScan2D node into the version 1 form
-(:func:`lower_scan_2d`), and the rewrite of every SelectiveScan node into a standard ONNX
-``Scan`` (the "scan twin", :func:`make_scan_twin`, which lowers first).
+``SelectiveScan2D``, version 2 and its 8-input version 3 form: docs/model-contract.md),
+numpy kernels for them (for ``onnx.reference``), the lowering of every SelectiveScan2D
+node into the version 1 form (:func:`lower_scan_2d`), and the rewrite of every
+SelectiveScan node into a standard ONNX ``Scan`` (the "scan twin", :func:`make_scan_twin`,
+which lowers first).
 """
 
 from __future__ import annotations
@@ -13,16 +14,30 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference.op_run import OpRun
 
 from .scan import ONNX_DOMAIN, ONNX_OP_TYPE, ONNX_OP_VERSION
-from .scan2d import ONNX_OP_TYPE_2D, ONNX_OP_VERSION_2D, _cross_scan_indices_np
+from .scan2d import (
+    ONNX_OP_TYPE_2D,
+    ONNX_OP_VERSION_2D,
+    ONNX_OP_VERSION_2D_LOW_RANK,
+    _cross_scan_indices_np,
+)
 
 INPUT_NAMES = ("u", "delta", "A", "Bs", "Cs", "D", "delta_bias")
+#: SelectiveScan2D's inputs from contract version 3 on: the dt projection moved inside.
+INPUT_NAMES_LOW_RANK = ("u", "dt_low", "dt_weight", "A", "Bs", "Cs", "D", "delta_bias")
 #: The fer_edge op types, and the contract version that introduced each.
 SCAN_OPS = {ONNX_OP_TYPE: ONNX_OP_VERSION, ONNX_OP_TYPE_2D: ONNX_OP_VERSION_2D}
+#: Every fer_edge schema: (op type, since version, inputs). An op's schema holds from its
+#: version until the next one's, so a version 2 model's SelectiveScan2D keeps 7 inputs.
+SCHEMAS = (
+    (ONNX_OP_TYPE, ONNX_OP_VERSION, INPUT_NAMES),
+    (ONNX_OP_TYPE_2D, ONNX_OP_VERSION_2D, INPUT_NAMES),
+    (ONNX_OP_TYPE_2D, ONNX_OP_VERSION_2D_LOW_RANK, INPUT_NAMES_LOW_RANK),
+)
 
 
 def register_onnx_schema() -> None:
     """Register the schemas of fer_edge::SelectiveScan (v1) and fer_edge::SelectiveScan2D
-    (v2) with onnx (idempotent).
+    (v2: 7 inputs, v3: 8 inputs) with onnx (idempotent).
 
     Lets onnxscript emit the nodes and onnx.checker check their arity and attribute.
     """
@@ -32,15 +47,18 @@ def register_onnx_schema() -> None:
         ONNX_OP_TYPE_2D: "SS2D's 2-D selective scan over K directions "
         "(docs/model-contract.md, training/fer_edge_training/scan2d.py).",
     }
-    for op_type, version in SCAN_OPS.items():
-        if onnx.defs.has(op_type, ONNX_DOMAIN):
+    for op_type, version, inputs in SCHEMAS:
+        if (
+            onnx.defs.has(op_type, version, ONNX_DOMAIN)
+            and onnx.defs.get_schema(op_type, version, ONNX_DOMAIN).since_version == version
+        ):
             continue
         schema = onnx.defs.OpSchema(
             op_type,
             ONNX_DOMAIN,
             version,
             doc=docs[op_type],
-            inputs=[param(n, "T") for n in INPUT_NAMES],
+            inputs=[param(n, "T") for n in inputs],
             outputs=[param("y", "T")],
             type_constraints=[("T", ["tensor(float)"], "float32 tensors")],
             attributes=[
@@ -140,13 +158,34 @@ def selective_scan_2d_numpy(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=1
     return y.reshape(b, di, h, w).astype(u.dtype)
 
 
+def selective_scan_2d_low_rank_numpy(
+    u, dt_low, dt_weight, A, Bs, Cs, D, delta_bias, delta_softplus=1
+) -> np.ndarray:
+    """fer_edge::SelectiveScan2D's version 3 form: :func:`selective_scan_2d_numpy` on
+    ``delta[b, k, c, h, w] = sum_r dt_weight[k*Di + c, r] * dt_low[b, k, r, h, w]``."""
+    b, di, h, w = u.shape
+    if dt_low.ndim != 5 or dt_low.shape[:1] + dt_low.shape[3:] != (b, h, w):
+        raise ValueError(f"SelectiveScan2D: dt_low must be [B, K, R, H, W], got {dt_low.shape}")
+    k, r = dt_low.shape[1:3]
+    if r < 1 or dt_weight.shape != (k * di, r):
+        raise ValueError(
+            f"SelectiveScan2D: dt_weight must be [{k * di}, {r}], got {dt_weight.shape}"
+        )
+    delta = np.matmul(dt_weight.reshape(k, di, r), dt_low.reshape(b, k, r, h * w))
+    delta = delta.reshape(b, k, di, h, w)
+    return selective_scan_2d_numpy(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus)
+
+
 class SelectiveScan2DOpRun(OpRun):
-    """fer_edge::SelectiveScan2D for ``onnx.reference.ReferenceEvaluator(new_ops=[...])``."""
+    """fer_edge::SelectiveScan2D for ``onnx.reference.ReferenceEvaluator(new_ops=[...])``:
+    the version 2 form (7 inputs) or the version 3 one (8 inputs), told by the count."""
 
     op_domain = ONNX_DOMAIN
 
-    def _run(self, u, delta, A, Bs, Cs, D, delta_bias, delta_softplus=1):
-        return (selective_scan_2d_numpy(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus),)
+    def _run(self, *inputs, delta_softplus=1):
+        if len(inputs) == len(INPUT_NAMES_LOW_RANK):
+            return (selective_scan_2d_low_rank_numpy(*inputs, delta_softplus),)
+        return (selective_scan_2d_numpy(*inputs, delta_softplus),)
 
 
 SelectiveScan2DOpRun.__name__ = ONNX_OP_TYPE_2D
@@ -379,8 +418,7 @@ def _lowering(node: onnx.NodeProto, shapes: dict, idx: int) -> list[onnx.NodePro
     u, delta, a, bs, cs, d, dbias = node.input
     (y,) = node.output
     b, di, h, w = shapes[u]
-    k = shapes[delta][1]
-    n = shapes[bs][2]
+    k, n = shapes[bs][1:3]
     length = h * w
     scan, merge = _cross_scan_indices_np(h, w)
     scan, merge = scan[:k], merge[:k]
@@ -449,9 +487,42 @@ def _delta_softplus(node: onnx.NodeProto) -> int:
     return 1
 
 
+def _dt_projection(
+    node: onnx.NodeProto, shapes: dict, idx: int
+) -> tuple[list[onnx.NodeProto], onnx.NodeProto]:
+    """A version 3 SelectiveScan2D node as the version 2 one it means: the nodes of the dt
+    projection, a ``MatMul`` (``dt_weight`` as ``[K, Di, R]`` times ``dt_low`` as ``[B, K,
+    R, H*W]``) whose output reshaped is delta, and a 7-input SelectiveScan2D node on that
+    delta (same other inputs, same output)."""
+    u, dt_low, dt_weight, *rest = node.input
+    b, di, h, w = shapes[u]
+    k, r = shapes[dt_low][1:3]
+    p = f"scan2d_dt{idx}_"
+    delta = f"{p}delta"
+    nodes = [
+        _const_i64(f"{p}s_kdr", [k, di, r]),
+        _const_i64(f"{p}s_bkrl", [b, k, r, h * w]),
+        _const_i64(f"{p}s_delta", [b, k, di, h, w]),
+        helper.make_node("Reshape", [dt_weight, f"{p}s_kdr"], [f"{p}weight"]),
+        helper.make_node("Reshape", [dt_low, f"{p}s_bkrl"], [f"{p}low"]),
+        helper.make_node("MatMul", [f"{p}weight", f"{p}low"], [f"{p}product"]),
+        helper.make_node("Reshape", [f"{p}product", f"{p}s_delta"], [delta]),
+    ]
+    scan = helper.make_node(
+        ONNX_OP_TYPE_2D,
+        [u, delta, *rest],
+        list(node.output),
+        domain=ONNX_DOMAIN,
+        name=f"{p}scan",
+        delta_softplus=_delta_softplus(node),
+    )
+    return nodes, scan
+
+
 def lower_scan_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     """Copy of ``model`` in contract version 1: every fer_edge::SelectiveScan2D node
-    replaced by its version 1 form (:func:`_lowering`), ``fer_edge`` version 1 in the
+    replaced by its version 1 form (:func:`_lowering`; a version 3 node goes through its
+    version 2 form first, :func:`_dt_projection`), ``fer_edge`` version 1 in the
     opset_import. A model without SelectiveScan2D nodes comes back as an unchanged copy."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -461,9 +532,16 @@ def lower_scan_2d(model: onnx.ModelProto) -> onnx.ModelProto:
     new_nodes: list[onnx.NodeProto] = []
     for idx, node in enumerate(model.graph.node):
         if is_scan_node(node, ONNX_OP_TYPE_2D):
-            missing = [v for v in (node.input[0], node.input[1], node.input[3]) if v not in shapes]
+            low_rank = len(node.input) == len(INPUT_NAMES_LOW_RANK)
+            names = INPUT_NAMES_LOW_RANK if low_rank else INPUT_NAMES
+            inputs = dict(zip(names, node.input, strict=True))
+            needed = ("u", "dt_low", "Bs") if low_rank else ("u", "Bs")
+            missing = [inputs[v] for v in needed if inputs[v] not in shapes]
             if missing:
                 raise ValueError(f"static shapes unknown for {missing}")
+            if low_rank:
+                dt_nodes, node = _dt_projection(node, shapes, idx)
+                new_nodes.extend(dt_nodes)
             new_nodes.extend(_lowering(node, shapes, idx))
         else:
             new_nodes.append(node)
@@ -476,7 +554,7 @@ def lower_scan_2d(model: onnx.ModelProto) -> onnx.ModelProto:
 def make_scan_twin(model: onnx.ModelProto) -> onnx.ModelProto:
     """Copy of ``model`` where every fer_edge scan node is replaced by standard ONNX ops
     around one ``Scan`` (same maths, same value names in and out). SelectiveScan2D nodes
-    are lowered to the version 1 form first (:func:`lower_scan_2d`)."""
+    (version 2 or 3) are lowered to the version 1 form first (:func:`lower_scan_2d`)."""
     model = lower_scan_2d(model)
     shapes = static_shapes(model)
     twin = onnx.ModelProto()

@@ -9,7 +9,7 @@ each round (both sides measured minutes apart at most) and reported the same way
 The rows, per thread count:
 
 * ``fer-edge``: the ``infer`` median of ``fer-edge bench --device cpu --model M``, M the
-  exported network (ONNX contract version 2 by default), run with ``--profile`` so the
+  exported network (ONNX contract version 3 by default), run with ``--profile`` so the
   same process also reports its scan ops' time per frame (``SelectiveScan2D`` /
   ``SelectiveScan`` of the per-op table);
 * ``PyTorch eager, native scan``: the same weights, the repo's C++ selective scan
@@ -139,11 +139,14 @@ def cpu_name() -> str:
 
 def make_standin(model):
     """Copy of an exported model with every fer_edge scan node replaced by a cheap
-    stand-in of the same output shape that reads every tensor the scan read (so the
-    projections feeding ``delta``, ``Bs`` and ``Cs`` stay in the graph):
+    stand-in of the same output shape that reads every activation the scan read (so the
+    projections feeding ``delta`` or ``dt_low``, ``Bs`` and ``Cs`` stay in the graph):
 
-    * ``SelectiveScan2D`` (``u [B,Di,H,W]``, ``delta [B,K,Di,H,W]``, ``Bs``/``Cs``
-      ``[B,K,N,H,W]``): ``y = u + sum_k delta + squeeze_1(sum_{k,n} (Bs + Cs))``;
+    * ``SelectiveScan2D``, version 3 form (``u [B,Di,H,W]``, ``dt_low [B,K,R,H,W]``,
+      ``dt_weight``, ``A``, ``Bs``/``Cs`` ``[B,K,N,H,W]``): ``y = u +
+      squeeze_1(sum_{k,r} dt_low) + squeeze_1(sum_{k,n} (Bs + Cs))``;
+    * ``SelectiveScan2D``, version 2 form (``u``, ``delta [B,K,Di,H,W]``, ``A``,
+      ``Bs``/``Cs``): ``y = u + sum_k delta + squeeze_1(sum_{k,n} (Bs + Cs))``;
     * ``SelectiveScan`` (``u``, ``delta [B,KD,L]``, ``Bs``/``Cs`` ``[B,G,N,L]``):
       ``y = u + delta + squeeze_1(sum_{g,n} (Bs + Cs))``.
 
@@ -152,7 +155,7 @@ def make_standin(model):
     import onnx
     from onnx import helper
 
-    from .onnx_graph import is_scan_node
+    from .onnx_graph import INPUT_NAMES_LOW_RANK, is_scan_node
     from .scan import ONNX_OP_TYPE
     from .scan2d import ONNX_OP_TYPE_2D
 
@@ -166,22 +169,31 @@ def make_standin(model):
             nodes.append(node)
             continue
         p = f"standin{replaced}_"
-        u, delta, _a, bs, cs = node.input[:5]
         y = node.output[0]
-        if node.op_type == ONNX_OP_TYPE_2D:
-            consts.append(helper.make_tensor(f"{p}k_axis", onnx.TensorProto.INT64, [1], [1]))
+        consts.append(helper.make_tensor(f"{p}one", onnx.TensorProto.INT64, [1], [1]))
+        consts.append(helper.make_tensor(f"{p}gn_axes", onnx.TensorProto.INT64, [2], [1, 2]))
+        if node.op_type == ONNX_OP_TYPE_2D and len(node.input) == len(INPUT_NAMES_LOW_RANK):
+            u, dt_low, _w, _a, bs, cs = node.input[:6]
+            nodes += [
+                helper.make_node(
+                    "ReduceSum", [dt_low, f"{p}gn_axes"], [f"{p}dt_sum"], keepdims=1, name=f"{p}d"
+                ),
+                helper.make_node("Squeeze", [f"{p}dt_sum", f"{p}one"], [f"{p}dt1"], name=f"{p}ds"),
+            ]
+            delta_term = f"{p}dt1"
+        elif node.op_type == ONNX_OP_TYPE_2D:
+            u, delta, _a, bs, cs = node.input[:5]
             nodes.append(
                 helper.make_node(
-                    "ReduceSum", [delta, f"{p}k_axis"], [f"{p}delta"], keepdims=0, name=f"{p}d"
+                    "ReduceSum", [delta, f"{p}one"], [f"{p}delta"], keepdims=0, name=f"{p}d"
                 )
             )
             delta_term = f"{p}delta"
         elif node.op_type == ONNX_OP_TYPE:
+            u, delta, _a, bs, cs = node.input[:5]
             delta_term = delta
         else:  # pragma: no cover - is_scan_node knows only these two
             raise ValueError(f"unknown scan op {node.op_type}")
-        consts.append(helper.make_tensor(f"{p}gn_axes", onnx.TensorProto.INT64, [2], [1, 2]))
-        consts.append(helper.make_tensor(f"{p}one", onnx.TensorProto.INT64, [1], [1]))
         nodes += [
             helper.make_node("Add", [bs, cs], [f"{p}bc"], name=f"{p}bc"),
             helper.make_node(

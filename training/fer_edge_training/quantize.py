@@ -16,7 +16,7 @@ What it does:
    the input size read from the model.
 2. Activation ranges (:func:`calibrate`): onnxruntime cannot run
    ``fer_edge::SelectiveScan`` nor ``fer_edge::SelectiveScan2D`` (ONNX contract versions
-   1 and 2, docs/model-contract.md), so the frames go through the model's scan twin
+   1 to 3, docs/model-contract.md), so the frames go through the model's scan twin
    (:func:`~fer_edge_training.onnx_graph.make_scan_twin`: the same network, standard
    ``Scan`` nodes, the same value names), with the input and output of every Conv to
    quantize exposed as extra graph outputs. The range of a value is its min/max over the

@@ -1,4 +1,4 @@
-"""The 8 scan directions of SS2D and ``fer_edge::SelectiveScan2D`` (ONNX contract v2).
+"""The 8 scan directions of SS2D and ``fer_edge::SelectiveScan2D`` (ONNX contract v2, v3).
 
 ``docs/model-contract.md`` defines version 2 of the ONNX contract: one op,
 ``SelectiveScan2D``, that takes the feature map once in its grid layout, walks the first
@@ -13,9 +13,16 @@ Shapes (``L = H*W``):
 * ``A``: ``[K*Di, N]``; ``Bs``, ``Cs``: ``[B, K, N, H, W]``; ``D``, ``delta_bias``: ``[K*Di]``;
 * output ``y``: ``[B, Di, H, W]``.
 
-``torch.ops.fer_edge.selective_scan_2d`` is the custom op the SS2D export path calls while
-``torch.export`` traces the model; :mod:`.export` turns it into one
-``fer_edge::SelectiveScan2D`` node.
+Version 3 moves SS2D's dt projection into the op: instead of ``delta`` it takes the
+low-rank ``dt_low`` ``[B, K, R, H, W]`` and the projection ``dt_weight`` ``[K*Di, R]``
+(row ``k*Di + c``: direction k, channel c), and at every pixel
+``delta[b, k, c] = sum_r dt_weight[k*Di + c, r] * dt_low[b, k, r]`` (:func:`project_dt`);
+the rest is version 2 (:func:`selective_scan_2d_low_rank`).
+
+``torch.ops.fer_edge.selective_scan_2d`` (version 2) and
+``torch.ops.fer_edge.selective_scan_2d_low_rank`` (version 3) are the custom ops the SS2D
+export path calls while ``torch.export`` traces the model; :mod:`.export` turns each
+into one ``fer_edge::SelectiveScan2D`` node.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from .scan import scan_function
 ONNX_OP_TYPE_2D = "SelectiveScan2D"
 #: The contract version that introduced SelectiveScan2D (the domain version of a v2 model).
 ONNX_OP_VERSION_2D = 2
+#: The contract version whose SelectiveScan2D also does the dt projection: 8 inputs,
+#: ``dt_low`` and ``dt_weight`` instead of ``delta``.
+ONNX_OP_VERSION_2D_LOW_RANK = 3
 #: Most directions a SelectiveScan2D node may walk.
 MAX_DIRECTIONS = 8
 
@@ -108,12 +118,38 @@ def cross_merge(y: Tensor, merge_idx: Tensor, offsets: Tensor | None = None) -> 
 
 def check_shapes_2d(u: Tensor, delta: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor) -> tuple:
     """``(b, k, di, h, w, n)`` of valid SelectiveScan2D inputs; ValueError otherwise."""
-    if u.dim() != 4:
-        raise ValueError(f"u must be [B, Di, H, W], got {tuple(u.shape)}")
-    b, di, h, w = u.shape
+    b, di, h, w = _check_u(u)
     if delta.dim() != 5 or delta.shape[0] != b or tuple(delta.shape[2:]) != (di, h, w):
         raise ValueError(f"delta must be [B, K, Di={di}, H, W], got {tuple(delta.shape)}")
-    k = delta.shape[1]
+    return _check_directions(u, delta.shape[1], A, Bs, Cs)
+
+
+def check_shapes_2d_low_rank(
+    u: Tensor, dt_low: Tensor, dt_weight: Tensor, A: Tensor, Bs: Tensor, Cs: Tensor
+) -> tuple:
+    """``(b, k, di, h, w, n, r)`` of valid version 3 SelectiveScan2D inputs; ValueError
+    otherwise. K is ``dt_low``'s dimension 1, R ``dt_weight``'s dimension 1."""
+    b, di, h, w = _check_u(u)
+    if dt_low.dim() != 5 or dt_low.shape[0] != b or tuple(dt_low.shape[3:]) != (h, w):
+        raise ValueError(f"dt_low must be [B={b}, K, R, H={h}, W={w}], got {tuple(dt_low.shape)}")
+    b, k, di, h, w, n = _check_directions(u, dt_low.shape[1], A, Bs, Cs)
+    if dt_weight.dim() != 2 or dt_weight.shape[0] != k * di or dt_weight.shape[1] < 1:
+        raise ValueError(f"dt_weight must be [K*Di={k * di}, R >= 1], got {tuple(dt_weight.shape)}")
+    r = dt_weight.shape[1]
+    if dt_low.shape[2] != r:
+        raise ValueError(f"dt_low must be [B, K, R={r}, H, W], got {tuple(dt_low.shape)}")
+    return b, k, di, h, w, n, r
+
+
+def _check_u(u: Tensor) -> tuple:
+    if u.dim() != 4:
+        raise ValueError(f"u must be [B, Di, H, W], got {tuple(u.shape)}")
+    return tuple(u.shape)
+
+
+def _check_directions(u: Tensor, k: int, A: Tensor, Bs: Tensor, Cs: Tensor) -> tuple:
+    """``(b, k, di, h, w, n)``: K in range, and ``A``, ``Bs``, ``Cs`` agreeing with it."""
+    b, di, h, w = u.shape
     if not 1 <= k <= MAX_DIRECTIONS:
         raise ValueError(f"K must be 1..{MAX_DIRECTIONS}, got {k}")
     if A.dim() != 2 or A.shape[0] != k * di:
@@ -184,6 +220,35 @@ def selective_scan_2d(
     return y.reshape(b, di, h, w)
 
 
+def project_dt(dt_low: Tensor, dt_weight: Tensor) -> Tensor:
+    """Version 3's delta: ``[B, K, R, H, W]`` x ``[K*Di, R]`` -> ``[B, K, Di, H, W]``,
+    ``delta[b, k, c, h, w] = sum_r dt_weight[k*Di + c, r] * dt_low[b, k, r, h, w]`` (one
+    matmul, the K projections stacked)."""
+    b, k, r, h, w = dt_low.shape
+    di = dt_weight.shape[0] // k
+    delta = torch.matmul(dt_weight.reshape(k, di, r), dt_low.reshape(b, k, r, h * w))
+    return delta.reshape(b, k, di, h, w)
+
+
+def selective_scan_2d_low_rank(
+    u: Tensor,
+    dt_low: Tensor,
+    dt_weight: Tensor,
+    A: Tensor,
+    Bs: Tensor,
+    Cs: Tensor,
+    D: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool = True,
+    impl: str = "ref",
+) -> Tensor:
+    """``fer_edge::SelectiveScan2D``, version 3 form (docs/model-contract.md), in PyTorch:
+    :func:`selective_scan_2d` on the delta of :func:`project_dt`. Differentiable."""
+    check_shapes_2d_low_rank(u, dt_low, dt_weight, A, Bs, Cs)
+    delta = project_dt(dt_low, dt_weight)
+    return selective_scan_2d(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, impl)
+
+
 @torch.library.custom_op("fer_edge::selective_scan_2d", mutates_args=())
 def selective_scan_2d_op(
     u: Tensor,
@@ -217,3 +282,47 @@ def scan_2d(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus: bool, impl: str)
             u, delta, A, Bs, Cs, D, delta_bias, bool(delta_softplus)
         )
     return selective_scan_2d(u, delta, A, Bs, Cs, D, delta_bias, delta_softplus, impl)
+
+
+@torch.library.custom_op("fer_edge::selective_scan_2d_low_rank", mutates_args=())
+def selective_scan_2d_low_rank_op(
+    u: Tensor,
+    dt_low: Tensor,
+    dt_weight: Tensor,
+    A: Tensor,
+    Bs: Tensor,
+    Cs: Tensor,
+    D: Tensor,
+    delta_bias: Tensor,
+    delta_softplus: bool,
+) -> Tensor:
+    """``fer_edge::selective_scan_2d_low_rank``: exported as one version 3
+    fer_edge::SelectiveScan2D node (8 inputs).
+
+    Only the export path calls it (no autograd): eager code calls
+    :func:`selective_scan_2d_low_rank`."""
+    with torch.no_grad():
+        return selective_scan_2d_low_rank(
+            u, dt_low, dt_weight, A, Bs, Cs, D, delta_bias, delta_softplus, "fast"
+        )
+
+
+@selective_scan_2d_low_rank_op.register_fake
+def _(u, dt_low, dt_weight, A, Bs, Cs, D, delta_bias, delta_softplus):
+    check_shapes_2d_low_rank(u, dt_low, dt_weight, A, Bs, Cs)
+    return torch.empty_like(u)
+
+
+def scan_2d_low_rank(
+    u, dt_low, dt_weight, A, Bs, Cs, D, delta_bias, delta_softplus: bool, impl: str
+) -> Tensor:
+    """:func:`scan_2d` for version 3: the custom op while ``torch.export`` traces (one
+    8-input ONNX node), :func:`selective_scan_2d_low_rank` with the scan ``impl``
+    otherwise."""
+    if torch.compiler.is_exporting():
+        return torch.ops.fer_edge.selective_scan_2d_low_rank(
+            u, dt_low, dt_weight, A, Bs, Cs, D, delta_bias, bool(delta_softplus)
+        )
+    return selective_scan_2d_low_rank(
+        u, dt_low, dt_weight, A, Bs, Cs, D, delta_bias, delta_softplus, impl
+    )

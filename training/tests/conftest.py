@@ -18,11 +18,20 @@ SAMPLE = REPO / "samples" / "obama.jpg"
 @pytest.fixture(scope="session")
 def exported_nano():
     """nano, placeholder weights calibrated at 64x64, exported at 64x64 (ONNX contract
-    version 2, the default): (torch, onnx)."""
+    version 3, the default): (torch, onnx)."""
     from fer_edge_training.export import build, export_model
 
     model = build("nano", seed=3, size=64)
     return model, export_model(model, 64)
+
+
+@pytest.fixture(scope="session")
+def exported_nano_v2(exported_nano):
+    """The same model exported in ONNX contract version 2: (torch, onnx)."""
+    from fer_edge_training.export import export_model
+
+    model = exported_nano[0]
+    return model, export_model(model, 64, scan_op_version=2)
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +41,14 @@ def exported_nano_v1(exported_nano):
 
     model = exported_nano[0]
     return model, export_model(model, 64, scan_op_version=1)
+
+
+@pytest.fixture(scope="session")
+def exported_nano_at(request):
+    """``exported_nano_at(version)``: the fixture above of that ONNX contract version
+    (built on first use)."""
+    names = {3: "exported_nano", 2: "exported_nano_v2", 1: "exported_nano_v1"}
+    return lambda version: request.getfixturevalue(names[version])
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Back from ONNX: the exported weights load into the PyTorch model, which then computes
 what the ONNX model computes, in eval mode and, after the BatchNorm re-estimation, in
-training mode too."""
+training mode too. The default export is ONNX contract version 3 (the dt projection's
+weight an input of SelectiveScan2D); versions 2 and 1 load as well."""
 
 import copy
 
@@ -28,6 +29,17 @@ def smooth_images(count, size=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.nn.functional.interpolate(torch.randn(count, 3, 8, 8, generator=g), size=size)
     return x * 0.8
+
+
+def test_ss2d_weights_come_back_exactly(exported_nano, loaded):
+    """The SS2D parameters are not folded into anything: each comes back bit for bit,
+    ``dt_projs_weight`` from the ``[K*Di, R]`` dt_weight input of a version 3 node."""
+    want = exported_nano[0].state_dict()
+    keys = [k for k in want if ".ss2d." in k]
+    assert any(k.endswith("dt_projs_weight") for k in keys)
+    for key, value in loaded.state_dict().items():
+        if key in keys:
+            assert torch.equal(value, want[key]), key
 
 
 def test_loaded_weights_compute_what_the_exported_model_computes(exported_nano, loaded):
@@ -64,18 +76,20 @@ def test_a_model_of_another_variant_is_refused(onnx_file):
         load_onnx_weights(onnx_file, "s", 64)
 
 
-def test_a_version_1_file_loads_too(exported_nano_v1, tmp_path):
-    """A model in ONNX contract version 1 (the shipped one, say): the fresh export is
-    made in version 1 as well, and the weights come back."""
+@pytest.mark.parametrize("version", [2, 1])
+def test_an_older_version_file_loads_too(exported_nano_at, version, tmp_path):
+    """A model in ONNX contract version 1 or 2 (a shipped one, say): the fresh export is
+    made in that version as well, and the weights come back."""
     from fer_edge_training.onnx_graph import scan_op_version
 
-    path = tmp_path / "nano64_v1.onnx"
-    onnx.save(exported_nano_v1[1], str(path))
-    assert scan_op_version(onnx.load(str(path))) == 1
+    exported = exported_nano_at(version)
+    path = tmp_path / f"nano64_v{version}.onnx"
+    onnx.save(exported[1], str(path))
+    assert scan_op_version(onnx.load(str(path))) == version
     model = load_onnx_weights(path, "nano", 64)
     x = smooth_images(2, seed=2)
     with torch.no_grad():
         ours = [lv.numpy() for lv in model(x)]
-        want = [lv.numpy() for lv in exported_nano_v1[0].eval()(x)]
+        want = [lv.numpy() for lv in exported[0].eval()(x)]
     for a, b in zip(ours, want, strict=True):
         assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()

@@ -226,11 +226,11 @@ def _scan_free_checks(model, standin):
     assert kept <= {n.name for n in standin.graph.node}
 
 
-@pytest.mark.parametrize("fixture", ["exported_nano", "exported_nano_v1"])
-def test_standin_runs_in_onnxruntime(fixture, request, tmp_path):
+@pytest.mark.parametrize("version", [3, 2, 1])
+def test_standin_runs_in_onnxruntime(version, exported_nano_at, tmp_path):
     from fer_edge_training import peer_worker
 
-    _, model = request.getfixturevalue(fixture)
+    _, model = exported_nano_at(version)
     standin = pb.make_standin(model)
     _scan_free_checks(model, standin)
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)

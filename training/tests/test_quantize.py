@@ -191,9 +191,9 @@ def test_weights_round_trip_per_channel():
     assert np.all(tensor_scale == tensor_scale[0]) and tensor_scale[0] == scale.max()
 
 
-@pytest.mark.parametrize("version", [2, 1])
+@pytest.mark.parametrize("version", [3, 2, 1])
 def test_a_block_with_fer_edge_scans_quantizes_and_keeps_its_scan_float(version):
-    """What the quantize CLI does, on the golden block in both ONNX contract versions:
+    """What the quantize CLI does, on the golden block in every ONNX contract version:
     ranges from the scan twin in onnxruntime, Convs rewritten on the model itself, whose
     scan node stays float32 and whose contract version is kept; the rewritten model (run
     by the reference evaluator with the fer_edge kernels) agrees with the rewritten twin
@@ -207,7 +207,7 @@ def test_a_block_with_fer_edge_scans_quantizes_and_keeps_its_scan_float(version)
     block = build_block(0)
     x0 = torch.randn(1, 32, 8, 6)
     model = torch_to_onnx(block, (x0,), ["x"], ["y"], scan_op_version=version)
-    op = "SelectiveScan2D" if version == 2 else "SelectiveScan"
+    op = "SelectiveScan" if version == 1 else "SelectiveScan2D"
     twin = make_scan_twin(model)
     convs = quantizable_convs(model)
     assert len(convs) == 4  # the depthwise conv of SS2D, local in/out, the fusion conv

@@ -1,16 +1,19 @@
-"""fer_edge::SelectiveScan2D (docs/model-contract.md, ONNX contract version 2): the PyTorch
-and numpy kernels against the contract's own table of directions, and SS2D's fused path
-(projections in grid order, one SelectiveScan2D) against its training path (cross-scan,
-per-direction projections, 1-D scan, cross-merge)."""
+"""fer_edge::SelectiveScan2D (docs/model-contract.md, ONNX contract versions 2 and 3): the
+PyTorch and numpy kernels against the contract's own table of directions and its dt
+projection, and SS2D's fused paths (projections in grid order, one SelectiveScan2D) against
+its training path (cross-scan, per-direction projections, 1-D scan, cross-merge)."""
 
 import numpy as np
 import pytest
 import torch
 
-from fer_edge_training.model import SS2D, restore_fused_scan, set_fused_scan
-from fer_edge_training.onnx_graph import selective_scan_2d_numpy
+from fer_edge_training.model import SS2D, restore_scan_op_version, set_scan_op_version
+from fer_edge_training.onnx_graph import (
+    selective_scan_2d_low_rank_numpy,
+    selective_scan_2d_numpy,
+)
 from fer_edge_training.scan import selective_scan_ref, set_scan_impl
-from fer_edge_training.scan2d import selective_scan_2d
+from fer_edge_training.scan2d import selective_scan_2d, selective_scan_2d_low_rank
 
 
 def visits(k: int, h: int, w: int) -> list[int]:
@@ -136,7 +139,80 @@ def test_inconsistent_shapes_are_refused():
         selective_scan_2d(u, delta[..., :4], a, bs, cs, d, db)
 
 
-# ---- SS2D: fused (export) path against the training path ---------------------------
+# ---- version 3: the dt projection inside the op ------------------------------------
+
+
+def random_low_rank_inputs(b, k, di, r, n, h, w, seed=0, dtype=torch.float64):
+    """Version 3 inputs: ``(u, dt_low, dt_weight, A, Bs, Cs, D, delta_bias)``."""
+    u, _, a, bs, cs, d, db = random_inputs(b, k, di, n, h, w, seed, dtype)
+    g = torch.Generator().manual_seed(seed + 100)
+    dt_low = torch.randn(b, k, r, h, w, generator=g, dtype=dtype)
+    dt_weight = torch.randn(k * di, r, generator=g, dtype=dtype) * r**-0.5
+    return u, dt_low, dt_weight, a, bs, cs, d, db
+
+
+def delta_by_definition(dt_low, dt_weight):
+    """The contract's delta[b, k, c, h, w] = sum over r of dt_weight[k*Di + c, r] *
+    dt_low[b, k, r, h, w], term by term."""
+    b, k, r, h, w = dt_low.shape
+    di = dt_weight.shape[0] // k
+    delta = torch.zeros(b, k, di, h, w, dtype=dt_low.dtype)
+    for kk in range(k):
+        for c in range(di):
+            for rr in range(r):
+                delta[:, kk, c] += dt_weight[kk * di + c, rr] * dt_low[:, kk, rr]
+    return delta
+
+
+@pytest.mark.parametrize("k,r", [(1, 1), (2, 3), (8, 2)])
+def test_low_rank_op_is_version_2_on_the_projected_delta(k, r):
+    u, dt_low, dt_weight, *rest = random_low_rank_inputs(2, k, 3, r, 4, 4, 5, seed=k + r)
+    want = by_definition(u, delta_by_definition(dt_low, dt_weight), *rest)
+    for impl in ("ref", "fast"):
+        got = selective_scan_2d_low_rank(u, dt_low, dt_weight, *rest, impl=impl)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("sp", [0, 1])
+def test_low_rank_numpy_kernel_matches_torch_op(sp):
+    args = list(random_low_rank_inputs(2, 8, 3, 2, 4, 5, 7, seed=20, dtype=torch.float32))
+    if not sp:  # keep dt = delta + delta_bias >= 0, as softplus would
+        args[1], args[2], args[7] = args[1].abs(), args[2].abs(), args[7].abs()
+    want = selective_scan_2d_low_rank(*args, delta_softplus=bool(sp)).numpy()
+    got = selective_scan_2d_low_rank_numpy(*[t.numpy() for t in args], delta_softplus=sp)
+    assert got.dtype == np.float32 and got.shape == (2, 3, 5, 7)
+    assert np.isfinite(want).all() and np.abs(want).max() > 0.1
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "arg,shape,named",
+    [
+        ("dt_weight", (8 * 3 + 1, 2), "dt_weight"),  # not K*Di rows
+        ("dt_weight", (8 * 3, 0), "dt_weight"),  # R = 0
+        ("dt_weight", (8 * 3, 3), "dt_low"),  # R of dt_weight is not dt_low's
+        ("dt_low", (1, 8, 2, 4), "dt_low"),  # 4-D
+        ("dt_low", (1, 8, 2, 4, 6), "dt_low"),  # W differs from u's
+        ("dt_low", (1, 7, 2, 4, 5), "A"),  # K = 7 while A, Bs, Cs have 8 directions
+    ],
+)
+def test_low_rank_fake_shape_checks_name_the_input(arg, shape, named):
+    """The op's fake kernel (what torch.export runs: meta tensors, no data) refuses
+    inconsistent shapes, naming the input at fault; so does the eager function."""
+    names = ["u", "dt_low", "dt_weight", "A", "Bs", "Cs", "D", "delta_bias"]
+    args = list(random_low_rank_inputs(1, 8, 3, 2, 4, 4, 5, dtype=torch.float32))
+    args[names.index(arg)] = torch.zeros(shape)
+    meta = [t.to("meta") for t in args]
+    assert torch.ops.fer_edge.selective_scan_2d_low_rank(
+        *[t.to("meta") for t in random_low_rank_inputs(1, 8, 3, 2, 4, 4, 5)], True
+    ).shape == (1, 3, 4, 5)
+    with pytest.raises(ValueError, match=f"^{named} must be"):
+        torch.ops.fer_edge.selective_scan_2d_low_rank(*meta, True)
+    with pytest.raises(ValueError, match=f"^{named} must be"):
+        selective_scan_2d_low_rank(*args)
+
+
+# ---- SS2D: fused (export) paths against the training path --------------------------
 
 
 def random_ss2d(d_model=16, seed=0):
@@ -149,43 +225,49 @@ def random_ss2d(d_model=16, seed=0):
     return m
 
 
+@pytest.mark.parametrize("version", [2, 3])
 @pytest.mark.parametrize("hw", [(5, 7), (8, 6), (1, 4)])
 @pytest.mark.parametrize("impl", ["ref", "fast"])
-def test_ss2d_fused_path_equals_training_path(hw, impl):
-    m = set_scan_impl(random_ss2d(seed=hw[0]), impl)
-    x = torch.randn(2, *hw, 16, generator=torch.Generator().manual_seed(7))
-    assert m.fused_scan is False  # training keeps the sequence path
+def test_ss2d_fused_path_equals_training_path(hw, impl, version):
+    d_model = 40 if version == 3 else 16  # dt_rank R = 3 (16: R = 1)
+    m = set_scan_impl(random_ss2d(d_model, seed=hw[0]), impl)
+    x = torch.randn(2, *hw, m.d_model, generator=torch.Generator().manual_seed(7))
+    assert m.scan_op_version == 1  # training keeps the sequence path
     with torch.no_grad():
         unfused = m(x)
-        previous = set_fused_scan(m, True)
+        previous = set_scan_op_version(m, version)
         fused = m(x)
-        restore_fused_scan(previous)
-    assert m.fused_scan is False
-    assert fused.shape == unfused.shape == (2, *hw, 16)
+        restore_scan_op_version(previous)
+    assert m.scan_op_version == 1
+    assert fused.shape == unfused.shape == (2, *hw, m.d_model)
     err = float((fused - unfused).abs().max())
     assert err <= 1e-5 * max(1.0, float(unfused.abs().max())), err
     assert float(unfused.abs().max()) > 1e-2
 
 
-def test_ss2d_fused_path_has_gradients_equal_to_training_path():
+def test_ss2d_fused_paths_have_gradients_equal_to_training_path():
     m = random_ss2d(seed=3)
     x = torch.randn(1, 5, 7, 16, generator=torch.Generator().manual_seed(8))
     grads = []
-    for fused in (False, True):
+    for version in (1, 2, 3):
         m.zero_grad()
-        set_fused_scan(m, fused)
+        set_scan_op_version(m, version)
         m(x).square().sum().backward()
         grads.append({k: p.grad.clone() for k, p in m.named_parameters()})
-    set_fused_scan(m, False)
-    for key, g in grads[0].items():
-        torch.testing.assert_close(grads[1][key], g, rtol=1e-4, atol=1e-5, msg=key)
+    set_scan_op_version(m, 1)
+    for fused in grads[1:]:
+        for key, g in grads[0].items():
+            torch.testing.assert_close(fused[key], g, rtol=1e-4, atol=1e-5, msg=key)
 
 
-def test_the_flag_is_not_a_weight():
+def test_the_version_is_not_a_weight():
     m = random_ss2d()
     keys = list(m.state_dict())
-    set_fused_scan(m, True)
+    set_scan_op_version(m, 3)
     assert list(m.state_dict()) == keys
     fresh = SS2D(16)
     fresh.load_state_dict(m.state_dict(), strict=True)
-    assert fresh.fused_scan is False
+    assert fresh.scan_op_version == 1
+    with pytest.raises(ValueError):
+        set_scan_op_version(m, 4)
+    assert m.scan_op_version == 3
