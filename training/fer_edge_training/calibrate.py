@@ -15,12 +15,12 @@ biases of the classification convs: the exported model and the runtime need noth
 
 The faces are seen as :mod:`.compare` sees the test sets: each whole image letterboxed;
 a face's answer is its highest-scoring cell whose box has IoU >= :data:`.compare.MATCH_IOU`
-with the face's box, if that cell scores at least ``--confidence``: by default the
-runtime's own default (:data:`RUNTIME_CONFIDENCE`). A cell's score is sigmoid(objectness)
-x sigmoid(expression logit), so an offset that lowers an expression also lowers its
-faces' detection scores: fitted at the runtime's threshold, the offsets count the faces
-they would push below it as lost (v6's fit at 0.05 lowered happiness by 0.25, and the
-runtime then missed a smiling face at 0.128). (The runtime's
+with the face's box, if that cell scores at least ``--confidence``
+(:data:`FIT_CONFIDENCE` by default, near the runtime's own default). A cell's score is
+sigmoid(objectness) x sigmoid(expression logit), so an offset that lowers an expression
+also lowers its faces' detection scores: fitted at the runtime's threshold, the offsets
+count the faces they would push below it as lost (v6's fit at 0.05 lowered happiness by
+0.25, and the runtime then missed a smiling face at 0.128). (The runtime's
 NMS only drops that cell for a better one that overlaps it and misses the face box.) The
 offsets maximise ``accuracy + WEIGHT x macro F1`` by coordinate ascent over
 :data:`GRID` (bounded: at most 2 either way): accuracy at the natural frequencies, without
@@ -58,8 +58,10 @@ from .model import CLASSES
 from .photos import BoxedFace, add_source_arguments
 from .preprocess import load_rgb, preprocess
 
-#: fer-edge's default face score threshold (`DecodeOptions::default`, src/decode.rs).
-RUNTIME_CONFIDENCE = 0.15
+#: Face score threshold the offsets are fitted at by default. fer-edge's default
+#: (`DecodeOptions::default`, src/decode.rs) is 0.18 since v9: v9 fitted here at 0.15 and read
+#: at 0.18 did better on the real scenes than a fit at 0.18 (training/candidates/README.md).
+FIT_CONFIDENCE = 0.15
 #: Weight of macro F1 in the fitted objective.
 WEIGHT = 1.0
 #: Recall every fitted expression keeps, raised to it first if needed (or its recall before
@@ -97,7 +99,7 @@ def face_cells(model: torch.nn.Module, faces: list[BoxedFace], size: int) -> lis
 
 
 def answer(
-    cells: np.ndarray, offsets: np.ndarray, confidence: float = RUNTIME_CONFIDENCE
+    cells: np.ndarray, offsets: np.ndarray, confidence: float = FIT_CONFIDENCE
 ) -> int | None:
     """The expression given to a face with ``offsets`` added to the expression logits;
     None when no cell scores at least ``confidence``."""
@@ -150,7 +152,7 @@ def lift_to_floor(
 
 
 def fit_offsets(
-    labels: list[int], cells: list[np.ndarray], confidence: float = RUNTIME_CONFIDENCE
+    labels: list[int], cells: list[np.ndarray], confidence: float = FIT_CONFIDENCE
 ) -> np.ndarray:
     """Coordinate ascent of :func:`objective` over :data:`GRID` for the expressions
     with at least :data:`MIN_FACES` faces, from zero offsets but for the expressions
@@ -209,8 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--confidence",
         type=float,
-        default=RUNTIME_CONFIDENCE,
-        help="face score a face's answer needs (default: the runtime's default)",
+        default=FIT_CONFIDENCE,
+        help=f"face score a face's answer needs (default {FIT_CONFIDENCE})",
     )
     args = ap.parse_args(argv)
     if args.threads:
