@@ -18,6 +18,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 
+#[path = "common/projection.rs"]
+mod projection;
+use projection::Projection;
+
 #[test]
 fn traversals_are_the_contracts_eight_directions() {
     // a 2 x 3 grid, pixels numbered h*3 + w:  0 1 2 / 3 4 5
@@ -114,11 +118,7 @@ impl Problem {
     /// Its inputs in version 3's form, with `projection` in place of delta.
     fn low_rank_inputs<'a>(&'a self, projection: &'a Projection) -> GridInputs<'a> {
         GridInputs {
-            delta: Delta::LowRank {
-                weight: &projection.weight,
-                low: &projection.low,
-                rank: projection.rank,
-            },
+            delta: projection.as_delta(),
             ..self.inputs()
         }
     }
@@ -196,56 +196,6 @@ impl Problem {
         }
         // rows run (item, k, channel): each pixel gets its directions in order
         y
-    }
-}
-
-/// Version 3's dt projection of a [`Problem`]: `dt_low` `[B, K, R, H, W]`
-/// and `dt_weight` `[K*Di, R]`.
-struct Projection {
-    rank: usize,
-    low: Vec<f32>,
-    weight: Vec<f32>,
-}
-
-impl Projection {
-    fn random(dims: &GridDims, rank: usize, seed: u64) -> Projection {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let GridDims {
-            batch,
-            channels,
-            directions,
-            height,
-            width,
-            ..
-        } = *dims;
-        let mut values =
-            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect() };
-        Projection {
-            rank,
-            low: values(batch * directions * rank * height * width),
-            weight: values(directions * channels * rank),
-        }
-    }
-
-    /// The delta it stands for, `[B, K, Di, H, W]`: each value
-    /// `sum_r dt_weight[k*Di + c, r] dt_low[b, k, r, p]`, as FMAs on 0 with
-    /// r in order (how every kernel forms it).
-    fn delta(&self, dims: &GridDims) -> Vec<f32> {
-        let (rank, len) = (self.rank, dims.height * dims.width);
-        let mut delta = Vec::new();
-        for (direction, low) in self.low.chunks_exact(rank * len).enumerate() {
-            let k = direction % dims.directions;
-            for weight in self.weight[k * dims.channels * rank..]
-                .chunks_exact(rank)
-                .take(dims.channels)
-            {
-                delta.extend((0..len).map(|p| {
-                    let terms = weight.iter().zip(low.chunks_exact(len));
-                    terms.fold(0.0f32, |sum, (&w, low_r)| w.mul_add(low_r[p], sum))
-                }));
-            }
-        }
-        delta
     }
 }
 

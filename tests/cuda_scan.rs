@@ -1,18 +1,20 @@
-//! The CUDA selective scans (`--features cuda`), of both contract versions.
+//! The CUDA selective scans (`--features cuda`), of every contract version.
 //!
 //! Without a GPU: the launch arguments against the kernels' signatures, the
 //! grid sizing, the refusals, the rewrite that puts the scans on the GPU in
 //! a translated model, and the kernel source itself, compiled as C++ with a
 //! small shim and run block by block on the CPU against the reference (the
-//! 1-D scan's and the 2-D scan's).
+//! 1-D scan's and the 2-D scan's, with delta given or, in version 3's form,
+//! projected by the kernel).
 //! With a GPU: the whole CUDA plan of a one-scan model against the reference
 //! (skipped, loudly, when no GPU is usable).
 #![cfg(feature = "cuda")]
 
 use fer_edge::device::Device;
 use fer_edge::scan::cuda::launch::{
-    KernelLaunch, LaunchError, Scan2dLaunch, ScanLaunch, CHANNELS_PER_BLOCK, KERNEL_2D_NAME,
-    KERNEL_NAME, KERNEL_SOURCE, MAX_STATE, MERGE_KERNEL_NAME, OUTPUTS_PER_BLOCK,
+    KernelLaunch, LaunchError, Scan2dLaunch, Scan2dPass, ScanLaunch, CHANNELS_PER_BLOCK,
+    KERNEL_2D_LOW_RANK_NAME, KERNEL_2D_NAME, KERNEL_NAME, KERNEL_SOURCE, MAX_STATE,
+    MERGE_KERNEL_NAME, OUTPUTS_PER_BLOCK,
 };
 use fer_edge::scan::cuda::{run_scans_on_gpu, CudaSelectiveScan, CudaSelectiveScan2D};
 use fer_edge::scan::kernel::cross_scan::{selective_scan_2d, GridDims, GridInputs};
@@ -25,8 +27,11 @@ use tract_gpu::fact::DeviceTypedFactExt;
 use tract_gpu::sync::{DeviceSync, DeviceSyncKind};
 
 mod common;
+#[path = "common/projection.rs"]
+mod projection;
 #[path = "common/scan_problem.rs"]
 mod scan_problem;
+use projection::Projection;
 use scan_problem::{dims, Problem, Ranges, SLOW, STIFF, TYPICAL};
 
 /// 2-D scan dimensions, positionally: batch, channels (Di), directions (K),
@@ -52,10 +57,12 @@ fn grid(
 /// A random 2-D scan: the inputs of version 1's scan of the same
 /// cross-scan (K groups of Di channels, L = H*W), whose delta, A, Bs, Cs, D
 /// and delta_bias have the sizes version 2's have, with u cut to the one
-/// copy version 2 takes.
+/// copy version 2 takes; in version 3's form, a dt projection in place of
+/// delta.
 struct GridProblem {
     dims: GridDims,
     data: Problem,
+    projection: Option<Projection>,
 }
 
 impl GridProblem {
@@ -72,14 +79,45 @@ impl GridProblem {
         let as_version_1 = scan_problem::dims(batch, directions * channels, directions, state, len);
         let mut data = Problem::random(as_version_1, delta_softplus, ranges, seed);
         data.u.truncate(batch * channels * len);
-        GridProblem { dims, data }
+        GridProblem {
+            dims,
+            data,
+            projection: None,
+        }
+    }
+
+    /// As [`GridProblem::random`], in version 3's form with rank R = `rank`.
+    fn random_low_rank(
+        dims: GridDims,
+        rank: usize,
+        delta_softplus: bool,
+        ranges: Ranges,
+        seed: u64,
+    ) -> GridProblem {
+        let projection = Projection::random(&dims, rank, seed + 1000);
+        GridProblem {
+            projection: Some(projection),
+            ..GridProblem::random(dims, delta_softplus, ranges, seed)
+        }
+    }
+
+    /// R, in version 3's form.
+    fn rank(&self) -> Option<usize> {
+        self.projection.as_ref().map(|p| p.rank)
+    }
+
+    fn launch(&self) -> Scan2dLaunch {
+        Scan2dLaunch::new(&self.dims, self.rank(), self.data.delta_softplus).unwrap()
     }
 
     fn inputs(&self) -> GridInputs<'_> {
         let data = &self.data;
         GridInputs {
             u: &data.u,
-            delta: Delta::Rows(&data.delta),
+            delta: match &self.projection {
+                Some(projection) => projection.as_delta(),
+                None => Delta::Rows(&data.delta),
+            },
             a: &data.a,
             b: &data.b,
             c: &data.c,
@@ -256,6 +294,33 @@ fn arguments_follow_the_2d_kernels_signatures() {
     want.push("float* __restrict__");
     want.extend(["int"; 6]);
     assert_eq!(types(&scan), want);
+    let low_rank = kernel_parameters(KERNEL_2D_LOW_RANK_NAME);
+    assert_eq!(
+        names(&low_rank),
+        [
+            "u",
+            "dt_low",
+            "dt_weight",
+            "a",
+            "bs",
+            "cs",
+            "d",
+            "delta_bias",
+            "partial",
+            "channels",
+            "directions",
+            "state",
+            "rank",
+            "height",
+            "width",
+            "delta_softplus"
+        ],
+        "the op pushes version 3's 8 inputs in ONNX order, then partial, then the launch's ints"
+    );
+    let mut want = vec!["const float* __restrict__"; 8];
+    want.push("float* __restrict__");
+    want.extend(["int"; 7]);
+    assert_eq!(types(&low_rank), want);
     let merge = kernel_parameters(MERGE_KERNEL_NAME);
     assert_eq!(
         names(&merge),
@@ -272,14 +337,40 @@ fn arguments_follow_the_2d_kernels_signatures() {
         ]
     );
 
-    let launch = Scan2dLaunch::new(&grid(2, 96, 8, 16, 5, 7), true).unwrap();
-    assert_eq!(launch.scan.scalar_args, [96, 8, 16, 5, 7, 1]);
+    let launch = Scan2dLaunch::new(&grid(2, 96, 8, 16, 5, 7), None, true).unwrap();
+    assert!(
+        matches!(launch.scan, Scan2dPass::Rows(scan) if scan.scalar_args == [96, 8, 16, 5, 7, 1])
+    );
     assert_eq!(launch.merge.scalar_args, [8, 96 * 5 * 7]);
     assert_eq!(launch.partial_shape, [2, 8, 96, 5, 7]);
-    let launch = Scan2dLaunch::new(&grid(1, 3, 1, 0, 1, 9), false).unwrap();
-    assert_eq!(launch.scan.scalar_args, [3, 1, 0, 1, 9, 0]);
+    let launch = Scan2dLaunch::new(&grid(1, 3, 1, 0, 1, 9), None, false).unwrap();
+    assert!(
+        matches!(launch.scan, Scan2dPass::Rows(scan) if scan.scalar_args == [3, 1, 0, 1, 9, 0])
+    );
     assert_eq!(launch.merge.scalar_args, [1, 27]);
     assert_eq!(launch.partial_shape, [1, 1, 3, 1, 9]);
+    // version 3: R after N; partial and the sum as in version 2
+    let launch = Scan2dLaunch::new(&grid(2, 96, 8, 16, 5, 7), Some(4), true).unwrap();
+    assert!(
+        matches!(launch.scan, Scan2dPass::LowRank(scan) if scan.scalar_args == [96, 8, 16, 4, 5, 7, 1])
+    );
+    assert_eq!(launch.merge.scalar_args, [8, 96 * 5 * 7]);
+    assert_eq!(launch.partial_shape, [2, 8, 96, 5, 7]);
+}
+
+/// Checks that the first pass's grid covers `channels` as
+/// [`assert_covers`] does, whichever its form; returns the grid.
+fn assert_scan_covers(launch: &Scan2dLaunch, channels: usize) -> (u32, u32, u32) {
+    match &launch.scan {
+        Scan2dPass::Rows(scan) => {
+            assert_covers(scan, CHANNELS_PER_BLOCK, channels);
+            scan.grid
+        }
+        Scan2dPass::LowRank(scan) => {
+            assert_covers(scan, CHANNELS_PER_BLOCK, channels);
+            scan.grid
+        }
+    }
 }
 
 /// The grid, block and config of `launch` cover `count` threads along x
@@ -308,32 +399,34 @@ fn grids_2d_cover_every_direction_channel_and_output() {
         (grid(2, 1, 1, 1, 1, 1), (1, 1, 2), (1, 1, 2)),
     ];
     for (dims, scan_grid, merge_grid) in cases {
-        let launch = Scan2dLaunch::new(&dims, true).unwrap();
-        assert_eq!(
-            (launch.scan.grid, launch.merge.grid),
-            (scan_grid, merge_grid),
-            "{dims:?}"
-        );
-        assert_covers(&launch.scan, CHANNELS_PER_BLOCK, dims.channels);
-        let item_len = dims.channels * dims.height * dims.width;
-        assert_covers(&launch.merge, OUTPUTS_PER_BLOCK, item_len);
+        for rank in [None, Some(4)] {
+            let launch = Scan2dLaunch::new(&dims, rank, true).unwrap();
+            let scan = assert_scan_covers(&launch, dims.channels);
+            assert_eq!(
+                (scan, launch.merge.grid),
+                (scan_grid, merge_grid),
+                "{dims:?}, R = {rank:?}"
+            );
+            let item_len = dims.channels * dims.height * dims.width;
+            assert_covers(&launch.merge, OUTPUTS_PER_BLOCK, item_len);
+        }
     }
 }
 
 #[test]
 fn launch_2d_refuses_what_the_kernels_cannot_run() {
     assert_eq!(
-        Scan2dLaunch::new(&grid(1, 8, 8, MAX_STATE + 1, 4, 4), true),
+        Scan2dLaunch::new(&grid(1, 8, 8, MAX_STATE + 1, 4, 4), None, true),
         Err(LaunchError::TooManyStates(MAX_STATE + 1))
     );
     for k in [0, 9] {
-        let err = Scan2dLaunch::new(&grid(1, 8, k, 16, 4, 4), true).unwrap_err();
+        let err = Scan2dLaunch::new(&grid(1, 8, k, 16, 4, 4), None, true).unwrap_err();
         assert_eq!(err, LaunchError::Directions(k));
         assert!(err.to_string().contains("1 to 8 directions"), "{err}");
     }
     // delta (and the scratch tensor of its shape): 8 * 4096 * 256 * 256
     assert_eq!(
-        Scan2dLaunch::new(&grid(1, 4096, 8, 16, 256, 256), true),
+        Scan2dLaunch::new(&grid(1, 4096, 8, 16, 256, 256), None, true),
         Err(LaunchError::TooLarge {
             name: "delta",
             elements: 1 << 31
@@ -341,17 +434,25 @@ fn launch_2d_refuses_what_the_kernels_cannot_run() {
     );
     // Bs, larger than delta when N > Di: 8 * 16 * 4096 * 4096
     assert_eq!(
-        Scan2dLaunch::new(&grid(1, 1, 8, 16, 4096, 4096), true),
+        Scan2dLaunch::new(&grid(1, 1, 8, 16, 4096, 4096), None, true),
         Err(LaunchError::TooLarge {
             name: "Bs",
             elements: 1 << 31
         })
     );
     assert_eq!(
-        Scan2dLaunch::new(&grid(70_000, 8, 8, 1, 1, 1), true),
+        Scan2dLaunch::new(&grid(70_000, 8, 8, 1, 1, 1), None, true),
         Err(LaunchError::GridTooLarge {
             what: "B (batch)",
             count: 70_000
+        })
+    );
+    // version 3: dt_low, larger than delta when R > Di: 8 * 4096 * 256 * 256
+    assert_eq!(
+        Scan2dLaunch::new(&grid(1, 1, 8, 16, 256, 256), Some(4096), true),
+        Err(LaunchError::TooLarge {
+            name: "dt_low",
+            elements: 1 << 31
         })
     );
 }
@@ -387,25 +488,27 @@ template <typename Kernel> static void run_grid(const int32_t* launch, Kernel ke
         kernel();
 }
 
-// stdin: the op (i32): 1 SelectiveScan, 2 SelectiveScan2D; for each of its
-// launches (1: the scan; 2: the scan, then the sum) grid x, y, z, block and
-// the launch's int arguments (i32); the element counts of u, delta, A, Bs,
-// Cs, D, delta_bias, then of the outputs (1: y; 2: partial, y) (u64); the 7
-// inputs (f32). stdout: y (f32).
+// stdin: the op (i32): 1 SelectiveScan, 2 SelectiveScan2D, 3 its version 3
+// form; for each of its launches (1: the scan; 2 and 3: the scan, then the
+// sum) grid x, y, z, block and the launch's int arguments (i32); the element
+// counts of the inputs (1 and 2: u, delta, A, Bs, Cs, D, delta_bias; 3: u,
+// dt_low, dt_weight, A, Bs, Cs, D, delta_bias), then of the outputs (1: y;
+// 2 and 3: partial, y) (u64); the inputs (f32). stdout: y (f32).
 int main() {
-    int32_t op, scan[10], merge[6];
-    if (fread(&op, 4, 1, stdin) != 1 || (op != 1 && op != 2)) return 2;
-    const size_t scan_ints = op == 1 ? 4 + 5 : 4 + 6;
+    int32_t op, scan[11], merge[6];
+    if (fread(&op, 4, 1, stdin) != 1 || op < 1 || op > 3) return 2;
+    const size_t scan_ints = 4 + 4 + op;
     if (fread(scan, 4, scan_ints, stdin) != scan_ints) return 2;
-    if (op == 2 && fread(merge, 4, 6, stdin) != 6) return 2;
-    const size_t tensor_count = op == 1 ? 8 : 9;
-    uint64_t counts[9];
+    if (op != 1 && fread(merge, 4, 6, stdin) != 6) return 2;
+    const size_t input_count = op == 3 ? 8 : 7;
+    const size_t tensor_count = input_count + (op == 1 ? 1 : 2);
+    uint64_t counts[10];
     if (fread(counts, 8, tensor_count, stdin) != tensor_count) return 2;
     std::vector<std::vector<float>> t(tensor_count);
     for (size_t i = 0; i < tensor_count; ++i) {
         // outputs start as NaN, as uninitialised memory might be
         t[i].assign(counts[i], NAN);
-        if (i < 7 && fread(t[i].data(), 4, counts[i], stdin) != counts[i]) return 3;
+        if (i < input_count && fread(t[i].data(), 4, counts[i], stdin) != counts[i]) return 3;
     }
     if (op == 1) {
         run_grid(scan, [&] {
@@ -413,14 +516,23 @@ int main() {
                 t[4].data(), t[5].data(), t[6].data(), t[7].data(),
                 scan[4], scan[5], scan[6], scan[7], scan[8]);
         });
-    } else {
+    } else if (op == 2) {
         run_grid(scan, [&] {
             fer_edge_selective_scan_2d(t[0].data(), t[1].data(), t[2].data(), t[3].data(),
                 t[4].data(), t[5].data(), t[6].data(), t[7].data(),
                 scan[4], scan[5], scan[6], scan[7], scan[8], scan[9]);
         });
+    } else {
+        run_grid(scan, [&] {
+            fer_edge_selective_scan_2d_low_rank(t[0].data(), t[1].data(), t[2].data(),
+                t[3].data(), t[4].data(), t[5].data(), t[6].data(), t[7].data(), t[8].data(),
+                scan[4], scan[5], scan[6], scan[7], scan[8], scan[9], scan[10]);
+        });
+    }
+    if (op != 1) {
         run_grid(merge, [&] {
-            fer_edge_merge_directions(t[7].data(), t[8].data(), merge[4], merge[5]);
+            fer_edge_merge_directions(t[input_count].data(), t[input_count + 1].data(),
+                merge[4], merge[5]);
         });
     }
     const std::vector<float>& y = t[tensor_count - 1];
@@ -475,36 +587,36 @@ impl CpuEmulation {
     fn run(&self, problem: &Problem) -> Vec<f32> {
         let launch = ScanLaunch::new(&problem.dims, problem.delta_softplus).unwrap();
         let header: Vec<i32> = [1].into_iter().chain(driver_ints(&launch)).collect();
-        self.run_driver(&header, problem, &[problem.output_len()])
+        let inputs = delta_inputs(problem);
+        self.run_driver(&header, &inputs, &[problem.output_len()])
     }
 
-    /// `SelectiveScan2D`'s two kernels on `problem`, on the grids
-    /// [`Scan2dLaunch`] sizes.
+    /// `SelectiveScan2D`'s two kernels on `problem` (in its version 2 or 3
+    /// form), on the grids [`Scan2dLaunch`] sizes.
     fn run_2d(&self, problem: &GridProblem) -> Vec<f32> {
-        let launch = Scan2dLaunch::new(&problem.dims, problem.data.delta_softplus).unwrap();
-        let header: Vec<i32> = [2]
+        let launch = problem.launch();
+        let (op, scan_ints) = match launch.scan {
+            Scan2dPass::Rows(scan) => (2, driver_ints(&scan)),
+            Scan2dPass::LowRank(scan) => (3, driver_ints(&scan)),
+        };
+        let header: Vec<i32> = [op]
             .into_iter()
-            .chain(driver_ints(&launch.scan))
+            .chain(scan_ints)
             .chain(driver_ints(&launch.merge))
             .collect();
+        let mut inputs = delta_inputs(&problem.data).to_vec();
+        if let Some(projection) = &problem.projection {
+            inputs.splice(1..2, [&projection.low[..], &projection.weight]);
+        }
         let partial_len = launch.partial_shape.iter().product();
         assert_eq!(partial_len, problem.data.delta.len());
         let outputs = [partial_len, problem.output_len()];
-        self.run_driver(&header, &problem.data, &outputs)
+        self.run_driver(&header, &inputs, &outputs)
     }
 
-    /// Runs the driver on `header`, the inputs of `data` and the output
-    /// counts; returns y.
-    fn run_driver(&self, header: &[i32], data: &Problem, outputs: &[usize]) -> Vec<f32> {
-        let inputs = [
-            &data.u,
-            &data.delta,
-            &data.a,
-            &data.b,
-            &data.c,
-            &data.d,
-            &data.delta_bias,
-        ];
+    /// Runs the driver on `header`, `inputs` and the output counts; returns
+    /// y.
+    fn run_driver(&self, header: &[i32], inputs: &[&[f32]], outputs: &[usize]) -> Vec<f32> {
         let mut stdin = Vec::new();
         for value in header {
             stdin.extend(value.to_le_bytes());
@@ -532,6 +644,20 @@ impl CpuEmulation {
             .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
             .collect()
     }
+}
+
+/// The scan inputs of `data` in the order of versions 1 and 2: u, delta, A,
+/// Bs, Cs, D, delta_bias.
+fn delta_inputs(data: &Problem) -> [&[f32]; 7] {
+    [
+        &data.u,
+        &data.delta,
+        &data.a,
+        &data.b,
+        &data.c,
+        &data.d,
+        &data.delta_bias,
+    ]
 }
 
 impl Drop for CpuEmulation {
@@ -610,6 +736,39 @@ fn kernel_2d_source_run_on_the_cpu_matches_the_reference_bit_for_bit() {
         assert!(want.iter().any(|v| v.abs() > 1e-3), "{dims:?}: all about 0");
         let got = emulation.run_2d(&problem);
         assert_same_bits(&got, &want, &format!("{dims:?} softplus={softplus}"));
+    }
+}
+
+/// Version 3's kernel projects each channel's delta as the CPU kernels do:
+/// the same y, bit for bit, as the reference kernel's on the same dt_low and
+/// dt_weight, and as version 2's kernel on the projected delta.
+#[test]
+fn kernel_2d_low_rank_source_run_on_the_cpu_matches_the_reference_bit_for_bit() {
+    let Some(emulation) = cpu_emulation() else {
+        return;
+    };
+    let cases = [
+        (grid(1, 16, 8, 16, 5, 7), 4, true, TYPICAL), // the nano model's R at Di 128
+        (grid(2, 70, 8, 16, 7, 5), 8, true, TYPICAL), // two channel blocks, two items
+        (grid(1, 8, 4, 16, 6, 9), 6, true, STIFF),
+        (grid(1, 12, 4, 5, 1, 9), 1, false, SLOW), // rank 1, no softplus
+        (grid(2, 9, 6, 7, 11, 4), 3, true, TYPICAL),
+    ];
+    for (seed, (dims, rank, softplus, ranges)) in cases.into_iter().enumerate() {
+        let mut problem = GridProblem::random_low_rank(dims, rank, softplus, ranges, seed as u64);
+        let want = problem.reference();
+        assert!(want.iter().all(|v| v.is_finite()), "{dims:?}");
+        assert!(want.iter().any(|v| v.abs() > 1e-3), "{dims:?}: all about 0");
+        let what = format!("{dims:?} R={rank} softplus={softplus}");
+        assert_same_bits(&emulation.run_2d(&problem), &want, &what);
+        // version 2's kernel on the delta the projection stands for
+        let projection = problem.projection.take().unwrap();
+        problem.data.delta = projection.delta(&dims);
+        assert_same_bits(
+            &emulation.run_2d(&problem),
+            &want,
+            &format!("{what}, version 2"),
+        );
     }
 }
 
@@ -735,7 +894,7 @@ fn count_syncs(model: &TypedModel, kind: DeviceSyncKind) -> usize {
 
 #[test]
 fn rewrite_runs_the_scan_on_the_inputs_device_tensors() -> TractResult<()> {
-    for version in [Version::One, Version::Two] {
+    for version in [Version::One, Version::Two, Version::Three] {
         let mut model = translated_scan_model(version, 16, &[])?;
         run_scans_on_gpu(&mut model)?;
         assert_eq!(version.host_scans(&model), 0, "{version:?}");
@@ -762,7 +921,7 @@ fn rewrite_runs_the_scan_on_the_inputs_device_tensors() -> TractResult<()> {
 
 #[test]
 fn rewrite_copies_inputs_left_on_the_host_to_the_device() -> TractResult<()> {
-    for version in [Version::One, Version::Two] {
+    for version in [Version::One, Version::Two, Version::Three] {
         let mut model = translated_scan_model(version, 16, &[2, 5])?;
         run_scans_on_gpu(&mut model)?;
         let scans = version.gpu_scans(&model);
@@ -784,22 +943,9 @@ fn rewrite_copies_inputs_left_on_the_host_to_the_device() -> TractResult<()> {
     Ok(())
 }
 
-/// Version 3's form has no CUDA kernel yet: it must stay on the CPU, its
-/// inputs copied to the host as tract-cuda left them.
-#[test]
-fn rewrite_leaves_version_3_2d_scans_on_the_cpu() -> TractResult<()> {
-    let mut model = translated_scan_model(Version::Three, 16, &[])?;
-    run_scans_on_gpu(&mut model)?;
-    assert_eq!(Version::Three.host_scans(&model), 1);
-    assert!(Version::Three.gpu_scans(&model).is_empty());
-    // one copy to the host per scan input, and the model output's
-    assert_eq!(count_syncs(&model, DeviceSyncKind::ToHost), 8 + 1);
-    Ok(())
-}
-
 #[test]
 fn rewrite_leaves_scans_with_too_many_states_on_the_cpu() -> TractResult<()> {
-    for version in [Version::One, Version::Two] {
+    for version in [Version::One, Version::Two, Version::Three] {
         let mut model = translated_scan_model(version, MAX_STATE + 1, &[])?;
         run_scans_on_gpu(&mut model)?;
         assert_eq!(version.host_scans(&model), 1, "{version:?}");
@@ -894,8 +1040,9 @@ fn assert_close(got: &[f32], want: &[f32], dims: &dyn std::fmt::Debug) {
     }
 }
 
-/// A model of one 2-D scan as the exporter writes it: u, delta, Bs and Cs
-/// are computed (here, inputs), A, D and delta_bias are weights.
+/// A model of one 2-D scan as the exporter writes it: u, delta (in version
+/// 3's form dt_low), Bs and Cs are computed (here, inputs), A, D and
+/// delta_bias (and dt_weight) are weights.
 fn one_scan_2d_model(problem: &GridProblem) -> TractResult<TypedModel> {
     let GridDims {
         batch,
@@ -910,10 +1057,18 @@ fn one_scan_2d_model(problem: &GridProblem) -> TractResult<TypedModel> {
     let mut model = TypedModel::default();
     let weight = |data: &[f32], shape: &[usize]| Tensor::from_shape(shape, data);
     let u = model.add_source("u", f32::fact([batch, channels, height, width]))?;
-    let delta = model.add_source(
-        "delta",
-        f32::fact([batch, directions, channels, height, width]),
-    )?;
+    let delta = match &problem.projection {
+        Some(p) => {
+            let dt_low = f32::fact([batch, directions, p.rank, height, width]);
+            let dt_low = model.add_source("dt_low", dt_low)?;
+            let dt_weight = weight(&p.weight, &[k_channels, p.rank])?;
+            vec![dt_low, model.add_const("dt_weight", dt_weight)?]
+        }
+        None => {
+            let delta = f32::fact([batch, directions, channels, height, width]);
+            vec![model.add_source("delta", delta)?]
+        }
+    };
     let a = model.add_const("A", weight(&data.a, &[k_channels, state])?)?;
     let per_direction = f32::fact([batch, directions, state, height, width]);
     let b = model.add_source("Bs", per_direction.clone())?;
@@ -924,9 +1079,9 @@ fn one_scan_2d_model(problem: &GridProblem) -> TractResult<TypedModel> {
         "scan",
         SelectiveScan2D {
             delta_softplus: data.delta_softplus,
-            low_rank: false,
+            low_rank: problem.projection.is_some(),
         },
-        &[u, delta, a, b, c, d, bias],
+        &[&[u][..], &delta, &[a, b, c, d, bias]].concat(),
     )?;
     model.select_output_outlets(&y)?;
     Ok(model)
@@ -941,15 +1096,20 @@ fn gpu_2d_scan_matches_the_reference() -> TractResult<()> {
         ));
         return Ok(());
     }
-    for (seed, (dims, softplus)) in [
-        (grid(1, 256, 8, 16, 28, 28), true),
-        (grid(2, 70, 4, 16, 7, 9), true),
-        (grid(1, 24, 8, 5, 6, 1), false),
+    for (seed, (dims, rank, softplus)) in [
+        (grid(1, 256, 8, 16, 28, 28), None, true),
+        (grid(2, 70, 4, 16, 7, 9), None, true),
+        (grid(1, 24, 8, 5, 6, 1), None, false),
+        (grid(1, 256, 8, 16, 28, 28), Some(8), true),
+        (grid(2, 70, 4, 16, 7, 9), Some(3), true),
     ]
     .into_iter()
     .enumerate()
     {
-        let problem = GridProblem::random(dims, softplus, TYPICAL, seed as u64);
+        let problem = match rank {
+            Some(rank) => GridProblem::random_low_rank(dims, rank, softplus, TYPICAL, seed as u64),
+            None => GridProblem::random(dims, softplus, TYPICAL, seed as u64),
+        };
         let plan = Device::Cuda.prepare(one_scan_2d_model(&problem)?)?;
         let on_gpu = plan
             .model()
@@ -967,9 +1127,13 @@ fn gpu_2d_scan_matches_the_reference() -> TractResult<()> {
         } = dims;
         let data = &problem.data;
         let per_direction = [batch, directions, state, height, width];
+        let delta = match &problem.projection {
+            Some(p) => Tensor::from_shape(&[batch, directions, p.rank, height, width], &p.low)?,
+            None => Tensor::from_shape(&[batch, directions, channels, height, width], &data.delta)?,
+        };
         let y = plan.run(tvec![
             Tensor::from_shape(&[batch, channels, height, width], &data.u)?.into(),
-            Tensor::from_shape(&[batch, directions, channels, height, width], &data.delta)?.into(),
+            delta.into(),
             Tensor::from_shape(&per_direction, &data.b)?.into(),
             Tensor::from_shape(&per_direction, &data.c)?.into(),
         ])?;

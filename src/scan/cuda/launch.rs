@@ -7,7 +7,8 @@
 //! output first, then [`KernelLaunch::scalar_args`]. `SelectiveScan` is one
 //! launch ([`ScanLaunch`]): u, delta, A, Bs, Cs, D, delta_bias, y.
 //! `SelectiveScan2D` is two ([`Scan2dLaunch`]): the scan of every direction
-//! into a scratch tensor shaped as delta (u, delta, A, Bs, Cs, D,
+//! into a scratch tensor shaped as version 2's delta (u, delta, A, Bs, Cs,
+//! D, delta_bias, partial; in version 3 u, dt_low, dt_weight, A, Bs, Cs, D,
 //! delta_bias, partial), then the sum over the directions (partial, y).
 
 use crate::scan::kernel::cross_scan::{GridDims, MAX_DIRECTIONS};
@@ -18,8 +19,11 @@ use cudarc::driver::LaunchConfig;
 pub const KERNEL_SOURCE: &str = include_str!("selective_scan.cu");
 /// The `extern "C"` name of `SelectiveScan`'s kernel in [`KERNEL_SOURCE`].
 pub const KERNEL_NAME: &str = "fer_edge_selective_scan";
-/// The `extern "C"` name of `SelectiveScan2D`'s scan kernel.
+/// The `extern "C"` name of `SelectiveScan2D`'s scan kernel (version 2).
 pub const KERNEL_2D_NAME: &str = "fer_edge_selective_scan_2d";
+/// The `extern "C"` name of `SelectiveScan2D`'s scan kernel in version 3's
+/// form, which projects delta from dt_low and dt_weight.
+pub const KERNEL_2D_LOW_RANK_NAME: &str = "fer_edge_selective_scan_2d_low_rank";
 /// The `extern "C"` name of `SelectiveScan2D`'s sum over the directions.
 pub const MERGE_KERNEL_NAME: &str = "fer_edge_merge_directions";
 /// Most states per channel the kernels keep in registers (`MAX_STATE` in the
@@ -124,15 +128,26 @@ impl ScanLaunch {
     }
 }
 
+/// The first launch of a `SelectiveScan2D` run: every (batch item,
+/// direction, channel) scanned into its own row of `partial`. Grid: x =
+/// blocks of [`CHANNELS_PER_BLOCK`] channels, y = directions, z = batch
+/// items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan2dPass {
+    /// Version 2, [`KERNEL_2D_NAME`]; ints: channels, directions, state,
+    /// height, width, delta_softplus.
+    Rows(KernelLaunch<6>),
+    /// Version 3, [`KERNEL_2D_LOW_RANK_NAME`]; ints: channels, directions,
+    /// state, rank, height, width, delta_softplus.
+    LowRank(KernelLaunch<7>),
+}
+
 /// One validated run of `SelectiveScan2D` on the GPU: two launches, in
 /// order, on the same stream, through a scratch tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scan2dLaunch {
-    /// [`KERNEL_2D_NAME`]: every (batch item, direction, channel) scanned
-    /// into its own row of `partial`. Grid: x = blocks of
-    /// [`CHANNELS_PER_BLOCK`] channels, y = directions, z = batch items;
-    /// ints: channels, directions, state, height, width, delta_softplus.
-    pub scan: KernelLaunch<6>,
+    /// The scan of every direction into `partial`.
+    pub scan: Scan2dPass,
     /// [`MERGE_KERNEL_NAME`]: `y` = the sum of `partial` over the
     /// directions. Grid: x = blocks of [`OUTPUTS_PER_BLOCK`] of one item's
     /// Di*H*W outputs, z = batch items; ints: directions, Di*H*W.
@@ -143,8 +158,13 @@ pub struct Scan2dLaunch {
 }
 
 impl Scan2dLaunch {
-    /// Checks that the kernels can run `dims` and sizes their grids.
-    pub fn new(dims: &GridDims, delta_softplus: bool) -> Result<Scan2dLaunch, LaunchError> {
+    /// Checks that the kernels can run `dims` (with `rank` R, version 3's
+    /// form, or without, version 2's) and sizes their grids.
+    pub fn new(
+        dims: &GridDims,
+        rank: Option<usize>,
+        delta_softplus: bool,
+    ) -> Result<Scan2dLaunch, LaunchError> {
         let GridDims {
             batch,
             channels,
@@ -159,35 +179,44 @@ impl Scan2dLaunch {
         }
         let partial_shape = [batch, directions, channels, height, width];
         // delta (and partial) is the largest of u, delta, y and partial.
+        let r = rank.unwrap_or(0);
         check_indices([
             ("delta", &partial_shape[..]),
             ("Bs", &[batch, directions, state, height, width]),
             ("A", &[directions, channels, state]),
+            ("dt_low", &[batch, directions, r, height, width]),
+            ("dt_weight", &[directions, channels, r]),
         ])?;
         check_grid([("B (batch)", batch)])?;
         // Each fits in i32: every one is a factor of a tensor checked above.
-        let item_len = channels * height * width;
+        let [channels, directions, state, r, height, width] =
+            [channels, directions, state, r, height, width].map(|n| n as i32);
+        let softplus = i32::from(delta_softplus);
+        let grid = (
+            blocks(channels as usize, CHANNELS_PER_BLOCK),
+            directions as u32,
+            batch as u32,
+        );
+        let block = CHANNELS_PER_BLOCK as u32;
+        let scan = match rank {
+            None => Scan2dPass::Rows(KernelLaunch {
+                grid,
+                block,
+                scalar_args: [channels, directions, state, height, width, softplus],
+            }),
+            Some(_) => Scan2dPass::LowRank(KernelLaunch {
+                grid,
+                block,
+                scalar_args: [channels, directions, state, r, height, width, softplus],
+            }),
+        };
+        let item_len = (channels * height * width) as usize;
         Ok(Scan2dLaunch {
-            scan: KernelLaunch {
-                grid: (
-                    blocks(channels, CHANNELS_PER_BLOCK),
-                    directions as u32,
-                    batch as u32,
-                ),
-                block: CHANNELS_PER_BLOCK as u32,
-                scalar_args: [
-                    channels as i32,
-                    directions as i32,
-                    state as i32,
-                    height as i32,
-                    width as i32,
-                    i32::from(delta_softplus),
-                ],
-            },
+            scan,
             merge: KernelLaunch {
                 grid: (blocks(item_len, OUTPUTS_PER_BLOCK), 1, batch as u32),
                 block: OUTPUTS_PER_BLOCK as u32,
-                scalar_args: [directions as i32, item_len as i32],
+                scalar_args: [directions, item_len as i32],
             },
             partial_shape,
         })

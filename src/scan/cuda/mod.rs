@@ -4,7 +4,9 @@
 //! op, fer-edge's scans included, on the CPU between `DeviceSync` copies: its
 //! table of GPU translations is private to it. [`run_scans_on_gpu`] then puts
 //! a [`CudaSelectiveScan`] in place of each version 1 `SelectiveScan`, and a
-//! [`CudaSelectiveScan2D`] in place of each version 2 `SelectiveScan2D`.
+//! [`CudaSelectiveScan2D`] in place of each `SelectiveScan2D` (versions 2
+//! and 3: in version 3's form the kernel projects each channel's delta from
+//! dt_low and dt_weight itself, as the CPU kernels do).
 //! These ops read tract-cuda's device tensors in place and run the kernels of
 //! `selective_scan.cu` (compiled once per process with NVRTC) on
 //! tract-cuda's stream, so the scans' inputs and outputs never leave the GPU.
@@ -21,8 +23,8 @@ use super::kernel::ScanDims;
 use super::op::{SelectiveScan, SelectiveScan2D};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, PushKernelArg};
 use launch::{
-    KernelLaunch, Scan2dLaunch, ScanLaunch, KERNEL_2D_NAME, KERNEL_NAME, KERNEL_SOURCE, MAX_STATE,
-    MERGE_KERNEL_NAME,
+    KernelLaunch, Scan2dLaunch, Scan2dPass, ScanLaunch, KERNEL_2D_LOW_RANK_NAME, KERNEL_2D_NAME,
+    KERNEL_NAME, KERNEL_SOURCE, MAX_STATE, MERGE_KERNEL_NAME,
 };
 use std::sync::OnceLock;
 use tract_core::internal::*;
@@ -100,10 +102,13 @@ impl TypedOp for CudaSelectiveScan {
 }
 
 /// `SelectiveScan2D` on device tensors, run by the CUDA kernels: the scan of
-/// every direction into a scratch tensor shaped as delta, then their sum.
+/// every direction into a scratch tensor shaped as version 2's delta, then
+/// their sum.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CudaSelectiveScan2D {
     pub delta_softplus: bool,
+    /// Version 3's form: inputs `dt_low` and `dt_weight` instead of `delta`.
+    pub low_rank: bool,
 }
 
 impl CudaSelectiveScan2D {
@@ -111,21 +116,16 @@ impl CudaSelectiveScan2D {
     fn host_op(&self) -> SelectiveScan2D {
         SelectiveScan2D {
             delta_softplus: self.delta_softplus,
-            low_rank: false,
+            low_rank: self.low_rank,
         }
     }
 
-    /// The scan's dims, from inputs [`checked_inputs`] accepted.
-    fn dims(inputs: &[&DeviceTensor]) -> GridDims {
-        let (u, delta, b) = (inputs[0].shape(), inputs[1].shape(), inputs[3].shape());
-        GridDims {
-            batch: u[0],
-            channels: u[1],
-            directions: delta[1],
-            state: b[2],
-            height: u[2],
-            width: u[3],
-        }
+    /// The scan's dims and, in version 3's form, R, from inputs
+    /// [`checked_inputs`] accepted.
+    fn dims(&self, inputs: &[&DeviceTensor]) -> TractResult<(GridDims, Option<usize>)> {
+        let shapes: TVec<&[usize]> = inputs.iter().map(|t| t.shape()).collect();
+        let types: TVec<DatumType> = inputs.iter().map(|t| t.datum_type()).collect();
+        self.host_op().dims(&shapes, &types)
     }
 }
 
@@ -142,7 +142,8 @@ impl EvalOp for CudaSelectiveScan2D {
 
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let inputs = checked_inputs(self, &self.host_op(), &inputs)?;
-        let launch = Scan2dLaunch::new(&Self::dims(&inputs), self.delta_softplus)?;
+        let (dims, rank) = self.dims(&inputs)?;
+        let launch = Scan2dLaunch::new(&dims, rank, self.delta_softplus)?;
         let y = tract_gpu::turn_handler::make_tensor_for_node(
             ctx,
             f32::datum_type(),
@@ -154,16 +155,29 @@ impl EvalOp for CudaSelectiveScan2D {
             let partial = DeviceTensor::uninitialized_dt(f32::datum_type(), &launch.partial_shape)?;
             tract_cuda::with_cuda_stream(|stream| {
                 let kernels = kernels(stream.context())?;
-                // SAFETY: the scan kernel takes the seven f32 inputs, dense
-                // and of the shapes the host op checked, and `partial`, of
-                // delta's shape, then its six ints; the sum takes `partial`
-                // and y, then its two ints. `Scan2dLaunch` checked that
-                // every index fits the kernels' ints and sized the grids:
-                // the scan's spans the batch items, directions and
-                // channels, the sum's every output. The second launch, on
-                // the same stream, reads `partial` after the first wrote it.
+                // SAFETY: the scan kernel of the op's form takes its seven
+                // (version 2) or eight (version 3) f32 inputs, dense and of
+                // the shapes the host op checked, and `partial`, of version
+                // 2's delta's shape, then its six or seven ints; the sum
+                // takes `partial` and y, then its two ints. `Scan2dLaunch`
+                // checked that every index fits the kernels' ints and sized
+                // the grids: the scan's spans the batch items, directions
+                // and channels, the sum's every output. The second launch,
+                // on the same stream, reads `partial` after the first wrote
+                // it.
                 unsafe {
-                    launch_kernel(stream, &kernels.scan_2d, &inputs, &partial, &launch.scan)?;
+                    match &launch.scan {
+                        Scan2dPass::Rows(scan) => {
+                            launch_kernel(stream, &kernels.scan_2d, &inputs, &partial, scan)?
+                        }
+                        Scan2dPass::LowRank(scan) => launch_kernel(
+                            stream,
+                            &kernels.scan_2d_low_rank,
+                            &inputs,
+                            &partial,
+                            scan,
+                        )?,
+                    }
                     launch_kernel(stream, &kernels.merge, &[&partial], &y, &launch.merge)
                 }
             })?;
@@ -245,6 +259,7 @@ unsafe fn launch_kernel<const INTS: usize>(
 struct Kernels {
     scan: CudaFunction,
     scan_2d: CudaFunction,
+    scan_2d_low_rank: CudaFunction,
     merge: CudaFunction,
 }
 
@@ -266,6 +281,7 @@ fn kernels(context: &Arc<CudaContext>) -> TractResult<&'static Kernels> {
     let kernels = Kernels {
         scan: function(KERNEL_NAME)?,
         scan_2d: function(KERNEL_2D_NAME)?,
+        scan_2d_low_rank: function(KERNEL_2D_LOW_RANK_NAME)?,
         merge: function(MERGE_KERNEL_NAME)?,
     };
     Ok(KERNELS.get_or_init(|| kernels))
@@ -281,8 +297,7 @@ pub fn compile_kernels() -> TractResult<()> {
 /// [`CudaSelectiveScan2D`] in place of every `SelectiveScan2D`, of a model
 /// tract-cuda has translated, fed by their inputs' device tensors, then
 /// removes the to-host-and-back copies this leaves. A scan with more than
-/// [`MAX_STATE`] states (or a symbolic count), and a `SelectiveScan2D` of
-/// contract version 3 (dt projection inside), stays on the CPU.
+/// [`MAX_STATE`] states (or a symbolic count) stays on the CPU.
 pub fn run_scans_on_gpu(model: &mut TypedModel) -> TractResult<()> {
     Rewriter::default()
         .with_rule_for(
@@ -295,29 +310,31 @@ pub fn run_scans_on_gpu(model: &mut TypedModel) -> TractResult<()> {
         .with_rule_for(
             "fer-edge-scan-2d-on-gpu",
             |_: &(), model, node, name, op: &SelectiveScan2D| {
-                // Version 3's form (the dt projection inside) has no CUDA
-                // kernel yet: it stays on the CPU.
-                rule_if!(!op.low_rank);
-                let delta_softplus = op.delta_softplus;
-                move_to_gpu(model, node, name, CudaSelectiveScan2D { delta_softplus })
+                let gpu_op = CudaSelectiveScan2D {
+                    delta_softplus: op.delta_softplus,
+                    low_rank: op.low_rank,
+                };
+                move_to_gpu(model, node, name, gpu_op)
             },
         )
         .rewrite(&(), model)?;
     rewire_syncs(model)
 }
 
-/// The patch that puts `gpu_op` in place of the scan `node` (`SelectiveScan`,
-/// or `SelectiveScan2D` in its version 2 form: their inputs are u, delta, A,
-/// Bs, Cs, D, delta_bias, with N at dimension 2 of Bs). An input that tract-cuda copied to the host is taken
-/// from before the copy; any other (a constant, or the output of an op left
-/// on the CPU) is copied to the device, a small copy next to the scan's.
+/// The patch that puts `gpu_op` in place of the scan `node` (`SelectiveScan`
+/// or `SelectiveScan2D`: in every form their last four inputs are Bs, Cs, D,
+/// delta_bias, with N at dimension 2 of Bs). An input that tract-cuda copied
+/// to the host is taken from before the copy; any other (a constant, or the
+/// output of an op left on the CPU) is copied to the device, a small copy
+/// next to the scan's.
 fn move_to_gpu(
     model: &TypedModel,
     node: &TypedNode,
     name: &str,
     gpu_op: impl Into<Box<dyn TypedOp>>,
 ) -> TractResult<Option<TypedModelPatch>> {
-    let state = &model.outlet_fact(node.inputs[3])?.shape[2];
+    let bs = node.inputs[node.inputs.len() - 4];
+    let state = &model.outlet_fact(bs)?.shape[2];
     rule_if!(state.to_usize().is_ok_and(|n| n <= MAX_STATE));
     let mut patch = TypedModelPatch::default();
     let mut device_inputs = tvec![];

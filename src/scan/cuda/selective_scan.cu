@@ -3,14 +3,16 @@
 // compiled at run time with NVRTC as one module; they need no header.
 //
 //   dt[c,t]  = softplus(delta[c,t] + delta_bias[c])   (or without softplus)
+//   (version 3: delta[c,t] = sum_r dt_weight[c,r] dt_low[r,t], fused
+//    multiply-adds from 0 in r order, as the CPU kernels form it)
 //   h[c,n,t] = exp(dt[c,t] A[c,n]) h[c,n,t-1] + dt[c,t] Bs[g,n,t] u[c,t],   h[.,.,-1] = 0
 //   y[c,t]   = sum_n Cs[g,n,t] h[c,n,t] + D[c] u[c,t]
 //
 // One thread per channel (and, in 2-D, per direction): it keeps its N states
 // (at most MAX_STATE) in registers and walks the whole sequence itself, in
 // the same order of operations as the CPU reference kernel
-// (src/scan/kernel/generic.rs). Both ops' kernels share that walk,
-// scan_channel.
+// (src/scan/kernel/generic.rs). All the kernels share that walk,
+// scan_channel, which reads delta through DeltaRow or DeltaLowRank.
 //
 // All indices fit in int: the host refuses tensors of more than INT_MAX
 // elements (src/scan/cuda/launch.rs, which also sizes the grids).
@@ -52,12 +54,38 @@ static __device__ __forceinline__ int step_position(int direction, int step, int
     return h * width + column;
 }
 
+// A channel's delta at position p, given (versions 1 and 2).
+struct DeltaRow {
+    const float* row;
+
+    __device__ __forceinline__ float at(int p) const { return row[p]; }
+};
+
+// A channel's delta at position p, projected from R low-rank rows of L
+// (version 3): fused multiply-adds from 0, r in order.
+struct DeltaLowRank {
+    const float* weight;  // the channel's R weights
+    const float* low;     // R rows of L
+    int rank;
+    int len;
+
+    __device__ __forceinline__ float at(int p) const
+    {
+        float delta = 0.0f;
+        for (int r = 0; r < rank; ++r) {
+            delta = fmaf(weight[r], low[r * len + p], delta);
+        }
+        return delta;
+    }
+};
+
 // Scans one channel over an H x W grid walked in `direction`: step t reads
 // u, delta and the N rows of Bs and Cs at the position step_position gives,
 // and writes its output at that position of y.
+template <typename Delta>
 static __device__ __forceinline__ void scan_channel(
     const float* u_row,
-    const float* delta_row,
+    Delta delta,
     const float* a_row,
     const float* b_rows,
     const float* c_rows,
@@ -81,7 +109,7 @@ static __device__ __forceinline__ void scan_channel(
 
     for (int t = 0; t < len; ++t) {
         const int p = step_position(direction, t, height, width);
-        float dt = delta_row[p] + bias_c;
+        float dt = delta.at(p) + bias_c;
         if (delta_softplus && dt <= SOFTPLUS_THRESHOLD) {
             dt = log1pf(expf(dt));
         }
@@ -130,18 +158,74 @@ extern "C" __global__ void fer_edge_selective_scan(
     const int channel = group * channels_per_group + (int)in_group;
     const int row = (batch * channels + channel) * len;
     const int group_rows = (batch * groups + group) * state * len;
-    scan_channel(u + row, delta + row, a + channel * state, bs + group_rows, cs + group_rows,
-        d[channel], delta_bias[channel], y + row, state, 0, 1, len, delta_softplus);
+    scan_channel(u + row, DeltaRow{delta + row}, a + channel * state, bs + group_rows,
+        cs + group_rows, d[channel], delta_bias[channel], y + row, state, 0, 1, len,
+        delta_softplus);
 }
 
-// SelectiveScan2D, first pass: every direction k of every channel c, scanned
-// into its own row partial[b, k, c, .] (partial has delta's shape), each
-// output on the pixel its step visits. Layout: the op's row-major tensors,
-// read in place (u: [B, Di, H, W]; delta: [B, K, Di, H, W]; A: [K*Di, N];
-// Bs, Cs: [B, K, N, H, W]; D, delta_bias: [K*Di]).
-//
-// Grid: z = batch item, y = direction k, x = blocks of consecutive channels,
-// so every thread of a block reads the same Bs and Cs values at each step.
+// One thread of a 2-D scan's first pass: channel c of direction k of batch
+// item b. Grid: z = batch item, y = direction k, x = blocks of consecutive
+// channels, so every thread of a block reads the same Bs and Cs values at
+// each step.
+struct Scan2dThread {
+    int channel;
+    int direction;
+    int batch;
+
+    // The start of this thread's row (b, k, c) in a [B, K, Di, H, W] tensor.
+    __device__ __forceinline__ int row(int channels, int directions, int len) const
+    {
+        return ((batch * directions + direction) * channels + channel) * len;
+    }
+};
+
+// This thread's place in the grid; false for the threads past the last
+// channel.
+static __device__ __forceinline__ bool scan_2d_thread(int channels, Scan2dThread* thread)
+{
+    const unsigned x = blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= (unsigned)channels) {
+        return false;
+    }
+    *thread = Scan2dThread{(int)x, (int)blockIdx.y, (int)blockIdx.z};
+    return true;
+}
+
+// Scans `thread`'s direction of its channel into its row partial[b, k, c, .]
+// (partial has a version 2 delta's shape), each output on the pixel its
+// step visits. Layout: the op's row-major tensors, read in place (u: [B, Di,
+// H, W]; A: [K*Di, N]; Bs, Cs: [B, K, N, H, W]; D, delta_bias: [K*Di]).
+template <typename Delta>
+static __device__ __forceinline__ void scan_2d_channel(
+    Scan2dThread thread,
+    const float* u,
+    Delta delta,
+    const float* a,
+    const float* bs,
+    const float* cs,
+    const float* d,
+    const float* delta_bias,
+    float* partial,
+    int channels,
+    int directions,
+    int state,
+    int height,
+    int width,
+    int delta_softplus)
+{
+    const int len = height * width;
+    // channel k*Di + c of A, D and delta_bias
+    const int param = thread.direction * channels + thread.channel;
+    const int row = thread.row(channels, directions, len);
+    const int direction_rows = (thread.batch * directions + thread.direction) * state * len;
+    scan_channel(u + (thread.batch * channels + thread.channel) * len, delta, a + param * state,
+        bs + direction_rows, cs + direction_rows, d[param], delta_bias[param], partial + row,
+        state, thread.direction, height, width, delta_softplus);
+}
+
+// SelectiveScan2D of version 2, first pass: every direction k of every
+// channel c, scanned into its own row of partial (scan_2d_channel), delta
+// [B, K, Di, H, W] read in place.
 extern "C" __global__ void fer_edge_selective_scan_2d(
     const float* __restrict__ u,
     const float* __restrict__ delta,
@@ -158,22 +242,49 @@ extern "C" __global__ void fer_edge_selective_scan_2d(
     int width,
     int delta_softplus)
 {
-    const unsigned thread = blockIdx.x * blockDim.x + threadIdx.x;
-    if (thread >= (unsigned)channels) {
+    Scan2dThread thread;
+    if (!scan_2d_thread(channels, &thread)) {
         return;
     }
-    const int channel = (int)thread;
-    const int direction = blockIdx.y;
-    const int batch = blockIdx.z;
+    const int row = thread.row(channels, directions, height * width);
+    scan_2d_channel(thread, u, DeltaRow{delta + row}, a, bs, cs, d, delta_bias, partial,
+        channels, directions, state, height, width, delta_softplus);
+}
+
+// SelectiveScan2D of version 3, first pass: as version 2's, with each
+// channel's delta projected from dt_low [B, K, R, H, W] by its row of
+// dt_weight [K*Di, R].
+extern "C" __global__ void fer_edge_selective_scan_2d_low_rank(
+    const float* __restrict__ u,
+    const float* __restrict__ dt_low,
+    const float* __restrict__ dt_weight,
+    const float* __restrict__ a,
+    const float* __restrict__ bs,
+    const float* __restrict__ cs,
+    const float* __restrict__ d,
+    const float* __restrict__ delta_bias,
+    float* __restrict__ partial,
+    int channels,
+    int directions,
+    int state,
+    int rank,
+    int height,
+    int width,
+    int delta_softplus)
+{
+    Scan2dThread thread;
+    if (!scan_2d_thread(channels, &thread)) {
+        return;
+    }
     const int len = height * width;
-    // channel k*Di + c of A, D and delta_bias
-    const int param = direction * channels + channel;
-    // row (b, k, c) of delta and partial
-    const int row = ((batch * directions + direction) * channels + channel) * len;
-    const int direction_rows = (batch * directions + direction) * state * len;
-    scan_channel(u + (batch * channels + channel) * len, delta + row, a + param * state,
-        bs + direction_rows, cs + direction_rows, d[param], delta_bias[param], partial + row,
-        state, direction, height, width, delta_softplus);
+    const DeltaLowRank delta{
+        dt_weight + (thread.direction * channels + thread.channel) * rank,
+        dt_low + (thread.batch * directions + thread.direction) * rank * len,
+        rank,
+        len,
+    };
+    scan_2d_channel(thread, u, delta, a, bs, cs, d, delta_bias, partial, channels, directions,
+        state, height, width, delta_softplus);
 }
 
 // SelectiveScan2D, second pass: y[b, c, p] = sum over k of partial[b, k, c,
