@@ -134,6 +134,26 @@ pub(super) mod checks {
         worst
     }
 
+    /// Checks that `exp_below_max`, an exp without the clamp from above,
+    /// gives `exp`'s bits wherever that clamp leaves x as it is: every x up
+    /// to `EXP_ARG_MAX` (the decay's dt A <= 0 and softplus's -|x|
+    /// included), -inf and NaN.
+    pub(in crate::scan::kernel) fn check_exp_below_max(exp: &Lanes8, exp_below_max: &Lanes8) {
+        let xs: Vec<f32> = sweep(-110.0, super::EXP_ARG_MAX)
+            .into_iter()
+            .filter(|x| x.is_nan() || *x <= super::EXP_ARG_MAX)
+            .chain([super::EXP_ARG_MAX, f32::NEG_INFINITY, -0.0])
+            .collect();
+        assert!(xs.len() > 1 << 21, "the sweep covers the range");
+        for (at, (got, want)) in apply(exp_below_max, &xs)
+            .iter()
+            .zip(apply(exp, &xs))
+            .enumerate()
+        {
+            assert_eq!(got.to_bits(), want.to_bits(), "x = {}", xs[at]);
+        }
+    }
+
     /// Checks a vector exp against f64 over its whole range and edge cases.
     pub(in crate::scan::kernel) fn check_exp(exp: &Lanes8) {
         let edges = [

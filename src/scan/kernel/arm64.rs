@@ -167,13 +167,35 @@ fn scan_states(
     h: &mut [[f32; LANES]],
     steps: &mut [Step<LANES>],
 ) {
+    if params.dt_a_non_positive {
+        scan_states_with::<false>(params, rows, h, steps)
+    } else {
+        scan_states_with::<true>(params, rows, h, steps)
+    }
+}
+
+/// [`scan_states`], whose decay exp clamps its argument from above only if
+/// `CLAMP_ABOVE`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn scan_states_with<const CLAMP_ABOVE: bool>(
+    params: &LaneParams<LANES>,
+    rows: &GroupRows,
+    h: &mut [[f32; LANES]],
+    steps: &mut [Step<LANES>],
+) {
     for ((a_n, h_n), (b_row, c_row)) in params.a.iter().zip(h).zip(rows.state_rows()) {
         let a_n = load(a_n);
         let mut h = load(h_n);
         for ((step, &b), &c) in steps.iter_mut().zip(b_row).zip(c_row) {
             let (dt, dt_u, y) = (load(&step.dt), load(&step.dt_u), load(&step.y));
             h = both(|i| {
-                let decay = exp(vmulq_f32(dt[i], a_n[i]));
+                let dt_a = vmulq_f32(dt[i], a_n[i]);
+                let decay = if CLAMP_ABOVE {
+                    exp(dt_a)
+                } else {
+                    exp_below_max(dt_a)
+                };
                 vfmaq_f32(vmulq_n_f32(dt_u[i], b), decay, h[i])
             });
             store(&mut step.y, both(|i| vfmaq_n_f32(y[i], h[i], c)));
@@ -193,10 +215,15 @@ fn both(f: impl Fn(usize) -> float32x4_t) -> Lanes {
 #[target_feature(enable = "neon")]
 fn exp(x: float32x4_t) -> float32x4_t {
     // `vmax`/`vmin` return NaN when either operand is NaN: x's NaN survives.
-    let x = vminq_f32(
-        vdupq_n_f32(EXP_ARG_MAX),
-        vmaxq_f32(vdupq_n_f32(EXP_ARG_MIN), x),
-    );
+    exp_below_max(vminq_f32(vdupq_n_f32(EXP_ARG_MAX), x))
+}
+
+/// [`exp`] of an x that is at most `EXP_ARG_MAX` (or NaN), which its clamp
+/// from above would leave as it is: the same bits, one instruction fewer.
+#[inline]
+#[target_feature(enable = "neon")]
+fn exp_below_max(x: float32x4_t) -> float32x4_t {
+    let x = vmaxq_f32(vdupq_n_f32(EXP_ARG_MIN), x);
     let k = vrndmq_f32(vmulq_n_f32(x, LOG2_E));
     let r = vfmsq_n_f32(x, k, LN_2_HI);
     let r = vfmsq_n_f32(r, k, LN_2_LO);
@@ -210,7 +237,7 @@ fn exp(x: float32x4_t) -> float32x4_t {
 #[target_feature(enable = "neon")]
 fn softplus(x: float32x4_t) -> float32x4_t {
     let minus_abs_x = vnegq_f32(vabsq_f32(x));
-    let e = exp(minus_abs_x);
+    let e = exp_below_max(minus_abs_x);
     let s = vdivq_f32(e, vaddq_f32(vdupq_n_f32(2.0), e));
     let log1p_e = vmulq_f32(s, polynomial(vmulq_f32(s, s), &LOG1P_POLY));
     vaddq_f32(vmaxq_f32(x, vdupq_n_f32(0.0)), log1p_e)
@@ -268,5 +295,10 @@ mod tests {
     #[test]
     fn vector_softplus_matches_f64() {
         checks::check_softplus(&on_lanes(softplus));
+    }
+
+    #[test]
+    fn exp_below_max_is_exp_where_the_clamp_changes_nothing() {
+        checks::check_exp_below_max(&on_lanes(exp), &on_lanes(exp_below_max));
     }
 }

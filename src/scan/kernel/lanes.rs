@@ -69,6 +69,11 @@ pub(super) struct LaneParams<const L: usize> {
     pub a: StateRows<L>,
     /// Row r holds the lanes' dt_weight[c, r]: empty unless delta is low-rank.
     pub dt_weight: StateRows<L>,
+    /// Every lane's dt A[n] is <= 0 (or NaN): dt >= 0, since it comes out
+    /// of softplus, and every A <= 0, as a trained model's are. The decay
+    /// exp(dt A) then needs no clamp from above, which leaves such
+    /// arguments as they are.
+    pub dt_a_non_positive: bool,
 }
 
 /// Rows of `len` steps (a group's `Bs`, `Cs` or `dt_low`), seen over the
@@ -156,6 +161,7 @@ pub(super) fn scan_block<const L: usize>(
         d: [0.0; L],
         a: h.clone(),
         dt_weight: smallvec![[0.0; L]; rank],
+        dt_a_non_positive: false,
     };
     for (vector, y_rows) in y.chunks_mut(L * len).enumerate() {
         let channels = vector * L..vector * L + y_rows.len() / len;
@@ -239,6 +245,7 @@ fn load_params<const L: usize>(
             }
         }
     }
+    params.dt_a_non_positive = block.delta_softplus && params.a.iter().flatten().all(|&a| a <= 0.0);
 }
 
 /// Transposes delta (when given as rows) and u of `channels` over the

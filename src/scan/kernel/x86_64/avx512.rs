@@ -177,4 +177,12 @@ mod tests {
             None => eprintln!("skipped: this CPU lacks AVX-512F"),
         }
     }
+
+    #[test]
+    fn exp_below_max_is_exp_where_the_clamp_changes_nothing() {
+        match (on_lanes(exp), on_lanes(exp_below_max)) {
+            (Some(exp), Some(exp_below_max)) => checks::check_exp_below_max(&exp, &exp_below_max),
+            _ => eprintln!("skipped: this CPU lacks AVX-512F"),
+        }
+    }
 }

@@ -37,10 +37,10 @@ fn prefetch(data: &[f32]) {
 /// `minus_abs`. Each is a single instruction or two, marked
 /// `#[inline] #[target_feature(enable = $feature)]`, so all of it inlines.
 ///
-/// Per state update: one multiply for dt A, the exp (two clamps, a multiply,
-/// a floor, two FMAs of range reduction, the 2^k, a multiply and six FMAs of
-/// polynomial), a multiply for dt u Bs, an FMA for h and one for y: the exp
-/// is three quarters of the arithmetic.
+/// Per state update: one multiply for dt A, the exp (one or two clamps, a
+/// multiply, a floor, two FMAs of range reduction, the 2^k, a multiply and six
+/// FMAs of polynomial), a multiply for dt u Bs, an FMA for h and one for y:
+/// the exp is three quarters of the arithmetic.
 macro_rules! lane_math {
     ($kernel:ty, $feature:literal) => {
         impl LaneMath<LANES> for $kernel {
@@ -146,11 +146,33 @@ macro_rules! lane_math {
             h: &mut [[f32; LANES]],
             steps: &mut [Step<LANES>],
         ) {
+            if params.dt_a_non_positive {
+                scan_states_with::<false>(params, rows, h, steps)
+            } else {
+                scan_states_with::<true>(params, rows, h, steps)
+            }
+        }
+
+        /// [`scan_states`], whose decay exp clamps its argument from above
+        /// only if `CLAMP_ABOVE`.
+        #[inline]
+        #[target_feature(enable = $feature)]
+        fn scan_states_with<const CLAMP_ABOVE: bool>(
+            params: &LaneParams<LANES>,
+            rows: &GroupRows,
+            h: &mut [[f32; LANES]],
+            steps: &mut [Step<LANES>],
+        ) {
             for ((a_n, h_n), (b_row, c_row)) in params.a.iter().zip(h).zip(rows.state_rows()) {
                 let a_n = load(a_n);
                 let mut h = load(h_n);
                 for ((step, &b), &c) in steps.iter_mut().zip(b_row).zip(c_row) {
-                    let decay = exp(mul(load(&step.dt), a_n));
+                    let dt_a = mul(load(&step.dt), a_n);
+                    let decay = if CLAMP_ABOVE {
+                        exp(dt_a)
+                    } else {
+                        exp_below_max(dt_a)
+                    };
                     let input = mul(load(&step.dt_u), splat(b));
                     h = fmadd(decay, h, input);
                     let y = fmadd(splat(c), h, load(&step.y));
@@ -165,7 +187,16 @@ macro_rules! lane_math {
         #[target_feature(enable = $feature)]
         fn exp(x: Vector) -> Vector {
             // `max`/`min` return their second operand when either is NaN: keep x there.
-            let x = min(splat(EXP_ARG_MAX), max(splat(EXP_ARG_MIN), x));
+            exp_below_max(min(splat(EXP_ARG_MAX), x))
+        }
+
+        /// [`exp`] of an x that is at most `EXP_ARG_MAX` (or NaN), which
+        /// its clamp from above would leave as it is: the same bits, one
+        /// instruction fewer.
+        #[inline]
+        #[target_feature(enable = $feature)]
+        fn exp_below_max(x: Vector) -> Vector {
+            let x = max(splat(EXP_ARG_MIN), x);
             let k = floor(mul(x, splat(LOG2_E)));
             let r = fnmadd(k, splat(LN_2_HI), x);
             let r = fnmadd(k, splat(LN_2_LO), r);
@@ -177,7 +208,7 @@ macro_rules! lane_math {
         #[inline]
         #[target_feature(enable = $feature)]
         fn softplus(x: Vector) -> Vector {
-            let e = exp(minus_abs(x));
+            let e = exp_below_max(minus_abs(x));
             let s = div(e, add(splat(2.0), e));
             let log1p_e = mul(s, polynomial(mul(s, s), &LOG1P_POLY));
             add(max(x, splat(0.0)), log1p_e)
