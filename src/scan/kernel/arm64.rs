@@ -85,7 +85,7 @@ impl LaneMath<LANES> for Neon {
         unsafe { prepare_steps(params, delta_softplus, steps) }
     }
 
-    fn scan_states(
+    fn scan_states<const CLAMP_ABOVE: bool>(
         &self,
         params: &LaneParams<LANES>,
         rows: &GroupRows,
@@ -93,7 +93,7 @@ impl LaneMath<LANES> for Neon {
         steps: &mut [Step<LANES>],
     ) {
         // SAFETY: NEON is part of the AArch64 baseline: every such CPU has it.
-        unsafe { scan_states(params, rows, h, steps) }
+        unsafe { scan_states::<CLAMP_ABOVE>(params, rows, h, steps) }
     }
 }
 
@@ -161,24 +161,7 @@ fn prepare_steps(params: &LaneParams<LANES>, delta_softplus: bool, steps: &mut [
 
 /// See [`LaneMath::scan_states`].
 #[target_feature(enable = "neon")]
-fn scan_states(
-    params: &LaneParams<LANES>,
-    rows: &GroupRows,
-    h: &mut [[f32; LANES]],
-    steps: &mut [Step<LANES>],
-) {
-    if params.dt_a_non_positive {
-        scan_states_with::<false>(params, rows, h, steps)
-    } else {
-        scan_states_with::<true>(params, rows, h, steps)
-    }
-}
-
-/// [`scan_states`], whose decay exp clamps its argument from above only if
-/// `CLAMP_ABOVE`.
-#[inline]
-#[target_feature(enable = "neon")]
-fn scan_states_with<const CLAMP_ABOVE: bool>(
+fn scan_states<const CLAMP_ABOVE: bool>(
     params: &LaneParams<LANES>,
     rows: &GroupRows,
     h: &mut [[f32; LANES]],

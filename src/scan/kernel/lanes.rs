@@ -133,7 +133,9 @@ pub(super) trait LaneMath<const L: usize> {
     /// For each state n, carries `h[n]` (the lanes' state before the chunk,
     /// updated to the state after it) through the chunk,
     /// `h = exp(dt A[n]) h + dt_u Bs[n,t]`, adding `Cs[n,t] h` to each y.
-    fn scan_states(
+    /// The exp clamps dt A from above only if `CLAMP_ABOVE`: without, it
+    /// gives the same bits wherever [`LaneParams::dt_a_non_positive`] holds.
+    fn scan_states<const CLAMP_ABOVE: bool>(
         &self,
         params: &LaneParams<L>,
         rows: &GroupRows,
@@ -182,12 +184,12 @@ pub(super) fn scan_block<const L: usize>(
                 prefetch(math, block, channels.clone(), chunk.clone(), y_rows);
             }
             math.prepare_steps(&params, block.delta_softplus, steps);
-            math.scan_states(
-                &params,
-                &GroupRows::new(block, chunk.clone()),
-                &mut h,
-                steps,
-            );
+            let rows = GroupRows::new(block, chunk.clone());
+            if params.dt_a_non_positive {
+                math.scan_states::<false>(&params, &rows, &mut h, steps);
+            } else {
+                math.scan_states::<true>(&params, &rows, &mut h, steps);
+            }
             store_y(block, steps, chunk, y_rows);
         }
     }

@@ -68,7 +68,7 @@ macro_rules! lane_math {
                 unsafe { prepare_steps(params, delta_softplus, steps) }
             }
 
-            fn scan_states(
+            fn scan_states<const CLAMP_ABOVE: bool>(
                 &self,
                 params: &LaneParams<LANES>,
                 rows: &GroupRows,
@@ -76,7 +76,7 @@ macro_rules! lane_math {
                 steps: &mut [Step<LANES>],
             ) {
                 // SAFETY: the kernel exists only once `detect` saw `$feature`.
-                unsafe { scan_states(params, rows, h, steps) }
+                unsafe { scan_states::<CLAMP_ABOVE>(params, rows, h, steps) }
             }
         }
 
@@ -140,24 +140,7 @@ macro_rules! lane_math {
 
         /// See [`LaneMath::scan_states`].
         #[target_feature(enable = $feature)]
-        fn scan_states(
-            params: &LaneParams<LANES>,
-            rows: &GroupRows,
-            h: &mut [[f32; LANES]],
-            steps: &mut [Step<LANES>],
-        ) {
-            if params.dt_a_non_positive {
-                scan_states_with::<false>(params, rows, h, steps)
-            } else {
-                scan_states_with::<true>(params, rows, h, steps)
-            }
-        }
-
-        /// [`scan_states`], whose decay exp clamps its argument from above
-        /// only if `CLAMP_ABOVE`.
-        #[inline]
-        #[target_feature(enable = $feature)]
-        fn scan_states_with<const CLAMP_ABOVE: bool>(
+        fn scan_states<const CLAMP_ABOVE: bool>(
             params: &LaneParams<LANES>,
             rows: &GroupRows,
             h: &mut [[f32; LANES]],
