@@ -19,8 +19,8 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::approx::{EXP_ARG_MAX, EXP_ARG_MIN, EXP_POLY, LN_2_HI, LN_2_LO, LOG1P_POLY, LOG2_E};
-use super::lanes::{self, ChunkRows, GroupRows, LaneMath, LaneParams, Step};
-use super::{ChannelBlock, ScanKernel, INLINE_STATES};
+use super::lanes::{self, GroupRows, LaneMath, LaneParams, Step};
+use super::{ChannelBlock, ScanKernel};
 
 /// f32s per 64-byte cache line (Cortex-A72, A76 and Carmel alike).
 const F32_PER_CACHE_LINE: usize = 16;
@@ -70,9 +70,15 @@ impl LaneMath<LANES> for Neon {
         }
     }
 
-    fn project_delta(&self, weight: &[[f32; LANES]], low: &ChunkRows, steps: &mut [Step<LANES>]) {
+    fn add_terms<const R: usize>(
+        &self,
+        weight: &[[f32; LANES]],
+        rows: &[&[f32]],
+        first: bool,
+        steps: &mut [Step<LANES>],
+    ) {
         // SAFETY: NEON is part of the AArch64 baseline: every such CPU has it.
-        unsafe { project_delta(weight, low, steps) }
+        unsafe { add_terms::<R>(weight, rows, first, steps) }
     }
 
     fn prepare_steps(
@@ -97,25 +103,7 @@ impl LaneMath<LANES> for Neon {
     }
 }
 
-/// See [`LaneMath::project_delta`].
-#[target_feature(enable = "neon")]
-fn project_delta(weight: &[[f32; LANES]], low: &ChunkRows, steps: &mut [Step<LANES>]) {
-    let low_rows: smallvec::SmallVec<[&[f32]; INLINE_STATES]> = low.iter().collect();
-    // Four terms at a time keep their weights in registers across the steps;
-    // the sum is the same chain of FMAs in r order whatever the grouping.
-    let groups = weight.chunks_exact(4).zip(low_rows.chunks_exact(4));
-    for (group, (weight, rows)) in groups.enumerate() {
-        add_terms::<4>(weight, rows, group == 0, steps);
-    }
-    let done = weight.len() / 4 * 4;
-    for (r, (weight_r, low_r)) in weight.iter().zip(&low_rows).enumerate().skip(done) {
-        add_terms::<1>(std::slice::from_ref(weight_r), &[low_r], r == 0, steps);
-    }
-}
-
-/// Adds `R` terms `weight[r] low[r, t]` to each step's delta, lane-wise and
-/// in r order, starting from 0 if `first`.
-#[inline]
+/// See [`LaneMath::add_terms`].
 #[target_feature(enable = "neon")]
 fn add_terms<const R: usize>(
     weight: &[[f32; LANES]],

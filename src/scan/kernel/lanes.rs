@@ -11,7 +11,8 @@
 //! 1. its delta and u rows are transposed into a small time-major scratch
 //!    ([`Step`] per time step), lanes past the block's last channel being 0;
 //!    a low-rank delta (contract version 3) is formed there instead by
-//!    [`LaneMath::project_delta`], R vector FMAs per step;
+//!    [`project_delta`] with [`LaneMath::add_terms`], R vector FMAs per
+//!    step;
 //! 2. [`LaneMath::prepare_steps`] turns them into dt, dt*u and D*u once per
 //!    (channel, step), not once per state;
 //! 3. [`LaneMath::scan_states`] runs the recurrence state by state, each state
@@ -122,9 +123,16 @@ pub(super) trait LaneMath<const L: usize> {
     /// Hints the CPU to start loading `data` into the cache.
     fn prefetch(&self, data: &[f32]);
 
-    /// Sets each step's delta to `sum_r weight[r] low[r, t]` lane-wise, r in
-    /// order, as FMAs on 0 (the reference's operations, so the same bits).
-    fn project_delta(&self, weight: &[[f32; L]], low: &ChunkRows, steps: &mut [Step<L>]);
+    /// Adds `R` terms `weight[r] rows[r][t]` to each step's delta,
+    /// lane-wise and in r order, as FMAs on the delta or, if `first`, on 0
+    /// (the reference's operations, so the same bits).
+    fn add_terms<const R: usize>(
+        &self,
+        weight: &[[f32; L]],
+        rows: &[&[f32]],
+        first: bool,
+        steps: &mut [Step<L>],
+    );
 
     /// Turns each step's loaded delta into dt (with softplus when asked) and
     /// its u into dt * u, and sets its y to D * u.
@@ -174,7 +182,8 @@ pub(super) fn scan_block<const L: usize>(
             let steps = &mut steps[..chunk.len()];
             load_steps(block, channels.clone(), chunk.clone(), steps);
             if let Delta::LowRank { low, .. } = block.delta {
-                math.project_delta(
+                project_delta(
+                    math,
                     &params.dt_weight,
                     &ChunkRows::new(low, len, chunk.clone()),
                     steps,
@@ -192,6 +201,26 @@ pub(super) fn scan_block<const L: usize>(
             }
             store_y(block, steps, chunk, y_rows);
         }
+    }
+}
+
+/// Sets each step's delta to `sum_r weight[r] low[r, t]` lane-wise, r in
+/// order, as FMAs on 0. Four terms at a time keep their weights in registers
+/// across the steps; the sum is the same chain of FMAs whatever the grouping.
+fn project_delta<const L: usize>(
+    math: &impl LaneMath<L>,
+    weight: &[[f32; L]],
+    low: &ChunkRows,
+    steps: &mut [Step<L>],
+) {
+    let low_rows: SmallVec<[&[f32]; INLINE_STATES]> = low.iter().collect();
+    let groups = weight.chunks_exact(4).zip(low_rows.chunks_exact(4));
+    for (group, (weight, rows)) in groups.enumerate() {
+        math.add_terms::<4>(weight, rows, group == 0, steps);
+    }
+    let done = weight.len() / 4 * 4;
+    for (r, (weight_r, low_r)) in weight.iter().zip(&low_rows).enumerate().skip(done) {
+        math.add_terms::<1>(std::slice::from_ref(weight_r), &[low_r], r == 0, steps);
     }
 }
 

@@ -13,7 +13,7 @@ use super::lane_math;
 use crate::scan::kernel::approx::{
     EXP_ARG_MAX, EXP_ARG_MIN, EXP_POLY, LN_2_HI, LN_2_LO, LOG1P_POLY, LOG2_E,
 };
-use crate::scan::kernel::lanes::{self, ChunkRows, GroupRows, LaneMath, LaneParams, Step};
+use crate::scan::kernel::lanes::{self, GroupRows, LaneMath, LaneParams, Step};
 use crate::scan::kernel::{ChannelBlock, ScanKernel};
 
 /// Channels per vector block: one AVX-512 register.

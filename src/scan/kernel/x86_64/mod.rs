@@ -48,14 +48,15 @@ macro_rules! lane_math {
                 super::prefetch(data);
             }
 
-            fn project_delta(
+            fn add_terms<const R: usize>(
                 &self,
                 weight: &[[f32; LANES]],
-                low: &ChunkRows,
+                rows: &[&[f32]],
+                first: bool,
                 steps: &mut [Step<LANES>],
             ) {
                 // SAFETY: the kernel exists only once `detect` saw `$feature`.
-                unsafe { project_delta(weight, low, steps) }
+                unsafe { add_terms::<R>(weight, rows, first, steps) }
             }
 
             fn prepare_steps(
@@ -80,27 +81,7 @@ macro_rules! lane_math {
             }
         }
 
-        /// See [`LaneMath::project_delta`].
-        #[target_feature(enable = $feature)]
-        fn project_delta(weight: &[[f32; LANES]], low: &ChunkRows, steps: &mut [Step<LANES>]) {
-            let low_rows: smallvec::SmallVec<[&[f32]; crate::scan::kernel::INLINE_STATES]> =
-                low.iter().collect();
-            // Four terms at a time keep their weights in registers across the
-            // steps; the sum is the same chain of FMAs in r order whatever the
-            // grouping.
-            let groups = weight.chunks_exact(4).zip(low_rows.chunks_exact(4));
-            for (group, (weight, rows)) in groups.enumerate() {
-                add_terms::<4>(weight, rows, group == 0, steps);
-            }
-            let done = weight.len() / 4 * 4;
-            for (r, (weight_r, low_r)) in weight.iter().zip(&low_rows).enumerate().skip(done) {
-                add_terms::<1>(std::slice::from_ref(weight_r), &[low_r], r == 0, steps);
-            }
-        }
-
-        /// Adds `R` terms `weight[r] low[r, t]` to each step's delta,
-        /// lane-wise and in r order, starting from 0 if `first`.
-        #[inline]
+        /// See [`LaneMath::add_terms`].
         #[target_feature(enable = $feature)]
         fn add_terms<const R: usize>(
             weight: &[[f32; LANES]],
