@@ -396,9 +396,13 @@ class FerVSSBlock(nn.Module):
 
 
 def upsample2x(x: Tensor) -> Tensor:
-    """Nearest-neighbour x2 as Unsqueeze/Expand/Reshape (no Resize op in the graph)."""
+    """Nearest-neighbour x2 as Unsqueeze/Concat/Reshape: each column doubled, then each
+    row. No Resize op in the graph, and no Expand: tract runs a 6-D broadcast as a
+    generic `MultiBroadcastTo`, 0.24 ms a call at nano 224 against 0.03 ms for these two
+    copies (`fer-edge bench --profile`, 1 thread)."""
     b, c, h, w = x.shape
-    return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+    columns = torch.stack([x, x], dim=-1).reshape(b, c, h, 2 * w)
+    return torch.stack([columns, columns], dim=3).reshape(b, c, 2 * h, 2 * w)
 
 
 class VSSPAFPN(nn.Module):

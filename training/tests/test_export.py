@@ -79,6 +79,14 @@ def assert_model_interface(m):
     onnx.checker.check_model(m, full_check=True)
 
 
+def test_no_broadcast_op_outside_the_scan(exported_nano_at):
+    """The neck's x2 upsampling exports as copies (Concat), not as an Expand: tract runs
+    Expand as a generic broadcast several times slower (model.upsample2x)."""
+    _, m = exported_nano_at(3)
+    assert count_ops(m, "Expand") == 0
+    assert count_ops(m, "Resize") == 0
+
+
 @pytest.mark.parametrize("version", [3, 2])
 def test_selective_scan_2d_contract(exported_nano_at, version):
     """Versions 3 (the default) and 2: one SelectiveScan2D per SS2D block, with the shapes

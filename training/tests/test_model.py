@@ -15,6 +15,7 @@ from fer_edge_training.model import (
     build_model,
     count_parameters,
     param_groups,
+    upsample2x,
 )
 
 # channel table of MODEL.md for "s"; nano is half the width
@@ -124,6 +125,12 @@ def test_param_groups_partition_and_ssm_parameters_are_trained():
     opt.step()
     for k in ("x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"):
         assert not torch.equal(before[k], getattr(ss2d, k).detach()), k
+
+
+def test_upsample2x_is_nearest_neighbour():
+    x = torch.randn(2, 3, 5, 7)
+    want = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+    assert torch.equal(upsample2x(x), want)
 
 
 def test_ss2d_initialisation():
