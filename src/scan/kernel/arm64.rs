@@ -53,6 +53,10 @@ impl ScanKernel for Neon {
     fn scan_block(&self, block: &ChannelBlock, y: &mut [f32]) {
         lanes::scan_block(self, block, y);
     }
+
+    fn scan_directions(&self, blocks: &[ChannelBlock], y: &mut [f32]) {
+        lanes::scan_directions(self, blocks, y);
+    }
 }
 
 impl LaneMath<LANES> for Neon {

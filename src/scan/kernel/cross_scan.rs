@@ -10,12 +10,16 @@
 //! the same sum, in the same order (direction 0 first), at any thread count.
 //! `Bs`, `Cs` and version 3's `dt_low` are put in each direction's step order
 //! once per call (they are shared by all channels); `u` and a given `delta`
-//! are read, and `y` written, through the traversal. The traversals and those
+//! are read, and `y` written, through the traversal (the SIMD kernels put
+//! the task's `u` and `y` in lanes once for all its directions,
+//! [`ScanKernel::scan_directions`]). The traversals and those
 //! reordered copies live in a scratch kept for the process: a warm scan
 //! allocates only its list of tasks.
 
 use std::ops::Range;
 use std::sync::{Mutex, TryLockError};
+
+use smallvec::SmallVec;
 
 use super::{run_blocks, ChannelBlock, Delta, ScanError, ScanKernel};
 
@@ -211,10 +215,14 @@ pub fn selective_scan_2d(
             tasks,
             |(item, rows, y): (usize, Range<usize>, &mut [f32])| {
                 y.fill(0.0);
-                for (k, order) in traversals.iter().enumerate() {
-                    let block = direction_block(dims, &reordered, item, k, rows.clone(), order);
-                    kernel.scan_block(&block, y);
-                }
+                let blocks: SmallVec<[ChannelBlock; MAX_DIRECTIONS]> = traversals
+                    .iter()
+                    .enumerate()
+                    .map(|(k, order)| {
+                        direction_block(dims, &reordered, item, k, rows.clone(), order)
+                    })
+                    .collect();
+                kernel.scan_directions(&blocks, y);
             },
         );
     });

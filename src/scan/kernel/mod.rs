@@ -145,6 +145,15 @@ pub trait ScanKernel: Send + Sync {
     /// writes step t's output at t, or with a traversal adds it at the
     /// pixel the step visits.
     fn scan_block(&self, block: &ChannelBlock, y: &mut [f32]);
+
+    /// Scans a 2-D scan task's directions, `blocks[k]` direction k's block
+    /// of the same channels, into `y` (`[channels, L]`, zeroed): each adds
+    /// its output at the pixels it visits, in direction order.
+    fn scan_directions(&self, blocks: &[ChannelBlock], y: &mut [f32]) {
+        for block in blocks {
+            self.scan_block(block, y);
+        }
+    }
 }
 
 /// The inputs of one unit of work: consecutive channels of one batch item,

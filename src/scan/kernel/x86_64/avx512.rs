@@ -45,6 +45,10 @@ impl ScanKernel for Avx512 {
     fn scan_block(&self, block: &ChannelBlock, y: &mut [f32]) {
         lanes::scan_block(self, block, y);
     }
+
+    fn scan_directions(&self, blocks: &[ChannelBlock], y: &mut [f32]) {
+        lanes::scan_directions(self, blocks, y);
+    }
 }
 
 lane_math!(Avx512, "avx512f");
