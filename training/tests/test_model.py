@@ -12,6 +12,7 @@ from fer_edge_training.model import (
     VARIANTS,
     ChannelAttention,
     FerVSSBlock,
+    SPPBottleneck,
     build_model,
     count_parameters,
     param_groups,
@@ -131,6 +132,19 @@ def test_upsample2x_is_nearest_neighbour():
     x = torch.randn(2, 3, 5, 7)
     want = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
     assert torch.equal(upsample2x(x), want)
+
+
+def test_spp_chained_pools_are_the_parallel_pools():
+    torch.manual_seed(0)
+    spp = SPPBottleneck(8, 6).eval()
+    assert [m.kernel_size for m in spp.m] == [5, 5, 5]
+    x = torch.randn(2, 8, 7, 9)
+    hidden = spp.conv1(x)
+    parallel = [nn.functional.max_pool2d(hidden, k, 1, k // 2) for k in (5, 9, 13)]
+    want = spp.conv2(torch.cat([hidden, *parallel], dim=1))
+    assert torch.equal(spp(x), want)
+    with pytest.raises(ValueError, match="not odd and increasing"):
+        SPPBottleneck(8, 6, (5, 8))
 
 
 def test_ss2d_initialisation():
