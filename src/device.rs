@@ -114,6 +114,8 @@ fn cpu_has_amx_int8() -> bool {
 }
 
 fn prepare_cpu(model: TypedModel) -> TractResult<Arc<TypedRunnableModel>> {
+    let mut model = model.into_decluttered()?;
+    crate::conv::use_direct_convolutions(&mut model)?;
     model.into_optimized()?.into_runnable()
 }
 

@@ -3,12 +3,14 @@
 //! Data flows through one module per stage:
 //! [`preprocess`] -> [`infer`] -> [`decode`] -> [`face`] results -> [`track`], tied
 //! together by [`detector`]. The model's custom selective-scan op, with its
-//! per-architecture kernels, lives in [`scan`].
+//! per-architecture kernels, lives in [`scan`]; the direct 3x3 convolution
+//! that stands in for some of tract's, in [`conv`].
 
 pub mod annotate;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod conv;
 pub mod dataset;
 pub mod decode;
 pub mod detector;

@@ -61,6 +61,48 @@ fn full_network_matches_pytorch_golden_outputs() {
     }
 }
 
+/// tract's own convolutions against fer-edge's direct 3x3 kernel on the
+/// shipped model: the nine 3x3, stride-1 convolutions over rows of 28 pixels
+/// or more are the ones replaced, and the outputs move by no more than
+/// summation order does (the tolerance is 1e-5 absolute plus 1e-4 relative;
+/// the worst error measured is a quarter of it, printed).
+#[test]
+fn direct_convolutions_replace_the_wide_3x3s_and_keep_the_outputs() {
+    use fer_edge::conv::{use_direct_convolutions, Kernel};
+    let Some(kernel) = Kernel::best() else {
+        common::skip("direct_convolutions_replace_the_wide_3x3s_and_keep_the_outputs: no direct convolution kernel for this CPU");
+        return;
+    };
+    let typed = fer_edge::infer::onnx()
+        .model_for_path(repo(MODEL))
+        .unwrap()
+        .into_typed()
+        .unwrap()
+        .into_decluttered()
+        .unwrap();
+    let mut direct = typed.clone();
+    assert_eq!(
+        use_direct_convolutions(&mut direct).unwrap(),
+        9,
+        "{}",
+        kernel.name()
+    );
+    let run = |model: TypedModel| {
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        let input = read_npy(&repo("tests/data/golden/input.npy"));
+        let outputs = plan.run(tvec!(input.into())).unwrap();
+        outputs
+            .into_iter()
+            .map(|t| t.into_tensor())
+            .collect::<Vec<_>>()
+    };
+    for (level, (got, want)) in run(direct).iter().zip(&run(typed)).enumerate() {
+        let ratio = tolerance_ratio(got, want, 1e-5, 1e-4);
+        println!("level {level}: worst error / tolerance = {ratio:.3}");
+        assert!(ratio <= 1.0, "level {level}: ratio {ratio}");
+    }
+}
+
 #[test]
 fn decoding_gives_the_golden_boxes() {
     let golden: serde_json::Value = serde_json::from_str(
