@@ -101,6 +101,18 @@ pub fn set_threads(threads: usize) {
     set_default_executor(executor);
 }
 
+/// Runs `work` on every task, in parallel on the current tract executor's
+/// threads (the ones [`set_threads`] chose): how fer-edge's own ops (the
+/// scan, the direct convolutions) share the cores with tract's.
+pub(crate) fn on_tract_threads<T: Send>(tasks: Vec<T>, work: impl Fn(T) + Send + Sync) {
+    use rayon::prelude::*;
+    match current_tract_executor() {
+        Executor::MultiThread(pool) => pool.install(|| tasks.into_par_iter().for_each(work)),
+        Executor::RayonGlobal => tasks.into_par_iter().for_each(work),
+        Executor::SingleThread => tasks.into_iter().for_each(work),
+    }
+}
+
 /// An optimised, runnable detector network.
 #[derive(Debug)]
 pub struct Model {

@@ -7,6 +7,8 @@ mod x86_64;
 #[cfg(target_arch = "x86_64")]
 use x86_64::detect;
 
+use crate::infer::on_tract_threads;
+
 /// No direct kernel on other CPUs: tract's convolution stays there. (A NEON
 /// version of the same loop executed 1.03x the instructions of tract's
 /// im2col path on a Cortex-A72 frame, docs/performance.md.)
@@ -14,9 +16,6 @@ use x86_64::detect;
 fn detect() -> Option<(&'static str, BlockFn)> {
     None
 }
-
-use rayon::prelude::*;
-use tract_linalg::multithread::{current_tract_executor, Executor};
 
 /// Output channels a kernel computes together (and per thread task): the
 /// output channel count must be a multiple of it.
@@ -66,18 +65,19 @@ impl Kernel {
             "weights are not [O][C][9]"
         );
         assert_eq!(output.len(), bias.len() * plane, "output is not [O, H, W]");
-        let tasks = output
+        assert_eq!(
+            bias.len() % OUTPUT_CHANNEL_BLOCK,
+            0,
+            "output channels are not whole blocks"
+        );
+        let tasks: Vec<_> = output
             .chunks_mut(OUTPUT_CHANNEL_BLOCK * plane)
             .zip(weights.chunks(OUTPUT_CHANNEL_BLOCK * channels * 9))
-            .zip(bias.chunks(OUTPUT_CHANNEL_BLOCK));
-        let block = |((output, weights), bias): ((&mut [f32], &[f32]), &[f32])| {
+            .zip(bias.chunks(OUTPUT_CHANNEL_BLOCK))
+            .collect();
+        on_tract_threads(tasks, |((output, weights), bias)| {
             (self.block)(input, (channels, height, width), weights, bias, output)
-        };
-        match current_tract_executor() {
-            Executor::MultiThread(pool) => pool.install(|| tasks.par_bridge().for_each(block)),
-            Executor::RayonGlobal => tasks.par_bridge().for_each(block),
-            Executor::SingleThread => tasks.for_each(block),
-        }
+        });
     }
 }
 
@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn thread_count_does_not_change_results() {
-        use tract_linalg::multithread::multithread_tract_scope;
+        use tract_linalg::multithread::{multithread_tract_scope, Executor};
         let Some(kernel) = Kernel::best() else {
             skip("thread_count_does_not_change_results");
             return;

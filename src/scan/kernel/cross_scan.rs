@@ -21,7 +21,8 @@ use std::sync::{Mutex, TryLockError};
 
 use smallvec::SmallVec;
 
-use super::{run_blocks, ChannelBlock, Delta, ScanError, ScanKernel};
+use super::{ChannelBlock, Delta, ScanError, ScanKernel};
+use crate::infer::on_tract_threads;
 
 /// Directions the contract defines (MODEL.md's k0..k7).
 pub const MAX_DIRECTIONS: usize = 8;
@@ -211,7 +212,7 @@ pub fn selective_scan_2d(
                 tasks.push((item, first..first + task_y.len() / len, task_y));
             }
         }
-        run_blocks(
+        on_tract_threads(
             tasks,
             |(item, rows, y): (usize, Range<usize>, &mut [f32])| {
                 y.fill(0.0);

@@ -29,8 +29,7 @@ mod lanes;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
-use rayon::prelude::*;
-use tract_linalg::multithread::{current_tract_executor, Executor};
+use crate::infer::on_tract_threads;
 
 /// Channels per parallel task. A multiple of every kernel's vector width, and
 /// small enough that the real shapes (256 or 512 channels per group) give
@@ -246,19 +245,10 @@ pub fn selective_scan(
         return Ok(());
     }
     let tasks = split_into_blocks(dims, inputs, y);
-    run_blocks(tasks, |(block, y): (ChannelBlock, &mut [f32])| {
+    on_tract_threads(tasks, |(block, y): (ChannelBlock, &mut [f32])| {
         kernel.scan_block(&block, y)
     });
     Ok(())
-}
-
-/// Runs `scan` on every task, in parallel on the current tract executor.
-fn run_blocks<T: Send>(tasks: Vec<T>, scan: impl Fn(T) + Send + Sync) {
-    match current_tract_executor() {
-        Executor::MultiThread(pool) => pool.install(|| tasks.into_par_iter().for_each(scan)),
-        Executor::RayonGlobal => tasks.into_par_iter().for_each(scan),
-        Executor::SingleThread => tasks.into_iter().for_each(scan),
-    }
 }
 
 /// Checks that the groups divide the channels and that every slice has the
