@@ -48,7 +48,7 @@ from tqdm import tqdm
 from .decode import decode
 from .evaluate import Report, evaluate
 from .ferplus import read_ferplus
-from .loss import yolox_loss
+from .loss import flatten_levels, yolox_loss
 from .model import CLASSES, build_model, param_groups
 from .mosaic import KINDS, Sources, compose_frame, labels_of
 from .photos import add_source_arguments, ferplus_photos, lfw_photos
@@ -162,6 +162,19 @@ def report_line(report: Report) -> str:
     return f"mAP50 {report.map50:.4f} acc {report.accuracy:.4f} recall {report.recall:.4f} | {ap}"
 
 
+def objectness_anchor(levels: list[torch.Tensor], anchor_levels: list[torch.Tensor], size: int):
+    """How far the objectness of ``levels`` has moved from that of ``anchor_levels`` (the
+    ``--anchor-objectness`` model on the same frames): binary cross-entropy against the
+    anchor's probabilities less their own entropy, summed over every cell, per frame. It
+    holds where the detector finds faces while the features under it train."""
+    logits = flatten_levels(levels, size)[0][..., 4]
+    anchor = flatten_levels(anchor_levels, size)[0][..., 4]
+    target = anchor.sigmoid()
+    bce = nn.functional.binary_cross_entropy_with_logits
+    loss = bce(logits, target, reduction="sum") - bce(anchor, target, reduction="sum")
+    return loss / logits.shape[0]
+
+
 def freeze(model: nn.Module, prefixes: list[str]) -> list[nn.Module]:
     """Stops training the modules whose names start with one of ``prefixes``; returns them."""
     frozen = [m for name, m in model.named_modules() if name.startswith(tuple(prefixes))]
@@ -269,6 +282,14 @@ def parse_args(argv):
         default=0.5,
         help="with --teacher: share of the teacher in LFW faces' targets (0 = hard labels)",
     )
+    ap.add_argument(
+        "--anchor-objectness",
+        type=float,
+        default=0.0,
+        metavar="WEIGHT",
+        help="with --init: weight of a loss keeping the frames' objectness at the --init "
+        "model's (0 = none)",
+    )
     return ap.parse_args(argv)
 
 
@@ -319,6 +340,14 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(weights_from)
         ema.model.load_state_dict(weights_from)
         print(f"initialised from the EMA weights in {args.init}", file=sys.stderr)
+    anchor = None
+    if args.anchor_objectness:
+        if not args.init:
+            raise SystemExit("--anchor-objectness needs --init: the objectness it keeps")
+        anchor = build_model(args.variant).to(device)
+        anchor.load_state_dict(torch.load(args.init, map_location=device, weights_only=True)["ema"])
+        anchor.eval().requires_grad_(False)
+        set_scan_impl(anchor, "fast" if args.scan == "ref" else args.scan)
     if args.resume and last.exists():
         state = torch.load(last, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -361,9 +390,15 @@ def main(argv: list[str] | None = None) -> int:
             size = int(rng.choice(args.sizes)) if args.sizes else args.size
             images, targets = compose_batch(train, size, rng, args.batch)
             targets = [(b.to(device), lab.to(device)) for b, lab in targets]
-            loss, parts = yolox_loss(
-                model(to_input(images).to(device)), targets, size, args.cls_weight
-            )
+            x = to_input(images).to(device)
+            levels = model(x)
+            loss, parts = yolox_loss(levels, targets, size, args.cls_weight)
+            if anchor is not None:
+                with torch.no_grad():
+                    anchor_levels = anchor(x)
+                kept = objectness_anchor(levels, anchor_levels, size)
+                loss = loss + args.anchor_objectness * kept
+                parts["anchor"] = float(kept.detach())
             if args.close_up_batch:
                 rng = np.random.default_rng([args.seed, 2, it])
                 size = int(rng.choice(args.close_up_sizes))
@@ -384,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                 loss=f"{np.mean(window):.3f}",
                 box=f"{parts['box']:.3f}",
                 cls=f"{parts['cls']:.3f}",
+                **({"anchor": f"{parts['anchor']:.2f}"} if "anchor" in parts else {}),
                 lr=f"{lr:.1e}",
             )
             done = it + 1
