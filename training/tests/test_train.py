@@ -38,9 +38,11 @@ def test_trains_evaluates_and_resumes(tiny_data, tmp_path):
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["iteration"] for x in lines] == [2, 4]
 
-    # --init starts a new run from a checkpoint's EMA weights
+    # --init starts a new run from a checkpoint's EMA weights (here with their objectness
+    # anchored, which at lr 0 must change nothing either)
     fine = tmp_path / "fine"
-    assert run(tiny_data, fine, 1, "--init", str(out / "best.pt"), "--lr", "0") == 0
+    init = ("--init", str(out / "best.pt"), "--anchor-objectness", "1")
+    assert run(tiny_data, fine, 1, *init, "--lr", "0") == 0
     best = torch.load(out / "best.pt", weights_only=True)["ema"]
     tuned = torch.load(fine / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(best[k], tuned[k]) for k in best if k.endswith(".weight"))
@@ -81,3 +83,24 @@ def test_frozen_modules_keep_their_weights_and_norm_statistics(tiny_data, tmp_pa
 
     with pytest.raises(SystemExit, match="head.nothing"):
         run(tiny_data, tmp_path / "typo", 1, "--freeze", "head.nothing")
+
+
+def test_objectness_anchor_measures_how_far_objectness_moved():
+    torch.manual_seed(0)
+    levels = [torch.randn(2, 12, 8, 8), torch.randn(2, 12, 4, 4)]
+    assert abs(float(train.objectness_anchor(levels, levels, 64))) < 1e-4
+
+    moved = [level.clone().requires_grad_(True) for level in levels]
+    with torch.no_grad():
+        moved[0][:, 4] += 2.0  # every cell of the finer level surer of a face
+    far = train.objectness_anchor(moved, levels, 64)
+    assert float(far) > 1.0
+    far.backward()
+    # only objectness is held, and its gradient pulls the moved logits back down
+    assert torch.all(moved[0].grad[:, 4] > 0) and torch.all(moved[1].grad[:, 4].abs() < 1e-6)
+    assert float(moved[0].grad[:, [0, 1, 2, 3, 5, 6]].abs().max()) == 0.0
+
+
+def test_anchor_objectness_needs_a_model_to_anchor_to(tiny_data, tmp_path):
+    with pytest.raises(SystemExit, match="--init"):
+        run(tiny_data, tmp_path / "run", 1, "--anchor-objectness", "1")
