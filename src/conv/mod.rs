@@ -1,16 +1,16 @@
 //! Direct 3x3 convolutions for tract (part of inference).
 //!
-//! tract runs a convolution as im2col plus a matrix product. Where a layer
-//! has few output channels (the stem's 12 -> 16 at 112x112) each input value
-//! it packs feeds few multiply-adds, and packing costs more than the product
-//! (18 G multiply-adds a second there, against 45-59 on 64 channels; see
-//! docs/performance.md). [`use_direct_convolutions`] swaps the model's 3x3,
-//! stride-1, zero-padded-by-one convolutions over rows of at least
-//! [`MIN_WIDTH`] pixels for [`DirectConv3x3`] before tract optimises the
-//! model, on CPUs that have a kernel for it ([`kernel`]): it multiplies
-//! straight from the NCHW input, with the borders read as zeros, so there is
-//! neither an im2col buffer nor a padded copy. Elsewhere tract's own
-//! convolution stays.
+//! tract runs a convolution as a padded copy, im2col and a matrix product.
+//! Where a layer has few output channels (the stem's 12 -> 16 at 112x112)
+//! each input value it packs feeds few multiply-adds, and packing costs more
+//! than the product (18 G multiply-adds a second there, against 45-59 on 64
+//! channels; see docs/performance.md). [`use_direct_convolutions`] swaps the
+//! model's dense 3x3 convolutions, zero-padded by one, at stride 1 or 2, for
+//! [`DirectConv3x3`] before tract optimises the model, on CPUs that have a
+//! kernel for it ([`kernel`]). It multiplies straight from the input, in one
+//! of two [`Tiling`]s: row pixels for stride 1 over wide rows (borders read
+//! as zeros, no copy at all), output channels elsewhere (from a zero-padded
+//! copy, no im2col). Elsewhere tract's own convolution stays.
 
 mod kernel;
 
@@ -20,21 +20,17 @@ use tract_core::ops::cnn::PaddingSpec;
 use tract_core::ops::nn::DataFormat;
 use tract_hir::internal::*;
 
-pub use kernel::Kernel;
-use kernel::OUTPUT_CHANNEL_BLOCK;
+pub use kernel::{Kernel, Layer, Tiling};
 
-/// Narrower rows leave a 32-pixel register block half empty: a prototype of
-/// the AVX-512 loop ran at 43 G multiply-adds a second at 14x14, against
-/// 80-84 at 28x28 and wider; tract reaches 45-59 on 64-channel layers.
-pub const MIN_WIDTH: usize = 28;
-
-/// A 3x3, stride-1 convolution of an f32 `[1, C, H, W]` or `[C, H, W]` input
-/// (tract drops the batch axis where it can), padded by one
+/// A 3x3 convolution at stride 1 or 2 of an f32 `[1, C, H, W]` or
+/// `[C, H, W]` input (tract drops the batch axis where it can), padded by one
 /// zero on every side, with a bias: tract's `Conv` computed by a direct
-/// [`Kernel`].
+/// [`Kernel`] in one of its [`Tiling`]s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectConv3x3 {
-    /// The weights in the kernels' order (see [`kernel::pack_weights`]).
+    tiling: Tiling,
+    stride: usize,
+    /// The weights in the tiling's order (see [`kernel::pack_weights`]).
     weights: Arc<Tensor>,
     /// One per output channel.
     bias: Arc<Tensor>,
@@ -42,23 +38,40 @@ pub struct DirectConv3x3 {
     output_channels: usize,
 }
 
+/// The output size of a 3x3 convolution padded by one along an axis of
+/// `size` at `stride`.
+fn output_size(size: usize, stride: usize) -> usize {
+    (size - 1) / stride + 1
+}
+
 impl DirectConv3x3 {
     /// The direct convolution that computes `node` (a `Conv`), if it is one
-    /// this module handles: 3x3, stride 1, dilation 1, one zero of padding a
-    /// side, one group, f32, NCHW with a batch of 1 or CHW, rows at least [`MIN_WIDTH`]
-    /// wide, output channels in whole blocks, constant weights and bias.
+    /// this module handles: 3x3, stride 1 or 2 on both axes, dilation 1, one
+    /// zero of padding a side, one group, f32, NCHW with a batch of 1 or CHW,
+    /// a shape some [`Tiling`] handles, output channels in whole blocks of it,
+    /// constant weights and bias.
     fn for_node(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Self>> {
         let Some(conv) = node.op_as::<Conv>() else {
             return Ok(None);
         };
         let spec = &conv.pool_spec;
-        let ones = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1));
+        let all = |v: &Option<TVec<usize>>, n: usize| {
+            v.as_ref().map_or(n == 1, |v| v.iter().all(|&x| x == n))
+        };
+        let stride = if all(&spec.strides, 1) {
+            1
+        } else if all(&spec.strides, 2) {
+            2
+        } else {
+            return Ok(None);
+        };
         let padded_by_one = match &spec.padding {
             PaddingSpec::Explicit(before, after)
             | PaddingSpec::ExplicitOnnxPool(before, after, _) => {
                 before.iter().chain(after).all(|&p| p == 1)
             }
-            PaddingSpec::SameUpper | PaddingSpec::SameLower => true,
+            // "Same" pads a 3x3 by one a side only at stride 1.
+            PaddingSpec::SameUpper | PaddingSpec::SameLower => stride == 1,
             PaddingSpec::Valid => false,
         };
         if conv.group != 1
@@ -66,10 +79,8 @@ impl DirectConv3x3 {
             || conv.kernel_fmt != KernelFormat::OIHW
             || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
             || *spec.kernel_shape != [3, 3]
-            || !ones(&spec.strides)
-            || !ones(&spec.dilations)
+            || !all(&spec.dilations, 1)
             || !padded_by_one
-            || spec.output_channels % OUTPUT_CHANNEL_BLOCK != 0
         {
             return Ok(None);
         }
@@ -77,11 +88,15 @@ impl DirectConv3x3 {
         let Some(shape) = input.shape.as_concrete() else {
             return Ok(None);
         };
-        let image = match (spec.data_format, shape) {
-            (DataFormat::NCHW, &[1, c, h, w]) | (DataFormat::CHW, &[c, h, w]) => [c, h, w],
+        let (height, width) = match (spec.data_format, shape) {
+            (DataFormat::NCHW, &[1, _, h, w]) | (DataFormat::CHW, &[_, h, w]) => (h, w),
             _ => return Ok(None),
         };
-        if input.datum_type != f32::datum_type() || image[2] < MIN_WIDTH {
+        let out = (output_size(height, stride), output_size(width, stride));
+        let Some(tiling) = Tiling::for_conv(stride, width, out) else {
+            return Ok(None);
+        };
+        if input.datum_type != f32::datum_type() || spec.output_channels % tiling.block() != 0 {
             return Ok(None);
         }
         let constant = |ix: usize| model.outlet_fact(node.inputs[ix]).map(|f| f.konst.clone());
@@ -100,8 +115,10 @@ impl DirectConv3x3 {
         let bias = bias.as_slice::<f32>()?;
         let bias: Vec<f32> = (0..output_channels).map(|o| bias[o % bias.len()]).collect();
         let weights = weights.try_as_plain_ram()?;
-        let weights = kernel::pack_weights(weights.as_slice::<f32>()?, input_channels);
+        let weights = kernel::pack_weights(weights.as_slice::<f32>()?, input_channels, tiling);
         Ok(Some(DirectConv3x3 {
+            tiling,
+            stride,
             weights: Arc::new(tensor1(&weights)),
             bias: Arc::new(tensor1(&bias)),
             input_channels,
@@ -160,14 +177,21 @@ impl EvalOp for DirectConv3x3 {
         // SAFETY: f32 has no invalid bit patterns, and the kernel writes every
         // output element.
         let mut shape: TVec<usize> = input.shape().into();
-        let channel_axis = shape.len() - 3;
-        shape[channel_axis] = self.output_channels;
+        let rank = shape.len();
+        shape[rank - 3] = self.output_channels;
+        shape[rank - 2] = output_size(height, self.stride);
+        shape[rank - 1] = output_size(width, self.stride);
         let mut output = unsafe { Tensor::uninitialized::<f32>(&shape)? };
+        let layer = Layer {
+            tiling: self.tiling,
+            stride: self.stride,
+            weights: self.weights.try_as_plain_ram()?.as_slice::<f32>()?,
+            bias: self.bias.try_as_plain_ram()?.as_slice::<f32>()?,
+        };
         kernel.run(
+            &layer,
             input.try_as_plain_ram()?.as_slice::<f32>()?,
             (channels, height, width),
-            self.weights.try_as_plain_ram()?.as_slice::<f32>()?,
-            self.bias.try_as_plain_ram()?.as_slice::<f32>()?,
             output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
         );
         Ok(tvec!(output.into_tvalue()))
@@ -177,12 +201,13 @@ impl EvalOp for DirectConv3x3 {
 impl TypedOp for DirectConv3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let mut shape = inputs[0].shape.clone();
-        ensure!(
-            matches!(shape.len(), 3 | 4),
-            "DirectConv3x3: input of rank {}",
-            shape.len()
-        );
-        shape.set(shape.len() - 3, self.output_channels.to_dim());
+        let rank = shape.len();
+        ensure!(matches!(rank, 3 | 4), "DirectConv3x3: input of rank {rank}");
+        shape.set(rank - 3, self.output_channels.to_dim());
+        for axis in [rank - 2, rank - 1] {
+            let size = output_size(shape[axis].to_usize()?, self.stride);
+            shape.set(axis, size.to_dim());
+        }
         Ok(tvec!(f32::fact(shape)))
     }
 

@@ -1,6 +1,7 @@
 //! The direct convolution's kernels, one per instruction set (x86_64:
-//! AVX-512F), and what they share: the weights' order and the split of the
-//! work over tract's threads.
+//! AVX-512F), in two tilings ([`Tiling`]), and what they share: the weights'
+//! order, the zero-padded input copy and the split of the work over tract's
+//! threads.
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
@@ -10,84 +11,219 @@ use x86_64::detect;
 use crate::infer::on_tract_threads;
 
 /// No direct kernel on other CPUs: tract's convolution stays there. (A NEON
-/// version of the same loop executed 1.03x the instructions of tract's
+/// version of the row-pixel loop executed 1.03x the instructions of tract's
 /// im2col path on a Cortex-A72 frame, docs/performance.md.)
 #[cfg(not(target_arch = "x86_64"))]
-fn detect() -> Option<(&'static str, BlockFn)> {
+fn detect() -> Option<Kernel> {
     None
 }
 
-/// Output channels a kernel computes together (and per thread task): the
-/// output channel count must be a multiple of it.
-pub const OUTPUT_CHANNEL_BLOCK: usize = 8;
+/// Narrower rows leave a 32-pixel register block half empty: a prototype of
+/// the row-pixel loop ran at 43 G multiply-adds a second at 14x14, against
+/// 80-84 at 28x28 and wider; tract reaches 45-59 on 64-channel layers.
+pub const MIN_ROW_PIXELS_WIDTH: usize = 28;
 
-/// Computes one block of [`OUTPUT_CHANNEL_BLOCK`] output channels: `input`
+/// Which values a kernel's vector registers hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tiling {
+    /// 16 adjacent pixels of an output row, for 8 output channels at a time:
+    /// each input vector, loaded once per tap, meets 8 broadcast weights.
+    /// Stride 1 over rows of at least [`MIN_ROW_PIXELS_WIDTH`] pixels.
+    RowPixels,
+    /// 16 output channels of one pixel, for 14 pixels at a time: each input
+    /// value, broadcast, meets a vector of 16 weights. Any width, stride 1
+    /// or 2, from a zero-padded copy of the input.
+    OutputChannels,
+}
+
+/// Output pixels an [`Tiling::OutputChannels`] tile computes together, as
+/// rows x columns: the widest that fits the output.
+const OUTPUT_CHANNEL_TILES: [(usize, usize); 3] = [(1, 14), (2, 7), (4, 3)];
+
+impl Tiling {
+    /// The tiling for a 3x3 convolution padded by one with `stride` that
+    /// makes an `[O, out_height, out_width]` output from rows `width` wide,
+    /// if either handles it.
+    pub fn for_conv(
+        stride: usize,
+        width: usize,
+        (out_height, out_width): (usize, usize),
+    ) -> Option<Tiling> {
+        if stride == 1 && width >= MIN_ROW_PIXELS_WIDTH {
+            Some(Tiling::RowPixels)
+        } else if matches!(stride, 1 | 2) && output_channel_tile(out_height, out_width).is_some() {
+            Some(Tiling::OutputChannels)
+        } else {
+            None
+        }
+    }
+
+    /// Output channels a kernel computes together (and per thread task): the
+    /// output channel count must be a multiple of it.
+    pub fn block(self) -> usize {
+        match self {
+            Tiling::RowPixels => 8,
+            Tiling::OutputChannels => 16,
+        }
+    }
+}
+
+/// The [`Tiling::OutputChannels`] tile, rows x columns, for an output of
+/// `height` x `width`: tiles at the bottom and right edges overlap their
+/// neighbours rather than run past the output.
+fn output_channel_tile(height: usize, width: usize) -> Option<(usize, usize)> {
+    OUTPUT_CHANNEL_TILES
+        .into_iter()
+        .find(|&(rows, columns)| height >= rows && width >= columns)
+}
+
+/// The first row (or column) of each tile of `size` over `0..len`, the last
+/// one moved back to end at `len`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86_64 kernels only
+fn tile_starts(len: usize, size: usize) -> impl Iterator<Item = usize> {
+    (0..len)
+        .step_by(size)
+        .map(move |start| start.min(len - size))
+}
+
+/// Computes one block of [`Tiling::RowPixels`]' 8 output channels: `input`
 /// is `[C, H, W]` with `(C, H, W)` as given, `weights` the block's
-/// `[C][9][OUTPUT_CHANNEL_BLOCK]`, `bias` its `OUTPUT_CHANNEL_BLOCK` values,
-/// `output` its `[OUTPUT_CHANNEL_BLOCK, H, W]`.
-type BlockFn = fn(&[f32], (usize, usize, usize), &[f32], &[f32], &mut [f32]);
+/// `[C][9][8]`, `bias` its 8 values, `output` its `[8, H, W]`.
+type RowPixelsFn = fn(&[f32], (usize, usize, usize), &[f32], &[f32], &mut [f32]);
 
-/// A direct convolution kernel for this CPU.
+/// Where the output-channel tiles of a layer lie: its `stride`, the
+/// output's `(height, width)` and the tile's `(rows, columns)`.
+#[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // read by the x86_64 kernels only
+struct OutputTiles {
+    stride: usize,
+    out: (usize, usize),
+    tile: (usize, usize),
+}
+
+/// Computes one block of [`Tiling::OutputChannels`]' 16 output channels:
+/// `padded` is `[C, H + 2, W + 2]` with `(C, H + 2, W + 2)` as given,
+/// `weights` the block's `[C][9][16]`, `bias` its 16 values, `output` its
+/// `[16, height, width]` for the tiles' output size.
+type OutputChannelsFn = fn(&[f32], (usize, usize, usize), OutputTiles, &[f32], &[f32], &mut [f32]);
+
+/// A layer's parameters for [`Kernel::run`]: its tiling, stride, weights
+/// from [`pack_weights`] for that tiling and one bias per output channel.
+#[derive(Clone, Copy, Debug)]
+pub struct Layer<'a> {
+    pub tiling: Tiling,
+    pub stride: usize,
+    pub weights: &'a [f32],
+    pub bias: &'a [f32],
+}
+
+/// The direct convolution kernels for this CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     name: &'static str,
-    block: BlockFn,
+    row_pixels: RowPixelsFn,
+    output_channels: OutputChannelsFn,
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs, if any is faster than tract's
+    /// The fastest kernels this CPU runs, if any is faster than tract's
     /// im2col and matrix product.
     pub fn best() -> Option<Kernel> {
-        detect().map(|(name, block)| Kernel { name, block })
+        detect()
     }
 
-    /// The kernel's instruction set, for logs.
+    /// The kernels' instruction set, for logs.
     pub fn name(&self) -> &'static str {
         self.name
     }
 
     /// Convolves `input` (`[C, H, W]`, `(C, H, W)` as given) into `output`
-    /// (`[O, H, W]`), with `weights` from [`pack_weights`] and one bias per
-    /// output channel, on the current tract executor's threads.
+    /// (`[O, H', W']`, `H' = (H - 1) / stride + 1`, `W'` alike) as `layer`
+    /// says, on the current tract executor's threads. Panics if the slices'
+    /// lengths disagree or the layer's tiling does not handle the shapes
+    /// ([`Tiling::for_conv`]).
     pub fn run(
         &self,
+        layer: &Layer,
         input: &[f32],
         (channels, height, width): (usize, usize, usize),
-        weights: &[f32],
-        bias: &[f32],
         output: &mut [f32],
     ) {
-        let plane = height * width;
+        let Layer {
+            tiling,
+            stride,
+            weights,
+            bias,
+        } = *layer;
+        let out = ((height - 1) / stride + 1, (width - 1) / stride + 1);
+        assert_eq!(
+            Tiling::for_conv(stride, width, out),
+            Some(tiling),
+            "{tiling:?} does not handle stride {stride} over {height}x{width}"
+        );
+        let (plane, out_plane, block) = (height * width, out.0 * out.1, tiling.block());
         assert_eq!(input.len(), channels * plane, "input is not [C, H, W]");
         assert_eq!(
             weights.len(),
             bias.len() * channels * 9,
             "weights are not [O][C][9]"
         );
-        assert_eq!(output.len(), bias.len() * plane, "output is not [O, H, W]");
         assert_eq!(
-            bias.len() % OUTPUT_CHANNEL_BLOCK,
+            output.len(),
+            bias.len() * out_plane,
+            "output is not [O, H', W']"
+        );
+        assert_eq!(
+            bias.len() % block,
             0,
             "output channels are not whole blocks"
         );
         let tasks: Vec<_> = output
-            .chunks_mut(OUTPUT_CHANNEL_BLOCK * plane)
-            .zip(weights.chunks(OUTPUT_CHANNEL_BLOCK * channels * 9))
-            .zip(bias.chunks(OUTPUT_CHANNEL_BLOCK))
+            .chunks_mut(block * out_plane)
+            .zip(weights.chunks(block * channels * 9))
+            .zip(bias.chunks(block))
             .collect();
-        on_tract_threads(tasks, |((output, weights), bias)| {
-            (self.block)(input, (channels, height, width), weights, bias, output)
-        });
+        match tiling {
+            Tiling::RowPixels => on_tract_threads(tasks, |((output, weights), bias)| {
+                (self.row_pixels)(input, (channels, height, width), weights, bias, output)
+            }),
+            Tiling::OutputChannels => {
+                let padded = zero_padded(input, (channels, height, width));
+                let padded_dims = (channels, height + 2, width + 2);
+                let tiles = OutputTiles {
+                    stride,
+                    out,
+                    tile: output_channel_tile(out.0, out.1).expect("checked by for_conv"),
+                };
+                on_tract_threads(tasks, |((output, weights), bias)| {
+                    (self.output_channels)(&padded, padded_dims, tiles, weights, bias, output)
+                })
+            }
+        }
     }
 }
 
-/// `[O][C][3][3]` weights in the kernels' order, `[O / B][C][9][B]` for
-/// blocks of B = [`OUTPUT_CHANNEL_BLOCK`] output channels: the B weights one
+/// `input` (`[C, H, W]`) with one zero on every side: `[C, H + 2, W + 2]`.
+fn zero_padded(input: &[f32], (channels, height, width): (usize, usize, usize)) -> Vec<f32> {
+    let padded_width = width + 2;
+    let mut padded = vec![0.0; channels * (height + 2) * padded_width];
+    let planes = padded.chunks_exact_mut((height + 2) * padded_width);
+    for (padded, plane) in planes.zip(input.chunks_exact(height * width)) {
+        let rows = padded[padded_width..].chunks_exact_mut(padded_width);
+        for (padded, row) in rows.zip(plane.chunks_exact(width)) {
+            padded[1..=width].copy_from_slice(row);
+        }
+    }
+    padded
+}
+
+/// `[O][C][3][3]` weights in `tiling`'s order, `[O / B][C][9][B]` for
+/// blocks of B = [`Tiling::block`] output channels: the B weights one
 /// input value meets are adjacent.
-pub fn pack_weights(weights: &[f32], input_channels: usize) -> Vec<f32> {
+pub fn pack_weights(weights: &[f32], input_channels: usize, tiling: Tiling) -> Vec<f32> {
     let per_output = input_channels * 9;
     let mut packed = Vec::with_capacity(weights.len());
-    for block in weights.chunks(OUTPUT_CHANNEL_BLOCK * per_output) {
+    for block in weights.chunks(tiling.block() * per_output) {
         for tap in 0..per_output {
             packed.extend(block.chunks(per_output).map(|output| output[tap]));
         }
@@ -104,18 +240,20 @@ mod tests {
     fn by_definition(
         input: &[f32],
         (channels, height, width): (usize, usize, usize),
+        stride: usize,
         weights: &[f32],
         bias: &[f32],
     ) -> Vec<f64> {
-        let mut output = Vec::with_capacity(bias.len() * height * width);
+        let (out_height, out_width) = ((height - 1) / stride + 1, (width - 1) / stride + 1);
+        let mut output = Vec::with_capacity(bias.len() * out_height * out_width);
         for (o, &b) in bias.iter().enumerate() {
-            for y in 0..height as isize {
-                for x in 0..width as isize {
+            for y in 0..out_height {
+                for x in 0..out_width {
                     let mut sum = f64::from(b);
                     for c in 0..channels {
                         for (tap, &w) in weights[(o * channels + c) * 9..][..9].iter().enumerate() {
-                            let (row, column) =
-                                (y + tap as isize / 3 - 1, x + tap as isize % 3 - 1);
+                            let row = (y * stride + tap / 3) as isize - 1;
+                            let column = (x * stride + tap % 3) as isize - 1;
                             if (0..height as isize).contains(&row)
                                 && (0..width as isize).contains(&column)
                             {
@@ -150,46 +288,94 @@ mod tests {
             .collect()
     }
 
+    /// `kernel` on random `(channels, height, width)` images with `outputs`
+    /// output channels at `stride`, against [`by_definition`].
+    fn check(kernel: Kernel, cases: &[(usize, usize, usize, usize, usize)], want: Tiling) {
+        for (seed, &(channels, outputs, height, width, stride)) in cases.iter().enumerate() {
+            let dims = (channels, height, width);
+            let out = ((height - 1) / stride + 1, (width - 1) / stride + 1);
+            let tiling = Tiling::for_conv(stride, width, out).unwrap();
+            assert_eq!(tiling, want, "{dims:?} at stride {stride}");
+            let input = values(channels * height * width, seed as u32);
+            let weights = values(outputs * channels * 9, 100 + seed as u32);
+            let bias = values(outputs, 200 + seed as u32);
+            let mut output = vec![f32::NAN; outputs * out.0 * out.1];
+            let weights_packed = pack_weights(&weights, channels, tiling);
+            let layer = Layer {
+                tiling,
+                stride,
+                weights: &weights_packed,
+                bias: &bias,
+            };
+            kernel.run(&layer, &input, dims, &mut output);
+            let want = by_definition(&input, dims, stride, &weights, &bias);
+            for (i, (&got, &want)) in output.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{dims:?} -> {outputs} at stride {stride}: element {i} is {got}, \
+                     expected {want}"
+                );
+            }
+        }
+    }
+
     #[test]
-    fn kernel_computes_the_padded_convolution() {
+    fn row_pixels_compute_the_padded_convolution() {
         let Some(kernel) = Kernel::best() else {
-            skip("kernel_computes_the_padded_convolution");
+            skip("row_pixels_compute_the_padded_convolution");
             return;
         };
         // Widths around the kernel's 16- and 32-pixel registers, one-row and
         // one-channel images, one and two blocks of output channels.
-        for (seed, &(channels, outputs, height, width)) in [
-            (12, 16, 7, 112),
-            (3, 8, 5, 28),
-            (5, 8, 4, 33),
-            (1, 8, 1, 40),
-            (7, 16, 3, 17),
-            (2, 8, 6, 64),
-            (4, 8, 2, 1),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let dims = (channels, height, width);
-            let input = values(channels * height * width, seed as u32);
-            let weights = values(outputs * channels * 9, 100 + seed as u32);
-            let bias = values(outputs, 200 + seed as u32);
-            let mut output = vec![f32::NAN; outputs * height * width];
-            kernel.run(
-                &input,
-                dims,
-                &pack_weights(&weights, channels),
-                &bias,
-                &mut output,
-            );
-            let want = by_definition(&input, dims, &weights, &bias);
-            for (i, (&got, &want)) in output.iter().zip(&want).enumerate() {
-                assert!(
-                    (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                    "{dims:?} -> {outputs}: element {i} is {got}, expected {want}"
-                );
-            }
-        }
+        let cases = [
+            (12, 16, 7, 112, 1),
+            (3, 8, 5, 28, 1),
+            (5, 8, 4, 33, 1),
+            (1, 8, 1, 40, 1),
+            (2, 8, 6, 64, 1),
+        ];
+        check(kernel, &cases, Tiling::RowPixels);
+    }
+
+    #[test]
+    fn output_channels_compute_the_padded_convolution() {
+        let Some(kernel) = Kernel::best() else {
+            skip("output_channels_compute_the_padded_convolution");
+            return;
+        };
+        // Each tile shape at both strides, outputs that are whole tiles and
+        // outputs whose last tiles overlap, odd and even input sizes.
+        let cases = [
+            (16, 32, 112, 112, 2),
+            (64, 16, 14, 14, 1),
+            (7, 32, 7, 7, 1),
+            (5, 16, 13, 27, 2),
+            (3, 16, 5, 20, 1),
+            (2, 16, 9, 9, 2),
+            (4, 16, 4, 3, 1),
+            (1, 16, 8, 6, 2),
+        ];
+        check(kernel, &cases, Tiling::OutputChannels);
+    }
+
+    #[test]
+    fn tilings_cover_what_they_should() {
+        assert_eq!(Tiling::for_conv(1, 28, (28, 28)), Some(Tiling::RowPixels));
+        assert_eq!(
+            Tiling::for_conv(1, 27, (27, 27)),
+            Some(Tiling::OutputChannels)
+        );
+        assert_eq!(
+            Tiling::for_conv(2, 112, (56, 56)),
+            Some(Tiling::OutputChannels)
+        );
+        assert_eq!(Tiling::for_conv(3, 30, (10, 10)), None);
+        // smaller than every tile
+        assert_eq!(Tiling::for_conv(1, 2, (2, 2)), None);
+        assert_eq!(Tiling::for_conv(2, 5, (3, 3)), None);
+        assert_eq!(output_channel_tile(3, 7), Some((2, 7)));
+        assert_eq!(tile_starts(7, 2).collect::<Vec<_>>(), [0, 2, 4, 5]);
+        assert_eq!(tile_starts(28, 14).collect::<Vec<_>>(), [0, 14]);
     }
 
     #[test]
@@ -199,34 +385,62 @@ mod tests {
             skip("thread_count_does_not_change_results");
             return;
         };
-        let dims = (6, 9, 30);
-        let weights = pack_weights(&values(32 * 6 * 9, 1), 6);
-        let (input, bias) = (values(6 * 9 * 30, 2), values(32, 3));
-        let run = |executor| {
-            let mut output = vec![0.0; 32 * 9 * 30];
-            multithread_tract_scope(executor, || {
-                kernel.run(&input, dims, &weights, &bias, &mut output)
-            });
-            output.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        };
-        assert_eq!(run(Executor::SingleThread), run(Executor::multithread(2)));
+        for (tiling, (channels, height, width), stride) in [
+            (Tiling::RowPixels, (6, 9, 30), 1),
+            (Tiling::OutputChannels, (6, 9, 30), 2),
+        ] {
+            let dims = (channels, height, width);
+            let out_plane = ((height - 1) / stride + 1) * ((width - 1) / stride + 1);
+            let weights = pack_weights(&values(32 * channels * 9, 1), channels, tiling);
+            let (input, bias) = (values(channels * height * width, 2), values(32, 3));
+            let layer = Layer {
+                tiling,
+                stride,
+                weights: &weights,
+                bias: &bias,
+            };
+            let run = |executor| {
+                let mut output = vec![0.0; 32 * out_plane];
+                multithread_tract_scope(executor, || kernel.run(&layer, &input, dims, &mut output));
+                output.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            assert_eq!(run(Executor::SingleThread), run(Executor::multithread(2)));
+        }
     }
 
     #[test]
-    fn packed_weights_put_a_tap_of_eight_outputs_together() {
+    fn packed_weights_put_a_tap_of_a_block_together() {
         // 16 outputs, 1 input channel: weight (o, tap) = 10 o + tap.
         let weights: Vec<f32> = (0..16)
             .flat_map(|o| (0..9).map(move |tap| (10 * o + tap) as f32))
             .collect();
-        let packed = pack_weights(&weights, 1);
-        assert_eq!(packed[..8], [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0]);
+        let rows = pack_weights(&weights, 1, Tiling::RowPixels);
+        assert_eq!(rows[..8], [0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0]);
+        assert_eq!(rows[8..16], [1.0, 11.0, 21.0, 31.0, 41.0, 51.0, 61.0, 71.0]);
         assert_eq!(
-            packed[8..16],
-            [1.0, 11.0, 21.0, 31.0, 41.0, 51.0, 61.0, 71.0]
-        );
-        assert_eq!(
-            packed[72..80],
+            rows[72..80],
             [80.0, 90.0, 100.0, 110.0, 120.0, 130.0, 140.0, 150.0]
         );
+        let channels = pack_weights(&weights, 1, Tiling::OutputChannels);
+        let tap_1: Vec<f32> = (0..16).map(|o| (10 * o + 1) as f32).collect();
+        assert_eq!(channels[16..32], tap_1[..]);
+    }
+
+    #[test]
+    fn padding_surrounds_each_plane_with_zeros() {
+        let input: Vec<f32> = (1..=12).map(|v| v as f32).collect();
+        let padded = zero_padded(&input, (2, 2, 3));
+        #[rustfmt::skip]
+        let want = [
+            0., 0., 0., 0., 0.,
+            0., 1., 2., 3., 0.,
+            0., 4., 5., 6., 0.,
+            0., 0., 0., 0., 0.,
+            0., 0., 0., 0., 0.,
+            0., 7., 8., 9., 0.,
+            0., 10., 11., 12., 0.,
+            0., 0., 0., 0., 0.,
+        ];
+        assert_eq!(padded, want);
     }
 }

@@ -1,28 +1,43 @@
-//! The AVX-512F kernel: 8 output channels x 32 pixels of a row (two
-//! registers) accumulated in 16 registers; each input vector, loaded once
-//! per tap, meets the 8 channels' weights as broadcasts. The image borders
-//! are masked lanes and skipped rows, read as the zero padding.
+//! The AVX-512F kernels of both tilings.
+//!
+//! Row pixels: 8 output channels x 32 pixels of a row (two registers)
+//! accumulated in 16 registers; each input vector, loaded once per tap,
+//! meets the 8 channels' weights as broadcasts. The image borders are masked
+//! lanes and skipped rows, read as the zero padding.
+//!
+//! Output channels: 16 output channels in a register x a tile of 14 pixels
+//! accumulated in 14 registers; each input value of the zero-padded copy is
+//! broadcast straight from memory into the multiply-add with the tap's 16
+//! weights, and the finished tile is scattered to the 16 output planes.
 
-use super::{BlockFn, OUTPUT_CHANNEL_BLOCK as BLOCK};
+use super::{Kernel, OutputTiles, Tiling};
 use std::arch::x86_64::*;
 
 /// f32 lanes of a register.
 const LANES: usize = 16;
 
-/// The kernel and its name, if this CPU supports AVX-512F.
-pub(super) fn detect() -> Option<(&'static str, BlockFn)> {
-    is_x86_feature_detected!("avx512f").then_some(("avx512f", block as BlockFn))
+/// [`Tiling::RowPixels`]' output channel block.
+const BLOCK: usize = 8;
+
+/// The kernels, if this CPU supports AVX-512F.
+pub(super) fn detect() -> Option<Kernel> {
+    is_x86_feature_detected!("avx512f").then_some(Kernel {
+        name: "avx512f",
+        row_pixels,
+        output_channels,
+    })
 }
 
-fn block(
+fn row_pixels(
     input: &[f32],
     dims: (usize, usize, usize),
     weights: &[f32],
     bias: &[f32],
     output: &mut [f32],
 ) {
+    debug_assert_eq!(Tiling::RowPixels.block(), BLOCK);
     // SAFETY: `detect` hands this function out only on CPUs with AVX-512F.
-    unsafe { block_avx512(input, dims, weights, bias, output) }
+    unsafe { row_pixels_avx512(input, dims, weights, bias, output) }
 }
 
 /// Lanes `i` of a register whose input column `start + i` lies in `0..width`.
@@ -33,7 +48,7 @@ fn lane_mask(start: isize, width: usize) -> __mmask16 {
 }
 
 #[target_feature(enable = "avx512f")]
-fn block_avx512(
+fn row_pixels_avx512(
     input: &[f32],
     (channels, height, width): (usize, usize, usize),
     weights: &[f32],
@@ -93,6 +108,93 @@ fn block_avx512(
                 unsafe {
                     _mm512_mask_storeu_ps(at, stored[0], acc[0]);
                     _mm512_mask_storeu_ps(at.wrapping_add(LANES), stored[1], acc[1]);
+                }
+            }
+        }
+    }
+}
+
+fn output_channels(
+    padded: &[f32],
+    padded_dims: (usize, usize, usize),
+    tiles: OutputTiles,
+    weights: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+) {
+    debug_assert_eq!(Tiling::OutputChannels.block(), LANES);
+    let run = match (tiles.stride, tiles.tile) {
+        (1, (1, 14)) => output_channels_avx512::<1, 1, 14>,
+        (2, (1, 14)) => output_channels_avx512::<2, 1, 14>,
+        (1, (2, 7)) => output_channels_avx512::<1, 2, 7>,
+        (2, (2, 7)) => output_channels_avx512::<2, 2, 7>,
+        (1, (4, 3)) => output_channels_avx512::<1, 4, 3>,
+        (2, (4, 3)) => output_channels_avx512::<2, 4, 3>,
+        _ => panic!("no output-channel kernel for {tiles:?}"),
+    };
+    // SAFETY: `detect` hands this function out only on CPUs with AVX-512F.
+    unsafe { run(padded, padded_dims, tiles.out, weights, bias, output) }
+}
+
+/// 16 output channels at stride `S`, in tiles of `R` rows x `N` columns.
+#[target_feature(enable = "avx512f")]
+fn output_channels_avx512<const S: usize, const R: usize, const N: usize>(
+    padded: &[f32],
+    (channels, padded_height, padded_width): (usize, usize, usize),
+    (height, width): (usize, usize),
+    weights: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+) {
+    let padded_plane = padded_height * padded_width;
+    let plane = height * width;
+    assert!(
+        height >= R && width >= N,
+        "the tile is larger than the output"
+    );
+    // Every tap of every output pixel lies inside the padded planes.
+    assert!((height - 1) * S + 2 < padded_height && (width - 1) * S + 2 < padded_width);
+    assert!(padded.len() >= channels * padded_plane && weights.len() >= channels * 9 * LANES);
+    assert!(bias.len() >= LANES && output.len() >= LANES * plane);
+    assert!(LANES * plane <= i32::MAX as usize);
+    // SAFETY: `bias` holds at least LANES values (asserted).
+    let bias = unsafe { _mm512_loadu_ps(bias.as_ptr()) };
+    // Offsets of the 16 output channels' planes, for the scatter.
+    let planes = _mm512_mullo_epi32(
+        _mm512_set1_epi32(plane as i32),
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+    );
+    for y0 in super::tile_starts(height, R) {
+        for x0 in super::tile_starts(width, N) {
+            let mut acc = [[bias; N]; R];
+            for c in 0..channels {
+                for ky in 0..3 {
+                    let rows: [*const f32; R] = std::array::from_fn(|r| {
+                        let row = (y0 + r) * S + ky;
+                        padded[c * padded_plane + row * padded_width + x0 * S..].as_ptr()
+                    });
+                    let taps = &weights[(c * 9 + ky * 3) * LANES..][..3 * LANES];
+                    for (kx, taps) in taps.chunks_exact(LANES).enumerate() {
+                        // SAFETY: a chunk holds LANES weights.
+                        let w = unsafe { _mm512_loadu_ps(taps.as_ptr()) };
+                        for (row, acc) in rows.iter().zip(&mut acc) {
+                            for (n, acc) in acc.iter_mut().enumerate() {
+                                // SAFETY: column (x0 + n) S + kx of this row lies
+                                // inside its padded plane (asserted above: x0 + n
+                                // is an output column).
+                                let v = unsafe { *row.add(n * S + kx) };
+                                *acc = _mm512_fmadd_ps(_mm512_set1_ps(v), w, *acc);
+                            }
+                        }
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                for (n, acc) in acc.iter().enumerate() {
+                    let at = output[(y0 + r) * width + x0 + n..].as_mut_ptr();
+                    // SAFETY: lane j writes output channel j's plane, at most
+                    // (LANES - 1) planes past `at`, inside `output` (asserted).
+                    unsafe { _mm512_i32scatter_ps::<4>(at.cast(), planes, *acc) };
                 }
             }
         }
