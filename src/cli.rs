@@ -457,7 +457,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<i32> {
     );
     let isa = tract_linalg::isa::native();
     println!(
-        "cpu: {}; scan kernel: {}; direct 3x3 convolutions: {}; tract ISA: {} ({isa:?})",
+        "cpu: {}; scan kernel: {}; direct convolutions: {}; tract ISA: {} ({isa:?})",
         crate::device::cpu_description(),
         crate::scan::kernel::best().name(),
         crate::conv::Kernel::best().map_or("none (tract's)", |k| k.name()),

@@ -70,7 +70,7 @@ fn full_network_matches_pytorch_golden_outputs() {
 /// the worst error measured is printed).
 #[test]
 fn direct_convolutions_replace_the_dense_3x3s_and_keep_the_outputs() {
-    use fer_edge::conv::{use_direct_convolutions, Kernel};
+    use fer_edge::conv::{use_direct_convolutions, Kernel, Replaced};
     let Some(kernel) = Kernel::best() else {
         common::skip("direct_convolutions_replace_the_dense_3x3s_and_keep_the_outputs: no direct convolution kernel for this CPU");
         return;
@@ -85,7 +85,10 @@ fn direct_convolutions_replace_the_dense_3x3s_and_keep_the_outputs() {
     let mut direct = typed.clone();
     assert_eq!(
         use_direct_convolutions(&mut direct).unwrap(),
-        27,
+        Replaced {
+            conv3x3: 27,
+            pointwise: 54
+        },
         "{}",
         kernel.name()
     );

@@ -7,12 +7,15 @@
 //! channels; see docs/performance.md). [`use_direct_convolutions`] swaps the
 //! model's dense 3x3 convolutions, zero-padded by one, at stride 1 or 2, for
 //! [`DirectConv3x3`] before tract optimises the model, on CPUs that have a
-//! kernel for it ([`kernel`]). It multiplies straight from the input, in one
+//! kernel for it (`kernel`). It multiplies straight from the input, in one
 //! of two [`Tiling`]s: row pixels for stride 1 over wide rows (borders read
 //! as zeros, no copy at all), output channels elsewhere (from a zero-padded
-//! copy, no im2col). Elsewhere tract's own convolution stays.
+//! copy, no im2col). [`DirectPointwise`] does the same for the pointwise (1x1)
+//! convolutions and the channel-first matrix products, whose inputs tract
+//! packs for its matrix kernel. Elsewhere tract's own convolution stays.
 
 mod kernel;
+mod pointwise;
 
 use std::sync::Arc;
 use tract_core::ops::cnn::conv::{Conv, KernelFormat};
@@ -20,7 +23,8 @@ use tract_core::ops::cnn::PaddingSpec;
 use tract_core::ops::nn::DataFormat;
 use tract_hir::internal::*;
 
-pub use kernel::{Kernel, Layer, Tiling};
+pub use kernel::{pack_weights, pack_weights_1x1, Kernel, Layer, Tiling, POINTWISE_BLOCK};
+pub use pointwise::DirectPointwise;
 
 /// A 3x3 convolution at stride 1 or 2 of an f32 `[1, C, H, W]` or
 /// `[C, H, W]` input (tract drops the batch axis where it can), padded by one
@@ -127,26 +131,40 @@ impl DirectConv3x3 {
     }
 }
 
-/// Replaces every convolution of `model` that [`DirectConv3x3`] handles, if
-/// this CPU has a kernel for it; returns how many it replaced.
-pub fn use_direct_convolutions(model: &mut TypedModel) -> TractResult<usize> {
+/// How many of a model's nodes [`use_direct_convolutions`] replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Replaced {
+    /// 3x3 convolutions, by [`DirectConv3x3`].
+    pub conv3x3: usize,
+    /// Pointwise convolutions and channel-first matrix products, by
+    /// [`DirectPointwise`].
+    pub pointwise: usize,
+}
+
+/// Replaces every convolution of `model` that [`DirectConv3x3`] or
+/// [`DirectPointwise`] handles, if this CPU has a kernel for it.
+pub fn use_direct_convolutions(model: &mut TypedModel) -> TractResult<Replaced> {
     let Some(kernel) = Kernel::best() else {
-        return Ok(0);
+        return Ok(Replaced {
+            conv3x3: 0,
+            pointwise: 0,
+        });
     };
-    let mut replaced = 0;
+    let mut conv3x3 = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
         if let Some(direct) = DirectConv3x3::for_node(model, node)? {
             let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], direct)?;
             patch.apply(model)?;
-            replaced += 1;
+            conv3x3 += 1;
         }
     }
+    let pointwise = pointwise::use_direct_pointwise(model)?;
     log::debug!(
-        "{replaced} convolutions run by fer-edge's direct 3x3 kernel ({})",
+        "fer-edge's direct kernels ({}) run {conv3x3} 3x3 and {pointwise} pointwise convolutions",
         kernel.name()
     );
-    Ok(replaced)
+    Ok(Replaced { conv3x3, pointwise })
 }
 
 impl Op for DirectConv3x3 {

@@ -28,7 +28,7 @@ pub const MIN_ROW_PIXELS_WIDTH: usize = 28;
 pub enum Tiling {
     /// 16 adjacent pixels of an output row, for 8 output channels at a time:
     /// each input vector, loaded once per tap, meets 8 broadcast weights.
-    /// Stride 1 over rows of at least [`MIN_ROW_PIXELS_WIDTH`] pixels.
+    /// Stride 1 over rows of at least `MIN_ROW_PIXELS_WIDTH` (28) pixels.
     RowPixels,
     /// 16 output channels of one pixel, for 14 pixels at a time: each input
     /// value, broadcast, meets a vector of 16 weights. Any width, stride 1
@@ -117,12 +117,23 @@ pub struct Layer<'a> {
     pub bias: &'a [f32],
 }
 
+/// Output channels the pointwise kernel computes together (and per thread
+/// task), 16 pixels in a register: the output channel count must be a
+/// multiple of it.
+pub const POINTWISE_BLOCK: usize = 8;
+
+/// Computes one block of [`POINTWISE_BLOCK`] output channels of a pointwise
+/// convolution: `input` is `[K, P]` with `(K, P)` as given, `weights` the
+/// block's `[K][8]`, `bias` its 8 values, `output` its `[8, P]`.
+type PointwiseFn = fn(&[f32], (usize, usize), &[f32], &[f32], &mut [f32]);
+
 /// The direct convolution kernels for this CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     name: &'static str,
     row_pixels: RowPixelsFn,
     output_channels: OutputChannelsFn,
+    pointwise: PointwiseFn,
 }
 
 impl Kernel {
@@ -203,6 +214,41 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// The pointwise convolution of `input` (`[K, P]`, `(K, P)` as given)
+    /// into `output` (`[M, P]`) with `weights` from [`pack_weights_1x1`] and
+    /// one bias per output channel, on the current tract executor's threads.
+    pub fn run_pointwise(
+        &self,
+        input: &[f32],
+        (channels, pixels): (usize, usize),
+        weights: &[f32],
+        bias: &[f32],
+        output: &mut [f32],
+    ) {
+        assert_eq!(input.len(), channels * pixels, "input is not [K, P]");
+        assert_eq!(
+            weights.len(),
+            bias.len() * channels,
+            "weights are not [M][K]"
+        );
+        assert_eq!(output.len(), bias.len() * pixels, "output is not [M, P]");
+        assert_eq!(
+            bias.len() % POINTWISE_BLOCK,
+            0,
+            "output channels are not whole blocks"
+        );
+        let tasks: Vec<_> = output
+            .chunks_mut(POINTWISE_BLOCK * pixels)
+            .zip(weights.chunks(POINTWISE_BLOCK * channels))
+            .zip(bias.chunks(POINTWISE_BLOCK))
+            .collect();
+        on_tract_threads(tasks, |((output, weights), bias)| {
+            (self.pointwise)(input, (channels, pixels), weights, bias, output)
+        });
+    }
+}
+
 /// `input` (`[C, H, W]`) with one zero on every side: `[C, H + 2, W + 2]`.
 fn zero_padded(input: &[f32], (channels, height, width): (usize, usize, usize)) -> Vec<f32> {
     let padded_width = width + 2;
@@ -221,9 +267,19 @@ fn zero_padded(input: &[f32], (channels, height, width): (usize, usize, usize)) 
 /// blocks of B = [`Tiling::block`] output channels: the B weights one
 /// input value meets are adjacent.
 pub fn pack_weights(weights: &[f32], input_channels: usize, tiling: Tiling) -> Vec<f32> {
-    let per_output = input_channels * 9;
+    pack(weights, input_channels * 9, tiling.block())
+}
+
+/// `[O][C]` pointwise weights in the pointwise kernel's order, `[O / B][C][B]`
+/// for blocks of B = [`POINTWISE_BLOCK`] output channels.
+pub fn pack_weights_1x1(weights: &[f32], input_channels: usize) -> Vec<f32> {
+    pack(weights, input_channels, POINTWISE_BLOCK)
+}
+
+/// `[O][per_output]` weights as `[O / block][per_output][block]`.
+fn pack(weights: &[f32], per_output: usize, block: usize) -> Vec<f32> {
     let mut packed = Vec::with_capacity(weights.len());
-    for block in weights.chunks(tiling.block() * per_output) {
+    for block in weights.chunks(block * per_output) {
         for tap in 0..per_output {
             packed.extend(block.chunks(per_output).map(|output| output[tap]));
         }

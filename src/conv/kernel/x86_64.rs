@@ -10,7 +10,7 @@
 //! broadcast straight from memory into the multiply-add with the tap's 16
 //! weights, and the finished tile is scattered to the 16 output planes.
 
-use super::{Kernel, OutputTiles, Tiling};
+use super::{Kernel, OutputTiles, Tiling, POINTWISE_BLOCK};
 use std::arch::x86_64::*;
 
 /// f32 lanes of a register.
@@ -25,6 +25,7 @@ pub(super) fn detect() -> Option<Kernel> {
         name: "avx512f",
         row_pixels,
         output_channels,
+        pointwise,
     })
 }
 
@@ -196,6 +197,62 @@ fn output_channels_avx512<const S: usize, const R: usize, const N: usize>(
                     // (LANES - 1) planes past `at`, inside `output` (asserted).
                     unsafe { _mm512_i32scatter_ps::<4>(at.cast(), planes, *acc) };
                 }
+            }
+        }
+    }
+}
+
+fn pointwise(
+    input: &[f32],
+    dims: (usize, usize),
+    weights: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+) {
+    // SAFETY: `detect` hands this function out only on CPUs with AVX-512F.
+    unsafe { pointwise_avx512(input, dims, weights, bias, output) }
+}
+
+/// 8 output channels x 32 pixels (two registers) in 16 accumulators; each
+/// input vector, loaded once, meets the 8 channels' weights as broadcasts.
+#[target_feature(enable = "avx512f")]
+fn pointwise_avx512(
+    input: &[f32],
+    (channels, pixels): (usize, usize),
+    weights: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+) {
+    const B: usize = POINTWISE_BLOCK;
+    assert!(input.len() >= channels * pixels && weights.len() >= channels * B);
+    assert!(bias.len() >= B && output.len() >= B * pixels);
+    for p0 in (0..pixels).step_by(2 * LANES) {
+        let masks = [
+            lane_mask(p0 as isize, pixels),
+            lane_mask((p0 + LANES) as isize, pixels),
+        ];
+        let mut acc: [[__m512; 2]; B] = std::array::from_fn(|o| [_mm512_set1_ps(bias[o]); 2]);
+        for (c, taps) in weights.chunks_exact(B).take(channels).enumerate() {
+            let at = input[c * pixels + p0..].as_ptr();
+            // SAFETY: the masks keep to pixels p0.. of this channel's row.
+            let v = unsafe {
+                [
+                    _mm512_maskz_loadu_ps(masks[0], at),
+                    _mm512_maskz_loadu_ps(masks[1], at.wrapping_add(LANES)),
+                ]
+            };
+            for (acc, &w) in acc.iter_mut().zip(taps) {
+                let w = _mm512_set1_ps(w);
+                acc[0] = _mm512_fmadd_ps(w, v[0], acc[0]);
+                acc[1] = _mm512_fmadd_ps(w, v[1], acc[1]);
+            }
+        }
+        for (o, acc) in acc.iter().enumerate() {
+            let at = output[o * pixels + p0..].as_mut_ptr();
+            // SAFETY: the masks keep to pixels p0.. of this channel's row.
+            unsafe {
+                _mm512_mask_storeu_ps(at, masks[0], acc[0]);
+                _mm512_mask_storeu_ps(at.wrapping_add(LANES), masks[1], acc[1]);
             }
         }
     }

@@ -1,0 +1,506 @@
+//! Pointwise (1x1) convolutions and the channel-first matrix products that
+//! are the same thing (the SS2D blocks' `x_proj`): `out[m][p] = bias[m] +
+//! sum_k weights[m][k] in[k][p]` over the pixels p of a channel-first
+//! image, computed by the direct [`Kernel`] instead of tract's packing and
+//! matrix product, the following bias `Add` folded in.
+
+use super::kernel::{self, Kernel, Tiling};
+use std::sync::Arc;
+use tract_core::ops::binary::TypedBinOp;
+use tract_core::ops::einsum::EinSum;
+use tract_core::ops::math::Add;
+use tract_hir::internal::*;
+
+/// A pointwise convolution of an f32 channel-first input (`[K, P...]` with
+/// any size-1 axes around) into `[M, P...]`, with a bias: a decluttered
+/// `EinSum` with constant weights (and the `Add` of a constant bias after
+/// it), computed by the direct [`Kernel`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectPointwise {
+    /// The weights in the kernel's order (see [`kernel::pack_weights_1x1`]).
+    weights: Arc<Tensor>,
+    /// One per output channel.
+    bias: Arc<Tensor>,
+    input_channels: usize,
+    output_channels: usize,
+    /// The replaced node's output shape: `[M, P...]` with its size-1 axes.
+    output_shape: TVec<usize>,
+}
+
+/// Where one of an `EinSum`'s axes lies in its activations, weights and
+/// output (None: absent there), and its size.
+struct AxisPlace {
+    activations: Option<usize>,
+    weights: Option<usize>,
+    output: Option<usize>,
+    size: usize,
+}
+
+impl DirectPointwise {
+    /// The direct pointwise convolution that computes `node` (an `EinSum`),
+    /// its activations and the node whose output it replaces (the bias `Add` after it, if
+    /// there is one to fold in), if it is one this module handles: f32, two
+    /// inputs, constant `[M, K]` or `[K, M]` weights, one contracted axis,
+    /// the activations `[K, pixels]` and the output `[M, pixels]` up to
+    /// size-1 axes, M a whole number of kernel blocks.
+    fn for_node(
+        model: &TypedModel,
+        node: &TypedNode,
+    ) -> TractResult<Option<(Self, OutletId, usize)>> {
+        let Some(einsum) = node.op_as::<EinSum>() else {
+            return Ok(None);
+        };
+        if einsum.q_params.is_some()
+            || einsum.operating_dt != f32::datum_type()
+            || node.inputs.len() != 2
+        {
+            return Ok(None);
+        }
+        let facts = [
+            model.outlet_fact(node.inputs[0])?,
+            model.outlet_fact(node.inputs[1])?,
+        ];
+        let Some(w) = facts
+            .iter()
+            .position(|f| f.konst.is_some() && f.rank() == 2)
+        else {
+            return Ok(None);
+        };
+        let a = 1 - w;
+        let output_fact = model.outlet_fact(node.id.into())?;
+        let (Some(in_shape), Some(out_shape)) = (
+            facts[a].shape.as_concrete(),
+            output_fact.shape.as_concrete(),
+        ) else {
+            return Ok(None);
+        };
+        if facts[a].datum_type != f32::datum_type() || output_fact.datum_type != f32::datum_type() {
+            return Ok(None);
+        }
+        let mut places = Vec::new();
+        for axis in einsum.axes.iter_all_axes() {
+            let once = |positions: &[usize]| match positions {
+                [] => Ok(None),
+                &[p] => Ok(Some(p)),
+                _ => Err(()),
+            };
+            let (Ok(activations), Ok(weights), Ok(output)) = (
+                once(&axis.inputs[a]),
+                once(&axis.inputs[w]),
+                once(&axis.outputs[0]),
+            ) else {
+                return Ok(None);
+            };
+            let size = match (activations, output) {
+                (Some(p), _) => in_shape[p],
+                (None, Some(p)) => out_shape[p],
+                (None, None) => return Ok(None),
+            };
+            places.push(AxisPlace {
+                activations,
+                weights,
+                output,
+                size,
+            });
+        }
+        let Some(layout) = Layout::of(&places) else {
+            return Ok(None);
+        };
+        let (input_channels, output_channels) = (layout.k.size, layout.m.size);
+        if output_channels % Tiling::RowPixels.block() != 0 {
+            return Ok(None);
+        }
+        let weights = facts[w].konst.clone().expect("found constant above");
+        let weights = weights.cast_to::<f32>()?;
+        let weights = weights.try_as_plain_ram()?;
+        let weights = weights.as_slice::<f32>()?;
+        // `[M, K]` as stored, or `[K, M]` transposed.
+        let m_first = layout.m.weights < layout.k.weights;
+        let weight = |m: usize, k: usize| {
+            weights[if m_first {
+                m * input_channels + k
+            } else {
+                k * output_channels + m
+            }]
+        };
+        let by_output: Vec<f32> = (0..output_channels)
+            .flat_map(|m| (0..input_channels).map(move |k| (m, k)))
+            .map(|(m, k)| weight(m, k))
+            .collect();
+        let packed = kernel::pack_weights_1x1(&by_output, input_channels);
+        let (bias, replaced, output_shape) = match bias_add(model, node, layout.m.output)? {
+            Some((bias, add)) => {
+                let shape = model.outlet_fact(add.into())?.shape.as_concrete();
+                (bias, add, shape.map(TVec::from))
+            }
+            None => (vec![0.0; output_channels], node.id, Some(out_shape.into())),
+        };
+        let Some(output_shape) = output_shape else {
+            return Ok(None);
+        };
+        Ok(Some((
+            DirectPointwise {
+                weights: Arc::new(tensor1(&packed)),
+                bias: Arc::new(tensor1(&bias)),
+                input_channels,
+                output_channels,
+                output_shape,
+            },
+            node.inputs[a],
+            replaced,
+        )))
+    }
+}
+
+/// The contracted axis k and the output-channel axis m of a pointwise
+/// `EinSum`, checked to be channel-first on both sides.
+struct Layout<'a> {
+    k: &'a AxisPlace,
+    m: &'a AxisPlace,
+}
+
+impl<'a> Layout<'a> {
+    fn of(places: &'a [AxisPlace]) -> Option<Layout<'a>> {
+        let [k] = places
+            .iter()
+            .filter(|p| p.activations.is_some() && p.weights.is_some())
+            .collect::<Vec<_>>()[..]
+        else {
+            return None;
+        };
+        let [m] = places
+            .iter()
+            .filter(|p| p.activations.is_none() && p.weights.is_some())
+            .collect::<Vec<_>>()[..]
+        else {
+            return None;
+        };
+        if k.output.is_some() || m.output.is_none() {
+            return None;
+        }
+        // Every other axis is a pixel axis (in both the activations and the
+        // output) or of size 1.
+        let pixels: Vec<&AxisPlace> = places
+            .iter()
+            .filter(|p| p.weights.is_none() && p.size > 1)
+            .collect();
+        if pixels
+            .iter()
+            .any(|p| p.activations.is_none() || p.output.is_none())
+        {
+            return None;
+        }
+        // Channel-first: ignoring size-1 axes, the activations are k then the
+        // pixels, the output m then the same pixels, in the same order.
+        let order = |place: fn(&AxisPlace) -> Option<usize>, channel: &AxisPlace| {
+            let mut axes: Vec<(usize, usize)> = std::iter::once(channel)
+                .chain(pixels.iter().copied())
+                .enumerate()
+                .map(|(i, p)| (place(p).expect("checked above"), i))
+                .collect();
+            axes.sort_unstable();
+            axes.into_iter().map(|(_, i)| i).collect::<Vec<_>>()
+        };
+        let natural: Vec<usize> = (0..=pixels.len()).collect();
+        (order(|p| p.activations, k) == natural && order(|p| p.output, m) == natural)
+            .then_some(Layout { k, m })
+    }
+}
+
+/// The bias of the `Add` that is `node`'s only successor, if it adds a
+/// constant of one value per output channel (at `m_axis` of `node`'s
+/// output) and nothing else, with that `Add`'s node id.
+fn bias_add(
+    model: &TypedModel,
+    node: &TypedNode,
+    m_axis: Option<usize>,
+) -> TractResult<Option<(Vec<f32>, usize)>> {
+    let (Some(m_axis), [successor]) = (m_axis, &node.outputs[0].successors[..]) else {
+        return Ok(None);
+    };
+    let add = model.node(successor.node);
+    let is_add = add
+        .op_as::<TypedBinOp>()
+        .is_some_and(|bin| bin.0.is::<Add>() && bin.1.is_none());
+    if !is_add || add.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = add.inputs[1 - successor.slot];
+    let Some(bias) = model.outlet_fact(other)?.konst.clone() else {
+        return Ok(None);
+    };
+    let out_rank = model.outlet_fact(node.id.into())?.rank();
+    let add_rank = model.outlet_fact(add.id.into())?.rank();
+    if bias.datum_type() != f32::datum_type() || add_rank < out_rank {
+        return Ok(None);
+    }
+    // Broadcasting aligns the trailing axes: the channel axis of the sum.
+    let channel = m_axis + add_rank - out_rank;
+    let Some(offset) = add_rank.checked_sub(bias.rank()) else {
+        return Ok(None);
+    };
+    let per_channel = bias
+        .shape()
+        .iter()
+        .enumerate()
+        .all(|(i, &size)| size == 1 || (i + offset == channel && size == bias.len()));
+    if !per_channel {
+        return Ok(None);
+    }
+    let bias = bias.try_as_plain_ram()?;
+    let values = bias.as_slice::<f32>()?;
+    let channels = model.outlet_fact(node.id.into())?.shape[m_axis].to_usize()?;
+    Ok(Some((
+        (0..channels).map(|m| values[m % values.len()]).collect(),
+        add.id,
+    )))
+}
+
+/// Replaces every pointwise convolution of `model` that [`DirectPointwise`]
+/// handles (and the bias `Add` after it) by one, if this CPU has a kernel;
+/// returns how many it replaced.
+pub(super) fn use_direct_pointwise(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some((op, activations, last)) = DirectPointwise::for_node(model, node)? else {
+            continue;
+        };
+        let mut patch = TypedModelPatch::default();
+        let input = patch.tap_model(model, activations)?;
+        let output = patch.wire_node(&node.name, op, &[input])?;
+        patch.shunt_outside(model, last.into(), output[0])?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
+impl Op for DirectPointwise {
+    fn name(&self) -> StaticName {
+        "DirectPointwise".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for DirectPointwise {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let kernel = Kernel::best().context("no direct convolution kernel for this CPU")?;
+        let input = args_1!(inputs);
+        let pixels = input.len() / self.input_channels;
+        ensure!(
+            pixels * self.input_channels == input.len()
+                && pixels * self.output_channels == self.output_shape.iter().product::<usize>(),
+            "DirectPointwise: input shape {:?} does not hold {} channels of the output's pixels",
+            input.shape(),
+            self.input_channels
+        );
+        // SAFETY: f32 has no invalid bit patterns, and the kernel writes every
+        // output element.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
+        kernel.run_pointwise(
+            input.try_as_plain_ram()?.as_slice::<f32>()?,
+            (self.input_channels, pixels),
+            self.weights.try_as_plain_ram()?.as_slice::<f32>()?,
+            self.bias.try_as_plain_ram()?.as_slice::<f32>()?,
+            output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+        );
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for DirectPointwise {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&*self.output_shape)))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Says on the real stderr, past the harness's capture, that `test` did
+    /// not run.
+    fn skip(test: &str) {
+        use std::io::Write;
+        let why = "no direct convolution kernel for this CPU";
+        let _ = writeln!(std::io::stderr(), "\n**** SKIPPED {test}: {why} ****\n");
+    }
+
+    /// Values in [-1, 1) from a fixed sequence.
+    fn values(count: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed;
+        (0..count)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 8) as f32 / (1 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn kernel_computes_the_products() {
+        let Some(kernel) = Kernel::best() else {
+            skip("kernel_computes_the_products");
+            return;
+        };
+        // Pixel counts around the kernel's 16- and 32-pixel registers.
+        for (seed, &(k, m, p)) in [
+            (128, 288, 784),
+            (3, 8, 1),
+            (5, 16, 49),
+            (64, 8, 33),
+            (1, 24, 32),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let input = values(k * p, seed as u32);
+            let weights = values(m * k, 100 + seed as u32);
+            let bias = values(m, 200 + seed as u32);
+            let mut output = vec![f32::NAN; m * p];
+            let packed = kernel::pack_weights_1x1(&weights, k);
+            kernel.run_pointwise(&input, (k, p), &packed, &bias, &mut output);
+            for (i, &got) in output.iter().enumerate() {
+                let (o, pixel) = (i / p, i % p);
+                let want = f64::from(bias[o])
+                    + (0..k)
+                        .map(|c| f64::from(weights[o * k + c]) * f64::from(input[c * p + pixel]))
+                        .sum::<f64>();
+                assert!(
+                    (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{k} -> {m} over {p} pixels: element {i} is {got}, expected {want}"
+                );
+            }
+        }
+    }
+
+    /// An `EinSum` of an input and constant weights (the weights first when
+    /// `weights_first`), with a per-channel bias `Add` after it when `bias`
+    /// gives its shape, and whether [`use_direct_pointwise`] should take it.
+    struct Case {
+        formula: &'static str,
+        input: &'static [usize],
+        weights: &'static [usize],
+        weights_first: bool,
+        bias: Option<&'static [usize]>,
+        replaced: bool,
+    }
+
+    impl Case {
+        fn model(&self) -> TypedModel {
+            let mut model = TypedModel::default();
+            let x = model.add_source("x", f32::fact(self.input)).unwrap();
+            let count = self.weights.iter().product();
+            let w = Tensor::from_shape(self.weights, &values(count, 7)).unwrap();
+            let w = model.add_const("w", w).unwrap();
+            let inputs = if self.weights_first { [w, x] } else { [x, w] };
+            let axes: AxesMapping = self.formula.parse().unwrap();
+            let op = EinSum::new(axes, f32::datum_type());
+            let mut out = model.wire_node("einsum", op, &inputs).unwrap();
+            if let Some(shape) = self.bias {
+                let count = shape.iter().product();
+                let b = Tensor::from_shape(shape, &values(count, 9)).unwrap();
+                let b = model.add_const("b", b).unwrap();
+                let add = tract_core::ops::math::add();
+                out = model.wire_node("bias", add, &[out[0], b]).unwrap();
+            }
+            model.select_output_outlets(&out).unwrap();
+            model
+        }
+    }
+
+    /// Runs `model` on `input`, optimised by tract.
+    fn run(model: TypedModel, input: &Tensor) -> Vec<f32> {
+        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
+        let output = plan.run(tvec!(input.clone().into_tvalue())).unwrap();
+        output[0]
+            .try_as_plain_ram()
+            .unwrap()
+            .as_slice::<f32>()
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn channel_first_einsums_are_replaced_and_agree() {
+        if Kernel::best().is_none() {
+            skip("channel_first_einsums_are_replaced_and_agree");
+            return;
+        }
+        let case = |formula, input, weights, weights_first, bias, replaced| Case {
+            formula,
+            input,
+            weights,
+            weights_first,
+            bias,
+            replaced,
+        };
+        let cases = [
+            // a decluttered 1x1 convolution and its bias
+            case(
+                "IHW,OI->OHW",
+                &[12, 5, 7],
+                &[16, 12],
+                false,
+                Some(&[16, 1, 1]),
+                true,
+            ),
+            // the same with the batch axis on both sides and a 4-D bias
+            case(
+                "NIHW,OI->NOHW",
+                &[1, 12, 5, 7],
+                &[16, 12],
+                false,
+                Some(&[1, 16, 1, 1]),
+                true,
+            ),
+            // x_proj: weights first, no bias
+            case("mk,akbn->ambn", &[1, 8, 3, 9], &[24, 8], true, None, true),
+            // weights stored [K, M]
+            case(
+                "IHW,IO->OHW",
+                &[6, 4, 4],
+                &[6, 8],
+                false,
+                Some(&[8, 1, 1]),
+                true,
+            ),
+            // token-first: tract keeps it
+            case("HWI,OI->HWO", &[5, 7, 12], &[16, 12], false, None, false),
+            // output channels not a whole block: tract keeps it
+            case("IHW,OI->OHW", &[12, 5, 7], &[7, 12], false, None, false),
+        ];
+        for case in cases {
+            let (formula, model) = (case.formula, case.model());
+            let mut direct = model.clone();
+            let count = use_direct_pointwise(&mut direct).unwrap();
+            assert_eq!(count, usize::from(case.replaced), "{formula}");
+            let order = direct.eval_order().unwrap();
+            let ops: Vec<_> = order.iter().map(|&n| direct.node(n).op().name()).collect();
+            if case.replaced {
+                // the bias Add is folded in: nothing but the source, the op
+                // (and constants) left on the way to the output
+                assert!(
+                    !ops.iter().any(|op| op == "Add" || op == "EinSum"),
+                    "{ops:?}"
+                );
+            }
+            let count = case.input.iter().product();
+            let input = Tensor::from_shape(case.input, &values(count, 3)).unwrap();
+            let (got, want) = (run(direct, &input), run(model, &input));
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{formula} [{i}]: {g} against {w}"
+                );
+            }
+        }
+    }
+}
