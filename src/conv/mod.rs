@@ -23,7 +23,7 @@ use tract_core::ops::cnn::PaddingSpec;
 use tract_core::ops::nn::DataFormat;
 use tract_hir::internal::*;
 
-pub use kernel::{pack_weights, pack_weights_1x1, Kernel, Layer, Tiling, POINTWISE_BLOCK};
+pub use kernel::{pack_weights, pack_weights_1x1, Channels, Kernel, Layer, Tiling};
 pub use pointwise::DirectPointwise;
 
 /// A 3x3 convolution at stride 1 or 2 of an f32 `[1, C, H, W]` or

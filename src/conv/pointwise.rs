@@ -1,29 +1,32 @@
-//! Pointwise (1x1) convolutions and the channel-first matrix products that
-//! are the same thing (the SS2D blocks' `x_proj`): `out[m][p] = bias[m] +
-//! sum_k weights[m][k] in[k][p]` over the pixels p of a channel-first
-//! image, computed by the direct [`Kernel`] instead of tract's packing and
-//! matrix product, the following bias `Add` folded in.
+//! Pointwise (1x1) convolutions and the matrix products that are the same
+//! thing (the SS2D blocks' projections): `out[m][p] = bias[m] + sum_k
+//! weights[m][k] in[k][p]` over the pixels p of an image whose channels come
+//! first (`[K, P]`, as the convolutions and `x_proj` have them) or last
+//! (`[P, K]`, the token-major `in_proj` and `out_proj`), computed by the
+//! direct [`Kernel`] instead of tract's packing and matrix product, the
+//! following bias `Add` folded in.
 
-use super::kernel::{self, Kernel, Tiling};
+use super::kernel::{self, Channels, Kernel, CHANNELS_LAST_TILE};
 use std::sync::Arc;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math::Add;
 use tract_hir::internal::*;
 
-/// A pointwise convolution of an f32 channel-first input (`[K, P...]` with
-/// any size-1 axes around) into `[M, P...]`, with a bias: a decluttered
+/// A pointwise convolution of an f32 input (`[K, P...]` or `[P..., K]`, with
+/// any size-1 axes around) into `[M, P...]` or `[P..., M]`, with a bias: a decluttered
 /// `EinSum` with constant weights (and the `Add` of a constant bias after
 /// it), computed by the direct [`Kernel`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectPointwise {
+    channels: Channels,
     /// The weights in the kernel's order (see [`kernel::pack_weights_1x1`]).
     weights: Arc<Tensor>,
     /// One per output channel.
     bias: Arc<Tensor>,
     input_channels: usize,
     output_channels: usize,
-    /// The replaced node's output shape: `[M, P...]` with its size-1 axes.
+    /// The replaced node's output shape, with its size-1 axes.
     output_shape: TVec<usize>,
 }
 
@@ -38,11 +41,12 @@ struct AxisPlace {
 
 impl DirectPointwise {
     /// The direct pointwise convolution that computes `node` (an `EinSum`),
-    /// its activations and the node whose output it replaces (the bias `Add` after it, if
-    /// there is one to fold in), if it is one this module handles: f32, two
-    /// inputs, constant `[M, K]` or `[K, M]` weights, one contracted axis,
-    /// the activations `[K, pixels]` and the output `[M, pixels]` up to
-    /// size-1 axes, M a whole number of kernel blocks.
+    /// its activations and the node whose output it replaces (the bias `Add`
+    /// after it, if there is one to fold in), if it is one this module
+    /// handles: f32, two inputs, constant `[M, K]` or `[K, M]` weights, one
+    /// contracted axis, up to size-1 axes the activations `[K, pixels]` and
+    /// the output `[M, pixels]` or both channels-last, M a whole number of
+    /// the kernel's blocks (and at least a tile of pixels channels-last).
     fn for_node(
         model: &TypedModel,
         node: &TypedNode,
@@ -107,7 +111,9 @@ impl DirectPointwise {
             return Ok(None);
         };
         let (input_channels, output_channels) = (layout.k.size, layout.m.size);
-        if output_channels % Tiling::RowPixels.block() != 0 {
+        if output_channels % layout.channels.block() != 0
+            || (layout.channels == Channels::Last && layout.pixels < CHANNELS_LAST_TILE)
+        {
             return Ok(None);
         }
         let weights = facts[w].konst.clone().expect("found constant above");
@@ -127,7 +133,7 @@ impl DirectPointwise {
             .flat_map(|m| (0..input_channels).map(move |k| (m, k)))
             .map(|(m, k)| weight(m, k))
             .collect();
-        let packed = kernel::pack_weights_1x1(&by_output, input_channels);
+        let packed = kernel::pack_weights_1x1(&by_output, input_channels, layout.channels);
         let (bias, replaced, output_shape) = match bias_add(model, node, layout.m.output)? {
             Some((bias, add)) => {
                 let shape = model.outlet_fact(add.into())?.shape.as_concrete();
@@ -140,6 +146,7 @@ impl DirectPointwise {
         };
         Ok(Some((
             DirectPointwise {
+                channels: layout.channels,
                 weights: Arc::new(tensor1(&packed)),
                 bias: Arc::new(tensor1(&bias)),
                 input_channels,
@@ -153,10 +160,13 @@ impl DirectPointwise {
 }
 
 /// The contracted axis k and the output-channel axis m of a pointwise
-/// `EinSum`, checked to be channel-first on both sides.
+/// `EinSum`, and where the channels lie, the same on both sides.
 struct Layout<'a> {
     k: &'a AxisPlace,
     m: &'a AxisPlace,
+    channels: Channels,
+    /// The product of the pixel axes' sizes.
+    pixels: usize,
 }
 
 impl<'a> Layout<'a> {
@@ -190,8 +200,9 @@ impl<'a> Layout<'a> {
         {
             return None;
         }
-        // Channel-first: ignoring size-1 axes, the activations are k then the
-        // pixels, the output m then the same pixels, in the same order.
+        // Ignoring size-1 axes, the activations are k and the pixels, the
+        // output m and the same pixels in the same order, the channel axis
+        // first on both sides or last on both.
         let order = |place: fn(&AxisPlace) -> Option<usize>, channel: &AxisPlace| {
             let mut axes: Vec<(usize, usize)> = std::iter::once(channel)
                 .chain(pixels.iter().copied())
@@ -201,9 +212,23 @@ impl<'a> Layout<'a> {
             axes.sort_unstable();
             axes.into_iter().map(|(_, i)| i).collect::<Vec<_>>()
         };
-        let natural: Vec<usize> = (0..=pixels.len()).collect();
-        (order(|p| p.activations, k) == natural && order(|p| p.output, m) == natural)
-            .then_some(Layout { k, m })
+        let first: Vec<usize> = (0..=pixels.len()).collect();
+        let last: Vec<usize> = (1..=pixels.len()).chain([0]).collect();
+        let (input, output) = (order(|p| p.activations, k), order(|p| p.output, m));
+        let channels = if input == first && output == first {
+            Channels::First
+        } else if input == last && output == last {
+            Channels::Last
+        } else {
+            return None;
+        };
+        let pixels = pixels.iter().map(|p| p.size).product();
+        Some(Layout {
+            k,
+            m,
+            channels,
+            pixels,
+        })
     }
 }
 
@@ -302,6 +327,7 @@ impl EvalOp for DirectPointwise {
         // output element.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
         kernel.run_pointwise(
+            self.channels,
             input.try_as_plain_ram()?.as_slice::<f32>()?,
             (self.input_channels, pixels),
             self.weights.try_as_plain_ram()?.as_slice::<f32>()?,
@@ -344,37 +370,47 @@ mod tests {
     }
 
     #[test]
-    fn kernel_computes_the_products() {
+    fn kernels_compute_the_products() {
         let Some(kernel) = Kernel::best() else {
-            skip("kernel_computes_the_products");
+            skip("kernels_compute_the_products");
             return;
         };
-        // Pixel counts around the kernel's 16- and 32-pixel registers.
-        for (seed, &(k, m, p)) in [
-            (128, 288, 784),
-            (3, 8, 1),
-            (5, 16, 49),
-            (64, 8, 33),
-            (1, 24, 32),
-        ]
-        .iter()
-        .enumerate()
-        {
+        // Pixel counts around the kernels' registers and tiles.
+        let cases = [
+            (Channels::First, 128, 288, 784),
+            (Channels::First, 3, 8, 1),
+            (Channels::First, 5, 16, 49),
+            (Channels::First, 64, 8, 33),
+            (Channels::First, 1, 24, 32),
+            (Channels::Last, 128, 256, 784),
+            (Channels::Last, 3, 32, 7),
+            (Channels::Last, 5, 64, 50),
+            (Channels::Last, 64, 32, 62),
+            (Channels::Last, 1, 96, 69),
+        ];
+        for (seed, &(channels, k, m, p)) in cases.iter().enumerate() {
             let input = values(k * p, seed as u32);
             let weights = values(m * k, 100 + seed as u32);
             let bias = values(m, 200 + seed as u32);
             let mut output = vec![f32::NAN; m * p];
-            let packed = kernel::pack_weights_1x1(&weights, k);
-            kernel.run_pointwise(&input, (k, p), &packed, &bias, &mut output);
+            let packed = kernel::pack_weights_1x1(&weights, k, channels);
+            kernel.run_pointwise(channels, &input, (k, p), &packed, &bias, &mut output);
+            let first = channels == Channels::First;
             for (i, &got) in output.iter().enumerate() {
-                let (o, pixel) = (i / p, i % p);
+                let (o, pixel) = if first {
+                    (i / p, i % p)
+                } else {
+                    (i % m, i / m)
+                };
+                let x = |c: usize| input[if first { c * p + pixel } else { pixel * k + c }];
                 let want = f64::from(bias[o])
                     + (0..k)
-                        .map(|c| f64::from(weights[o * k + c]) * f64::from(input[c * p + pixel]))
+                        .map(|c| f64::from(weights[o * k + c]) * f64::from(x(c)))
                         .sum::<f64>();
                 assert!(
                     (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                    "{k} -> {m} over {p} pixels: element {i} is {got}, expected {want}"
+                    "{channels:?} {k} -> {m} over {p} pixels: element {i} is {got}, \
+                     expected {want}"
                 );
             }
         }
@@ -428,9 +464,9 @@ mod tests {
     }
 
     #[test]
-    fn channel_first_einsums_are_replaced_and_agree() {
+    fn pointwise_einsums_are_replaced_and_agree() {
         if Kernel::best().is_none() {
-            skip("channel_first_einsums_are_replaced_and_agree");
+            skip("pointwise_einsums_are_replaced_and_agree");
             return;
         }
         let case = |formula, input, weights, weights_first, bias, replaced| Case {
@@ -471,8 +507,35 @@ mod tests {
                 Some(&[8, 1, 1]),
                 true,
             ),
-            // token-first: tract keeps it
-            case("HWI,OI->HWO", &[5, 7, 12], &[16, 12], false, None, false),
+            // token-major, with a bias on the last axis
+            case(
+                "HWI,OI->HWO",
+                &[5, 7, 12],
+                &[32, 12],
+                false,
+                Some(&[1, 1, 32]),
+                true,
+            ),
+            // in_proj: [1, H, W, C] tokens by [K, M] weights
+            case(
+                "abmk,kn->abmn",
+                &[1, 4, 7, 16],
+                &[16, 64],
+                false,
+                None,
+                true,
+            ),
+            // token-major in, channel-first out: tract keeps it
+            case(
+                "abmk,kn->anbm",
+                &[1, 4, 7, 16],
+                &[16, 64],
+                false,
+                None,
+                false,
+            ),
+            // token-major with fewer pixels than a tile: tract keeps it
+            case("HWI,OI->HWO", &[2, 3, 12], &[32, 12], false, None, false),
             // output channels not a whole block: tract keeps it
             case("IHW,OI->OHW", &[12, 5, 7], &[7, 12], false, None, false),
         ];

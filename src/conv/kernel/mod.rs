@@ -117,14 +117,41 @@ pub struct Layer<'a> {
     pub bias: &'a [f32],
 }
 
-/// Output channels the pointwise kernel computes together (and per thread
-/// task), 16 pixels in a register: the output channel count must be a
-/// multiple of it.
-pub const POINTWISE_BLOCK: usize = 8;
+/// Where a pointwise convolution's channels lie in its input and output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channels {
+    /// `[K, P]` in, `[M, P]` out: 8 output channels x 32 pixels (two
+    /// registers) a tile, each input vector met by 8 broadcast weights.
+    First,
+    /// `[P, K]` in, `[P, M]` out: 32 output channels (two registers) x 7
+    /// pixels a tile, each input value broadcast into 2 multiply-adds.
+    Last,
+}
 
-/// Computes one block of [`POINTWISE_BLOCK`] output channels of a pointwise
-/// convolution: `input` is `[K, P]` with `(K, P)` as given, `weights` the
-/// block's `[K][8]`, `bias` its 8 values, `output` its `[8, P]`.
+impl Channels {
+    /// Output channels a kernel computes together: the output channel
+    /// count must be a multiple of it.
+    pub fn block(self) -> usize {
+        match self {
+            Channels::First => 8,
+            Channels::Last => 32,
+        }
+    }
+}
+
+/// Pixels a [`Channels::Last`] tile computes together: the fewest pixels
+/// that layout handles.
+pub const CHANNELS_LAST_TILE: usize = 7;
+
+/// Pixel rows a [`Channels::Last`] thread task computes (8 tiles).
+const CHANNELS_LAST_TASK: usize = 8 * CHANNELS_LAST_TILE;
+
+/// Computes a pointwise convolution: for [`Channels::First`], one block of 8
+/// output channels (`input` `[K, P]` with `(K, P)` as given, `weights` the
+/// block's `[K][8]`, `bias` its 8 values, `output` its `[8, P]`); for
+/// [`Channels::Last`], every output channel of some pixels (`input` their
+/// `[P, K]`, `weights` all `[M / 32][K][32]`, `bias` all M values, `output`
+/// their `[P, M]`).
 type PointwiseFn = fn(&[f32], (usize, usize), &[f32], &[f32], &mut [f32]);
 
 /// The direct convolution kernels for this CPU.
@@ -133,7 +160,8 @@ pub struct Kernel {
     name: &'static str,
     row_pixels: RowPixelsFn,
     output_channels: OutputChannelsFn,
-    pointwise: PointwiseFn,
+    pointwise_first: PointwiseFn,
+    pointwise_last: PointwiseFn,
 }
 
 impl Kernel {
@@ -215,37 +243,58 @@ impl Kernel {
 }
 
 impl Kernel {
-    /// The pointwise convolution of `input` (`[K, P]`, `(K, P)` as given)
-    /// into `output` (`[M, P]`) with `weights` from [`pack_weights_1x1`] and
-    /// one bias per output channel, on the current tract executor's threads.
+    /// The pointwise convolution of `input` (`[K, P]` or `[P, K]` as
+    /// `channels` says, `(K, P)` as given) into `output` (`[M, P]` or `[P,
+    /// M]`) with `weights` from [`pack_weights_1x1`] for that layout and one
+    /// bias per output channel, on the current tract executor's threads.
     pub fn run_pointwise(
         &self,
+        channels: Channels,
         input: &[f32],
-        (channels, pixels): (usize, usize),
+        (input_channels, pixels): (usize, usize),
         weights: &[f32],
         bias: &[f32],
         output: &mut [f32],
     ) {
-        assert_eq!(input.len(), channels * pixels, "input is not [K, P]");
-        assert_eq!(
-            weights.len(),
-            bias.len() * channels,
-            "weights are not [M][K]"
-        );
-        assert_eq!(output.len(), bias.len() * pixels, "output is not [M, P]");
-        assert_eq!(
-            bias.len() % POINTWISE_BLOCK,
-            0,
-            "output channels are not whole blocks"
-        );
-        let tasks: Vec<_> = output
-            .chunks_mut(POINTWISE_BLOCK * pixels)
-            .zip(weights.chunks(POINTWISE_BLOCK * channels))
-            .zip(bias.chunks(POINTWISE_BLOCK))
-            .collect();
-        on_tract_threads(tasks, |((output, weights), bias)| {
-            (self.pointwise)(input, (channels, pixels), weights, bias, output)
-        });
+        let (k, m, block) = (input_channels, bias.len(), channels.block());
+        assert_eq!(input.len(), k * pixels, "input is not K x P");
+        assert_eq!(weights.len(), m * k, "weights are not M x K");
+        assert_eq!(output.len(), m * pixels, "output is not M x P");
+        assert_eq!(m % block, 0, "output channels are not whole blocks");
+        match channels {
+            Channels::First => {
+                let tasks: Vec<_> = output
+                    .chunks_mut(block * pixels)
+                    .zip(weights.chunks(block * k))
+                    .zip(bias.chunks(block))
+                    .collect();
+                on_tract_threads(tasks, |((output, weights), bias)| {
+                    (self.pointwise_first)(input, (k, pixels), weights, bias, output)
+                });
+            }
+            Channels::Last => {
+                assert!(pixels >= CHANNELS_LAST_TILE, "fewer pixels than a tile");
+                // Runs of CHANNELS_LAST_TASK pixels, the last one taking the
+                // remainder when it would be shorter than a tile.
+                let mut tasks = Vec::new();
+                let (mut input, mut output) = (input, output);
+                while !input.is_empty() {
+                    let rows = input.len() / k;
+                    let take = if rows < CHANNELS_LAST_TASK + CHANNELS_LAST_TILE {
+                        rows
+                    } else {
+                        CHANNELS_LAST_TASK
+                    };
+                    let (task_input, rest) = input.split_at(take * k);
+                    let (task_output, rest_output) = output.split_at_mut(take * m);
+                    tasks.push((task_input, task_output, take));
+                    (input, output) = (rest, rest_output);
+                }
+                on_tract_threads(tasks, |(input, output, rows)| {
+                    (self.pointwise_last)(input, (k, rows), weights, bias, output)
+                });
+            }
+        }
     }
 }
 
@@ -270,10 +319,10 @@ pub fn pack_weights(weights: &[f32], input_channels: usize, tiling: Tiling) -> V
     pack(weights, input_channels * 9, tiling.block())
 }
 
-/// `[O][C]` pointwise weights in the pointwise kernel's order, `[O / B][C][B]`
-/// for blocks of B = [`POINTWISE_BLOCK`] output channels.
-pub fn pack_weights_1x1(weights: &[f32], input_channels: usize) -> Vec<f32> {
-    pack(weights, input_channels, POINTWISE_BLOCK)
+/// `[O][C]` pointwise weights in the order of `channels`' kernel,
+/// `[O / B][C][B]` for blocks of B = [`Channels::block`] output channels.
+pub fn pack_weights_1x1(weights: &[f32], input_channels: usize, channels: Channels) -> Vec<f32> {
+    pack(weights, input_channels, channels.block())
 }
 
 /// `[O][per_output]` weights as `[O / block][per_output][block]`.

@@ -10,7 +10,7 @@
 //! broadcast straight from memory into the multiply-add with the tap's 16
 //! weights, and the finished tile is scattered to the 16 output planes.
 
-use super::{Kernel, OutputTiles, Tiling, POINTWISE_BLOCK};
+use super::{Channels, Kernel, OutputTiles, Tiling, CHANNELS_LAST_TILE};
 use std::arch::x86_64::*;
 
 /// f32 lanes of a register.
@@ -25,7 +25,8 @@ pub(super) fn detect() -> Option<Kernel> {
         name: "avx512f",
         row_pixels,
         output_channels,
-        pointwise,
+        pointwise_first,
+        pointwise_last,
     })
 }
 
@@ -202,7 +203,7 @@ fn output_channels_avx512<const S: usize, const R: usize, const N: usize>(
     }
 }
 
-fn pointwise(
+fn pointwise_first(
     input: &[f32],
     dims: (usize, usize),
     weights: &[f32],
@@ -210,20 +211,21 @@ fn pointwise(
     output: &mut [f32],
 ) {
     // SAFETY: `detect` hands this function out only on CPUs with AVX-512F.
-    unsafe { pointwise_avx512(input, dims, weights, bias, output) }
+    unsafe { pointwise_first_avx512(input, dims, weights, bias, output) }
 }
 
 /// 8 output channels x 32 pixels (two registers) in 16 accumulators; each
 /// input vector, loaded once, meets the 8 channels' weights as broadcasts.
 #[target_feature(enable = "avx512f")]
-fn pointwise_avx512(
+fn pointwise_first_avx512(
     input: &[f32],
     (channels, pixels): (usize, usize),
     weights: &[f32],
     bias: &[f32],
     output: &mut [f32],
 ) {
-    const B: usize = POINTWISE_BLOCK;
+    const B: usize = 8;
+    debug_assert_eq!(Channels::First.block(), B);
     assert!(input.len() >= channels * pixels && weights.len() >= channels * B);
     assert!(bias.len() >= B && output.len() >= B * pixels);
     for p0 in (0..pixels).step_by(2 * LANES) {
@@ -253,6 +255,73 @@ fn pointwise_avx512(
             unsafe {
                 _mm512_mask_storeu_ps(at, masks[0], acc[0]);
                 _mm512_mask_storeu_ps(at.wrapping_add(LANES), masks[1], acc[1]);
+            }
+        }
+    }
+}
+
+fn pointwise_last(
+    input: &[f32],
+    dims: (usize, usize),
+    weights: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+) {
+    // SAFETY: `detect` hands this function out only on CPUs with AVX-512F.
+    unsafe { pointwise_last_avx512(input, dims, weights, bias, output) }
+}
+
+/// 32 output channels (two registers) x 7 pixels in 14 accumulators; each
+/// input value, broadcast from memory, meets two registers of weights.
+#[target_feature(enable = "avx512f")]
+fn pointwise_last_avx512(
+    input: &[f32],
+    (channels, pixels): (usize, usize),
+    weights: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+) {
+    const B: usize = 2 * LANES;
+    const N: usize = CHANNELS_LAST_TILE;
+    debug_assert_eq!(Channels::Last.block(), B);
+    let outputs = bias.len();
+    assert!(pixels >= N && outputs.is_multiple_of(B));
+    assert!(input.len() >= pixels * channels && weights.len() >= outputs * channels);
+    assert!(output.len() >= pixels * outputs);
+    for p0 in super::tile_starts(pixels, N) {
+        let rows: [&[f32]; N] = std::array::from_fn(|n| &input[(p0 + n) * channels..][..channels]);
+        let blocks = weights.chunks_exact(channels * B).zip(bias.chunks_exact(B));
+        for (block, (weights, bias)) in blocks.enumerate() {
+            // SAFETY: a bias chunk holds B = 2 LANES values.
+            let bias = unsafe {
+                [
+                    _mm512_loadu_ps(bias.as_ptr()),
+                    _mm512_loadu_ps(bias[LANES..].as_ptr()),
+                ]
+            };
+            let mut acc = [bias; N];
+            for (c, w) in weights.chunks_exact(B).enumerate() {
+                // SAFETY: a weight chunk holds B = 2 LANES values.
+                let w = unsafe {
+                    [
+                        _mm512_loadu_ps(w.as_ptr()),
+                        _mm512_loadu_ps(w[LANES..].as_ptr()),
+                    ]
+                };
+                for (acc, row) in acc.iter_mut().zip(&rows) {
+                    // SAFETY: c < channels, the length of every row.
+                    let x = _mm512_set1_ps(unsafe { *row.get_unchecked(c) });
+                    acc[0] = _mm512_fmadd_ps(x, w[0], acc[0]);
+                    acc[1] = _mm512_fmadd_ps(x, w[1], acc[1]);
+                }
+            }
+            for (n, acc) in acc.iter().enumerate() {
+                let at = output[(p0 + n) * outputs + block * B..][..B].as_mut_ptr();
+                // SAFETY: the slice holds B = 2 LANES values.
+                unsafe {
+                    _mm512_storeu_ps(at, acc[0]);
+                    _mm512_storeu_ps(at.add(LANES), acc[1]);
+                }
             }
         }
     }
