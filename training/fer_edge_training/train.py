@@ -17,6 +17,9 @@ What it does:
 * with ``--close-up-batch N``, adds to every step N close-ups (one FER+ face filling the
   frame) at the small ``--close-up-sizes``: expression examples at a third of the cost of
   a full frame each, at the face sizes a kiosk camera delivers (a face of 96-160 px);
+* with ``--anchor-objectness W`` (and ``--init``), adds W times the divergence of every
+  cell's objectness from the ``--init`` model's on the same frames: the features can train
+  for expressions while where the detector finds faces stays put;
 * AdamW, linear warm-up then cosine decay, an exponential moving average (EMA) of the
   weights, which is what gets evaluated and exported;
 * every ``--eval-every`` iterations: mAP@0.5 and expression accuracy of the EMA model on
