@@ -16,6 +16,8 @@
 
 mod kernel;
 mod pointwise;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::Arc;
 use tract_core::ops::cnn::conv::{Conv, KernelFormat};

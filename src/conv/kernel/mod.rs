@@ -339,6 +339,7 @@ fn pack(weights: &[f32], per_output: usize, block: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv::test_support::{skip, values};
 
     /// The convolution by its definition, in f64: `[O][C][3][3]` weights,
     /// one zero of padding on every side.
@@ -372,25 +373,6 @@ mod tests {
             }
         }
         output
-    }
-
-    /// Says on the real stderr, past the harness's capture, that `test` did
-    /// not run.
-    fn skip(test: &str) {
-        use std::io::Write;
-        let why = "no direct convolution kernel for this CPU";
-        let _ = writeln!(std::io::stderr(), "\n**** SKIPPED {test}: {why} ****\n");
-    }
-
-    /// Values in [-1, 1) from a fixed sequence.
-    fn values(count: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed;
-        (0..count)
-            .map(|_| {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (state >> 8) as f32 / (1 << 23) as f32 - 1.0
-            })
-            .collect()
     }
 
     /// `kernel` on random `(channels, height, width)` images with `outputs`
