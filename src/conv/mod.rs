@@ -13,6 +13,8 @@
 //! copy, no im2col). [`DirectPointwise`] does the same for the pointwise (1x1)
 //! convolutions and the channel-first matrix products, whose inputs tract
 //! packs for its matrix kernel. Elsewhere tract's own convolution stays.
+//! The `Silu` after a replaced convolution is folded into it, applied to
+//! each block of output as it is finished.
 
 mod kernel;
 mod pointwise;
@@ -22,10 +24,13 @@ mod test_support;
 use std::sync::Arc;
 use tract_core::ops::cnn::conv::{Conv, KernelFormat};
 use tract_core::ops::cnn::PaddingSpec;
-use tract_core::ops::nn::DataFormat;
+use tract_core::ops::element_wise::ElementWiseOp;
+use tract_core::ops::nn::{DataFormat, Silu};
 use tract_hir::internal::*;
 
-pub use kernel::{pack_weights, pack_weights_1x1, Channels, Kernel, Layer, Tiling};
+pub use kernel::{
+    pack_weights, pack_weights_1x1, Activation, Channels, Kernel, Layer, PointwiseLayer, Tiling,
+};
 pub use pointwise::DirectPointwise;
 
 /// A 3x3 convolution at stride 1 or 2 of an f32 `[1, C, H, W]` or
@@ -42,6 +47,9 @@ pub struct DirectConv3x3 {
     bias: Arc<Tensor>,
     input_channels: usize,
     output_channels: usize,
+    /// Linear, or SiLU once [`use_direct_convolutions`] folds in the `Silu`
+    /// after it.
+    activation: Activation,
 }
 
 /// The output size of a 3x3 convolution padded by one along an axis of
@@ -129,6 +137,7 @@ impl DirectConv3x3 {
             bias: Arc::new(tensor1(&bias)),
             input_channels,
             output_channels,
+            activation: Activation::Linear,
         }))
     }
 }
@@ -141,15 +150,19 @@ pub struct Replaced {
     /// Pointwise convolutions and channel-first matrix products, by
     /// [`DirectPointwise`].
     pub pointwise: usize,
+    /// `Silu`s folded into the direct convolution before them.
+    pub silu: usize,
 }
 
 /// Replaces every convolution of `model` that [`DirectConv3x3`] or
-/// [`DirectPointwise`] handles, if this CPU has a kernel for it.
+/// [`DirectPointwise`] handles, if this CPU has a kernel for it, and folds
+/// the `Silu` that follows a replaced one into it.
 pub fn use_direct_convolutions(model: &mut TypedModel) -> TractResult<Replaced> {
     let Some(kernel) = Kernel::best() else {
         return Ok(Replaced {
             conv3x3: 0,
             pointwise: 0,
+            silu: 0,
         });
     };
     let mut conv3x3 = 0;
@@ -162,11 +175,58 @@ pub fn use_direct_convolutions(model: &mut TypedModel) -> TractResult<Replaced> 
         }
     }
     let pointwise = pointwise::use_direct_pointwise(model)?;
+    let silu = fold_silu(model)?;
     log::debug!(
-        "fer-edge's direct kernels ({}) run {conv3x3} 3x3 and {pointwise} pointwise convolutions",
+        "fer-edge's direct kernels ({}) run {conv3x3} 3x3 and {pointwise} pointwise \
+         convolutions, {silu} with their SiLU",
         kernel.name()
     );
-    Ok(Replaced { conv3x3, pointwise })
+    Ok(Replaced {
+        conv3x3,
+        pointwise,
+        silu,
+    })
+}
+
+/// Folds every `Silu` that is the only successor of a direct convolution
+/// (whose own output is not one of the model's) into it; returns how many.
+fn fold_silu(model: &mut TypedModel) -> TractResult<usize> {
+    let mut folded = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let with_silu: Box<dyn TypedOp> = if let Some(conv) = node.op_as::<DirectConv3x3>() {
+            Box::new(DirectConv3x3 {
+                activation: Activation::Silu,
+                ..conv.clone()
+            })
+        } else if let Some(pointwise) = node.op_as::<DirectPointwise>() {
+            let mut pointwise = pointwise.clone();
+            pointwise.activation = Activation::Silu;
+            Box::new(pointwise)
+        } else {
+            continue;
+        };
+        let ([successor], false) = (
+            &node.outputs[0].successors[..],
+            model.outputs.contains(&id.into()),
+        ) else {
+            continue;
+        };
+        let silu = model.node(successor.node);
+        if !silu
+            .op_as::<ElementWiseOp>()
+            .is_some_and(|op| op.0.is::<Silu>())
+        {
+            continue;
+        }
+        let mut patch = TypedModelPatch::default();
+        let inputs = patch.taps(model, &node.inputs)?;
+        let output = patch.wire_node(&node.name, with_silu, &inputs)?;
+        patch.shunt_outside(model, silu.id.into(), output[0])?;
+        patch.apply(model)?;
+        folded += 1;
+    }
+    Ok(folded)
 }
 
 impl Op for DirectConv3x3 {
@@ -207,6 +267,7 @@ impl EvalOp for DirectConv3x3 {
             stride: self.stride,
             weights: self.weights.try_as_plain_ram()?.as_slice::<f32>()?,
             bias: self.bias.try_as_plain_ram()?.as_slice::<f32>()?,
+            activation: self.activation,
         };
         kernel.run(
             &layer,
@@ -232,4 +293,75 @@ impl TypedOp for DirectConv3x3 {
     }
 
     as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::test_support::{run_optimised, skip, values};
+    use tract_core::ops::einsum::EinSum;
+
+    /// `x [12, 5, 7]` -> a 1x1 convolution to 16 channels (an `EinSum` and
+    /// its bias `Add`) -> `Silu`; the convolution's own output is one of the
+    /// model's too when `also_linear`.
+    fn pointwise_then_silu(also_linear: bool) -> TypedModel {
+        let mut model = TypedModel::default();
+        let constant = |shape: &[usize], seed| {
+            let count = shape.iter().product();
+            Tensor::from_shape(shape, &values(count, seed)).unwrap()
+        };
+        let x = model.add_source("x", f32::fact([12, 5, 7])).unwrap();
+        let w = model.add_const("w", constant(&[16, 12], 1)).unwrap();
+        let b = model.add_const("b", constant(&[16, 1, 1], 2)).unwrap();
+        let axes: AxesMapping = "IHW,OI->OHW".parse().unwrap();
+        let einsum = EinSum::new(axes, f32::datum_type());
+        let product = model.wire_node("conv", einsum, &[x, w]).unwrap();
+        let add = tract_core::ops::math::add();
+        let conv = model.wire_node("bias", add, &[product[0], b]).unwrap();
+        let silu = tract_core::ops::nn::silu::silu();
+        let activated = model.wire_node("silu", silu, &conv).unwrap();
+        let mut outputs = activated.to_vec();
+        if also_linear {
+            outputs.push(conv[0]);
+        }
+        model.select_output_outlets(&outputs).unwrap();
+        model
+    }
+
+    #[test]
+    fn a_silu_after_a_direct_convolution_is_folded_in() {
+        if Kernel::best().is_none() {
+            skip("a_silu_after_a_direct_convolution_is_folded_in");
+            return;
+        }
+        for also_linear in [false, true] {
+            let model = pointwise_then_silu(also_linear);
+            let mut direct = model.clone();
+            let replaced = use_direct_convolutions(&mut direct).unwrap();
+            let want = Replaced {
+                conv3x3: 0,
+                pointwise: 1,
+                silu: usize::from(!also_linear),
+            };
+            assert_eq!(replaced, want, "also_linear: {also_linear}");
+            let order = direct.eval_order().unwrap();
+            let ops: Vec<_> = order.iter().map(|&n| direct.node(n).op().name()).collect();
+            assert_eq!(
+                ops.iter().any(|op| op == "Silu"),
+                also_linear,
+                "also_linear: {also_linear}: {ops:?}"
+            );
+            let input = Tensor::from_shape(&[12, 5, 7], &values(420, 3)).unwrap();
+            let (got, want) = (run_optimised(direct, &input), run_optimised(model, &input));
+            assert_eq!(got.len(), want.len());
+            for (output, (got, want)) in got.iter().zip(&want).enumerate() {
+                for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "also_linear: {also_linear}: output {output} [{i}]: {g} against {w}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! direct [`Kernel`] instead of tract's packing and matrix product, the
 //! following bias `Add` folded in.
 
-use super::kernel::{self, Channels, Kernel, CHANNELS_LAST_TILE};
+use super::kernel::{self, Activation, Channels, Kernel, PointwiseLayer, CHANNELS_LAST_TILE};
 use std::sync::Arc;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::einsum::EinSum;
@@ -28,6 +28,9 @@ pub struct DirectPointwise {
     output_channels: usize,
     /// The replaced node's output shape, with its size-1 axes.
     output_shape: TVec<usize>,
+    /// Linear, or SiLU once [`super::use_direct_convolutions`] folds in the
+    /// `Silu` after it.
+    pub(super) activation: Activation,
 }
 
 /// Where one of an `EinSum`'s axes lies in its activations, weights and
@@ -152,6 +155,7 @@ impl DirectPointwise {
                 input_channels,
                 output_channels,
                 output_shape,
+                activation: Activation::Linear,
             },
             node.inputs[a],
             replaced,
@@ -326,12 +330,16 @@ impl EvalOp for DirectPointwise {
         // SAFETY: f32 has no invalid bit patterns, and the kernel writes every
         // output element.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&self.output_shape)? };
+        let layer = PointwiseLayer {
+            channels: self.channels,
+            weights: self.weights.try_as_plain_ram()?.as_slice::<f32>()?,
+            bias: self.bias.try_as_plain_ram()?.as_slice::<f32>()?,
+            activation: self.activation,
+        };
         kernel.run_pointwise(
-            self.channels,
+            &layer,
             input.try_as_plain_ram()?.as_slice::<f32>()?,
             (self.input_channels, pixels),
-            self.weights.try_as_plain_ram()?.as_slice::<f32>()?,
-            self.bias.try_as_plain_ram()?.as_slice::<f32>()?,
             output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
         );
         Ok(tvec!(output.into_tvalue()))
@@ -349,7 +357,7 @@ impl TypedOp for DirectPointwise {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::test_support::{skip, values};
+    use crate::conv::test_support::{run_optimised, skip, values};
 
     #[test]
     fn kernels_compute_the_products() {
@@ -376,7 +384,13 @@ mod tests {
             let bias = values(m, 200 + seed as u32);
             let mut output = vec![f32::NAN; m * p];
             let packed = kernel::pack_weights_1x1(&weights, k, channels);
-            kernel.run_pointwise(channels, &input, (k, p), &packed, &bias, &mut output);
+            let layer = PointwiseLayer {
+                channels,
+                weights: &packed,
+                bias: &bias,
+                activation: Activation::Linear,
+            };
+            kernel.run_pointwise(&layer, &input, (k, p), &mut output);
             let first = channels == Channels::First;
             for (i, &got) in output.iter().enumerate() {
                 let (o, pixel) = if first {
@@ -431,21 +445,6 @@ mod tests {
             model.select_output_outlets(&out).unwrap();
             model
         }
-    }
-
-    /// Runs `model` on `input`, optimised by tract (with the CPU kernels
-    /// fer-edge selects, before tract's first look at the CPU fixes them for
-    /// the whole test process).
-    fn run(model: TypedModel, input: &Tensor) -> Vec<f32> {
-        crate::device::avoid_faulty_cpu_kernels();
-        let plan = model.into_optimized().unwrap().into_runnable().unwrap();
-        let output = plan.run(tvec!(input.clone().into_tvalue())).unwrap();
-        output[0]
-            .try_as_plain_ram()
-            .unwrap()
-            .as_slice::<f32>()
-            .unwrap()
-            .to_vec()
     }
 
     #[test]
@@ -541,7 +540,8 @@ mod tests {
             }
             let count = case.input.iter().product();
             let input = Tensor::from_shape(case.input, &values(count, 3)).unwrap();
-            let (got, want) = (run(direct, &input), run(model, &input));
+            let got = run_optimised(direct, &input).swap_remove(0);
+            let want = run_optimised(model, &input).swap_remove(0);
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(

@@ -1,7 +1,7 @@
 //! The direct convolution's kernels, one per instruction set (x86_64:
 //! AVX-512F), in two tilings ([`Tiling`]), and what they share: the weights'
-//! order, the zero-padded input copy and the split of the work over tract's
-//! threads.
+//! order, the zero-padded input copy, the [`Activation`] applied to each
+//! finished block and the split of the work over tract's threads.
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
@@ -9,6 +9,7 @@ mod x86_64;
 use x86_64::detect;
 
 use crate::infer::on_tract_threads;
+use std::cell::RefCell;
 
 /// No direct kernel on other CPUs: tract's convolution stays there. (A NEON
 /// version of the row-pixel loop executed 1.03x the instructions of tract's
@@ -107,14 +108,38 @@ struct OutputTiles {
 /// `[16, height, width]` for the tiles' output size.
 type OutputChannelsFn = fn(&[f32], (usize, usize, usize), OutputTiles, &[f32], &[f32], &mut [f32]);
 
+/// What a layer applies to its sums before they leave it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Nothing: the sums are the output.
+    Linear,
+    /// SiLU, `x * sigmoid(x)`: the model's convolution blocks end with it.
+    /// Applied to each thread task's output block while it is in cache,
+    /// rather than by a pass of its own over the whole map.
+    Silu,
+}
+
 /// A layer's parameters for [`Kernel::run`]: its tiling, stride, weights
-/// from [`pack_weights`] for that tiling and one bias per output channel.
+/// from [`pack_weights`] for that tiling, one bias per output channel and
+/// its activation.
 #[derive(Clone, Copy, Debug)]
 pub struct Layer<'a> {
     pub tiling: Tiling,
     pub stride: usize,
     pub weights: &'a [f32],
     pub bias: &'a [f32],
+    pub activation: Activation,
+}
+
+/// A pointwise layer's parameters for [`Kernel::run_pointwise`]: where its
+/// channels lie, its weights from [`pack_weights_1x1`] for that layout, one
+/// bias per output channel and its activation.
+#[derive(Clone, Copy, Debug)]
+pub struct PointwiseLayer<'a> {
+    pub channels: Channels,
+    pub weights: &'a [f32],
+    pub bias: &'a [f32],
+    pub activation: Activation,
 }
 
 /// Where a pointwise convolution's channels lie in its input and output.
@@ -154,6 +179,10 @@ const CHANNELS_LAST_TASK: usize = 8 * CHANNELS_LAST_TILE;
 /// their `[P, M]`).
 type PointwiseFn = fn(&[f32], (usize, usize), &[f32], &[f32], &mut [f32]);
 
+/// Replaces every value of a slice by its SiLU, `x / (1 + exp(-x))`, to
+/// within a few units in the last place of f32.
+type SiluFn = fn(&mut [f32]);
+
 /// The direct convolution kernels for this CPU.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
@@ -162,6 +191,7 @@ pub struct Kernel {
     output_channels: OutputChannelsFn,
     pointwise_first: PointwiseFn,
     pointwise_last: PointwiseFn,
+    silu: SiluFn,
 }
 
 impl Kernel {
@@ -174,6 +204,14 @@ impl Kernel {
     /// The kernels' instruction set, for logs.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// Applies `activation` to a finished output block.
+    fn activate(&self, activation: Activation, output: &mut [f32]) {
+        match activation {
+            Activation::Linear => {}
+            Activation::Silu => (self.silu)(output),
+        }
     }
 
     /// Convolves `input` (`[C, H, W]`, `(C, H, W)` as given) into `output`
@@ -193,6 +231,7 @@ impl Kernel {
             stride,
             weights,
             bias,
+            activation,
         } = *layer;
         let out = ((height - 1) / stride + 1, (width - 1) / stride + 1);
         assert_eq!(
@@ -224,10 +263,11 @@ impl Kernel {
             .collect();
         match tiling {
             Tiling::RowPixels => on_tract_threads(tasks, |((output, weights), bias)| {
-                (self.row_pixels)(input, (channels, height, width), weights, bias, output)
+                (self.row_pixels)(input, (channels, height, width), weights, bias, output);
+                self.activate(activation, output);
             }),
-            Tiling::OutputChannels => {
-                let padded = zero_padded(input, (channels, height, width));
+            Tiling::OutputChannels => with_padded_input_buffer(|padded| {
+                zero_padded(input, (channels, height, width), padded);
                 let padded_dims = (channels, height + 2, width + 2);
                 let tiles = OutputTiles {
                     stride,
@@ -235,27 +275,31 @@ impl Kernel {
                     tile: output_channel_tile(out.0, out.1).expect("checked by for_conv"),
                 };
                 on_tract_threads(tasks, |((output, weights), bias)| {
-                    (self.output_channels)(&padded, padded_dims, tiles, weights, bias, output)
+                    (self.output_channels)(padded, padded_dims, tiles, weights, bias, output);
+                    self.activate(activation, output);
                 })
-            }
+            }),
         }
     }
 }
 
 impl Kernel {
     /// The pointwise convolution of `input` (`[K, P]` or `[P, K]` as
-    /// `channels` says, `(K, P)` as given) into `output` (`[M, P]` or `[P,
-    /// M]`) with `weights` from [`pack_weights_1x1`] for that layout and one
-    /// bias per output channel, on the current tract executor's threads.
+    /// `layer.channels` says, `(K, P)` as given) into `output` (`[M, P]` or
+    /// `[P, M]`) as `layer` says, on the current tract executor's threads.
     pub fn run_pointwise(
         &self,
-        channels: Channels,
+        layer: &PointwiseLayer,
         input: &[f32],
         (input_channels, pixels): (usize, usize),
-        weights: &[f32],
-        bias: &[f32],
         output: &mut [f32],
     ) {
+        let PointwiseLayer {
+            channels,
+            weights,
+            bias,
+            activation,
+        } = *layer;
         let (k, m, block) = (input_channels, bias.len(), channels.block());
         assert_eq!(input.len(), k * pixels, "input is not K x P");
         assert_eq!(weights.len(), m * k, "weights are not M x K");
@@ -269,7 +313,8 @@ impl Kernel {
                     .zip(bias.chunks(block))
                     .collect();
                 on_tract_threads(tasks, |((output, weights), bias)| {
-                    (self.pointwise_first)(input, (k, pixels), weights, bias, output)
+                    (self.pointwise_first)(input, (k, pixels), weights, bias, output);
+                    self.activate(activation, output);
                 });
             }
             Channels::Last => {
@@ -291,17 +336,41 @@ impl Kernel {
                     (input, output) = (rest, rest_output);
                 }
                 on_tract_threads(tasks, |(input, output, rows)| {
-                    (self.pointwise_last)(input, (k, rows), weights, bias, output)
+                    (self.pointwise_last)(input, (k, rows), weights, bias, output);
+                    self.activate(activation, output);
                 });
             }
         }
     }
 }
 
-/// `input` (`[C, H, W]`) with one zero on every side: `[C, H + 2, W + 2]`.
-fn zero_padded(input: &[f32], (channels, height, width): (usize, usize, usize)) -> Vec<f32> {
+thread_local! {
+    /// [`Tiling::OutputChannels`]' zero-padded input copy, kept from one
+    /// layer to the next (and one frame to the next) by the thread that
+    /// runs the model, so that no frame allocates it again.
+    static PADDED_INPUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Calls `f` with this thread's [`PADDED_INPUT`], or with a new buffer if
+/// a run further up this thread's stack holds it (a rayon worker that took
+/// up another model's run while it waited).
+fn with_padded_input_buffer<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    PADDED_INPUT.with(|buffer| match buffer.try_borrow_mut() {
+        Ok(mut buffer) => f(&mut buffer),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// Makes `padded` `input` (`[C, H, W]`) with one zero on every side: `[C,
+/// H + 2, W + 2]`.
+fn zero_padded(
+    input: &[f32],
+    (channels, height, width): (usize, usize, usize),
+    padded: &mut Vec<f32>,
+) {
     let padded_width = width + 2;
-    let mut padded = vec![0.0; channels * (height + 2) * padded_width];
+    padded.clear();
+    padded.resize(channels * (height + 2) * padded_width, 0.0);
     let planes = padded.chunks_exact_mut((height + 2) * padded_width);
     for (padded, plane) in planes.zip(input.chunks_exact(height * width)) {
         let rows = padded[padded_width..].chunks_exact_mut(padded_width);
@@ -309,7 +378,6 @@ fn zero_padded(input: &[f32], (channels, height, width): (usize, usize, usize)) 
             padded[1..=width].copy_from_slice(row);
         }
     }
-    padded
 }
 
 /// `[O][C][3][3]` weights in `tiling`'s order, `[O / B][C][9][B]` for
@@ -393,6 +461,7 @@ mod tests {
                 stride,
                 weights: &weights_packed,
                 bias: &bias,
+                activation: Activation::Linear,
             };
             kernel.run(&layer, &input, dims, &mut output);
             let want = by_definition(&input, dims, stride, &weights, &bias);
@@ -446,6 +515,100 @@ mod tests {
     }
 
     #[test]
+    fn silu_is_x_times_its_sigmoid() {
+        let Some(kernel) = Kernel::best() else {
+            skip("silu_is_x_times_its_sigmoid");
+            return;
+        };
+        // A sweep past where exp(-x) overflows, both zeros, the smallest
+        // normal and the extremes; 1,003 values, so a masked tail too.
+        let mut x: Vec<f32> = (-500..=500).map(|i| i as f32 * 0.24).collect();
+        x.extend([
+            0.0,
+            -0.0,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
+            88.7,
+            -88.7,
+        ]);
+        let mut got = x.clone();
+        (kernel.silu)(&mut got);
+        for (&x, &got) in x.iter().zip(&got) {
+            let x = f64::from(x);
+            let want = x / (1.0 + (-x).exp());
+            assert!(
+                // (below x = -88.7, exp(-x) overflows f32 and the result is
+                // -0, against a true value under 1e-35)
+                (f64::from(got) - want).abs() <= 1e-6 * want.abs() + 1e-35,
+                "silu({x}) is {got}, expected {want}"
+            );
+        }
+        let mut nan = [f32::NAN];
+        (kernel.silu)(&mut nan);
+        assert!(nan[0].is_nan());
+    }
+
+    #[test]
+    fn silu_activation_reaches_every_output() {
+        let Some(kernel) = Kernel::best() else {
+            skip("silu_activation_reaches_every_output");
+            return;
+        };
+        let silu = |x: f32| f64::from(x) / (1.0 + (-f64::from(x)).exp());
+        let compare = |linear: &[f32], activated: &[f32], what: &str| {
+            for (i, (&l, &a)) in linear.iter().zip(activated).enumerate() {
+                let want = silu(l);
+                assert!(
+                    (f64::from(a) - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "{what}: element {i} is {a}, expected silu({l}) = {want}"
+                );
+            }
+        };
+        // Both tilings, outputs with overlapping tiles.
+        for (tiling, (channels, height, width), stride) in [
+            (Tiling::RowPixels, (5, 3, 29), 1),
+            (Tiling::OutputChannels, (5, 9, 11), 2),
+        ] {
+            let out_plane = ((height - 1) / stride + 1) * ((width - 1) / stride + 1);
+            let weights = pack_weights(&values(16 * channels * 9, 4), channels, tiling);
+            let (input, bias) = (values(channels * height * width, 5), values(16, 6));
+            let run = |activation| {
+                let layer = Layer {
+                    tiling,
+                    stride,
+                    weights: &weights,
+                    bias: &bias,
+                    activation,
+                };
+                let mut output = vec![f32::NAN; 16 * out_plane];
+                kernel.run(&layer, &input, (channels, height, width), &mut output);
+                output
+            };
+            let what = format!("{tiling:?}");
+            compare(&run(Activation::Linear), &run(Activation::Silu), &what);
+        }
+        // Both pointwise layouts, pixel counts that leave partial tiles.
+        for (channels, k, p) in [(Channels::First, 6, 45), (Channels::Last, 6, 66)] {
+            let weights = pack_weights_1x1(&values(64 * k, 7), k, channels);
+            let (input, bias) = (values(k * p, 8), values(64, 9));
+            let run = |activation| {
+                let layer = PointwiseLayer {
+                    channels,
+                    weights: &weights,
+                    bias: &bias,
+                    activation,
+                };
+                let mut output = vec![f32::NAN; 64 * p];
+                kernel.run_pointwise(&layer, &input, (k, p), &mut output);
+                output
+            };
+            let what = format!("{channels:?}");
+            compare(&run(Activation::Linear), &run(Activation::Silu), &what);
+        }
+    }
+
+    #[test]
     fn tilings_cover_what_they_should() {
         assert_eq!(Tiling::for_conv(1, 28, (28, 28)), Some(Tiling::RowPixels));
         assert_eq!(
@@ -485,6 +648,7 @@ mod tests {
                 stride,
                 weights: &weights,
                 bias: &bias,
+                activation: Activation::Linear,
             };
             let run = |executor| {
                 let mut output = vec![0.0; 32 * out_plane];
@@ -516,7 +680,9 @@ mod tests {
     #[test]
     fn padding_surrounds_each_plane_with_zeros() {
         let input: Vec<f32> = (1..=12).map(|v| v as f32).collect();
-        let padded = zero_padded(&input, (2, 2, 3));
+        // what an earlier, larger layer left in the buffer
+        let mut padded = vec![f32::NAN; 100];
+        zero_padded(&input, (2, 2, 3), &mut padded);
         #[rustfmt::skip]
         let want = [
             0., 0., 0., 0., 0.,
