@@ -2,11 +2,13 @@
 //! thing (the SS2D blocks' projections): `out[m][p] = bias[m] + sum_k
 //! weights[m][k] in[k][p]` over the pixels p of an image whose channels come
 //! first (`[K, P]`, as the convolutions and `x_proj` have them) or last
-//! (`[P, K]`, the token-major `in_proj` and `out_proj`), computed by the
+//! (`[P, K]`, the token-major `in_proj` and `out_proj`; also into a
+//! channel-first output, where a product's result is permuted into a
+//! feature map), computed by the
 //! direct [`Kernel`] instead of tract's packing and matrix product, the
 //! following bias `Add` folded in.
 
-use super::kernel::{self, Activation, Channels, Kernel, PointwiseLayer, CHANNELS_LAST_TILE};
+use super::kernel::{self, Activation, Channels, Kernel, PointwiseLayer};
 use std::sync::Arc;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::einsum::EinSum;
@@ -14,7 +16,8 @@ use tract_core::ops::math::Add;
 use tract_hir::internal::*;
 
 /// A pointwise convolution of an f32 input (`[K, P...]` or `[P..., K]`, with
-/// any size-1 axes around) into `[M, P...]` or `[P..., M]`, with a bias: a decluttered
+/// any size-1 axes around) into `[M, P...]` (from either) or `[P..., M]`
+/// (from `[P..., K]`), with a bias: a decluttered
 /// `EinSum` with constant weights (and the `Add` of a constant bias after
 /// it), computed by the direct [`Kernel`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,8 +51,9 @@ impl DirectPointwise {
     /// after it, if there is one to fold in), if it is one this module
     /// handles: f32, two inputs, constant `[M, K]` or `[K, M]` weights, one
     /// contracted axis, up to size-1 axes the activations `[K, pixels]` and
-    /// the output `[M, pixels]` or both channels-last, M a whole number of
-    /// the kernel's blocks (and at least a tile of pixels channels-last).
+    /// the output `[M, pixels]`, or the activations channels-last and the
+    /// output either way, M a whole number of the kernel's blocks, and at
+    /// least a tile of pixels ([`Channels::min_pixels`]).
     fn for_node(
         model: &TypedModel,
         node: &TypedNode,
@@ -115,7 +119,7 @@ impl DirectPointwise {
         };
         let (input_channels, output_channels) = (layout.k.size, layout.m.size);
         if output_channels % layout.channels.block() != 0
-            || (layout.channels == Channels::Last && layout.pixels < CHANNELS_LAST_TILE)
+            || layout.pixels < layout.channels.min_pixels()
         {
             return Ok(None);
         }
@@ -206,7 +210,7 @@ impl<'a> Layout<'a> {
         }
         // Ignoring size-1 axes, the activations are k and the pixels, the
         // output m and the same pixels in the same order, the channel axis
-        // first on both sides or last on both.
+        // first on both sides, last on both, or last in and first out.
         let order = |place: fn(&AxisPlace) -> Option<usize>, channel: &AxisPlace| {
             let mut axes: Vec<(usize, usize)> = std::iter::once(channel)
                 .chain(pixels.iter().copied())
@@ -223,6 +227,8 @@ impl<'a> Layout<'a> {
             Channels::First
         } else if input == last && output == last {
             Channels::Last
+        } else if input == last && output == first {
+            Channels::LastToFirst
         } else {
             return None;
         };
@@ -377,6 +383,11 @@ mod tests {
             (Channels::Last, 5, 64, 50),
             (Channels::Last, 64, 32, 62),
             (Channels::Last, 1, 96, 69),
+            (Channels::LastToFirst, 128, 256, 784),
+            (Channels::LastToFirst, 3, 16, 14),
+            (Channels::LastToFirst, 5, 32, 50),
+            (Channels::LastToFirst, 64, 16, 62),
+            (Channels::LastToFirst, 1, 48, 15),
         ];
         for (seed, &(channels, k, m, p)) in cases.iter().enumerate() {
             let input = values(k * p, seed as u32);
@@ -391,14 +402,21 @@ mod tests {
                 activation: Activation::Linear,
             };
             kernel.run_pointwise(&layer, &input, (k, p), &mut output);
-            let first = channels == Channels::First;
+            let input_first = channels == Channels::First;
+            let output_first = channels != Channels::Last;
             for (i, &got) in output.iter().enumerate() {
-                let (o, pixel) = if first {
+                let (o, pixel) = if output_first {
                     (i / p, i % p)
                 } else {
                     (i % m, i / m)
                 };
-                let x = |c: usize| input[if first { c * p + pixel } else { pixel * k + c }];
+                let x = |c: usize| {
+                    input[if input_first {
+                        c * p + pixel
+                    } else {
+                        pixel * k + c
+                    }]
+                };
                 let want = f64::from(bias[o])
                     + (0..k)
                         .map(|c| f64::from(weights[o * k + c]) * f64::from(x(c)))
@@ -509,10 +527,29 @@ mod tests {
                 None,
                 true,
             ),
-            // token-major in, channel-first out: tract keeps it
+            // token-major in, channel-first out: the fuse convolution's
+            // half from the scan's tokens
+            case(
+                "NHWI,OI->NOHW",
+                &[1, 4, 7, 16],
+                &[32, 16],
+                false,
+                Some(&[1, 32, 1, 1]),
+                true,
+            ),
+            // the in_proj half permuted into a channel-first map
             case(
                 "abmk,kn->anbm",
                 &[1, 4, 7, 16],
+                &[16, 64],
+                false,
+                None,
+                true,
+            ),
+            // the same with fewer pixels than a tile: tract keeps it
+            case(
+                "abmk,kn->anbm",
+                &[1, 2, 6, 16],
                 &[16, 64],
                 false,
                 None,

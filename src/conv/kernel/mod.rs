@@ -151,6 +151,11 @@ pub enum Channels {
     /// `[P, K]` in, `[P, M]` out: 32 output channels (two registers) x 7
     /// pixels a tile, each input value broadcast into 2 multiply-adds.
     Last,
+    /// `[P, K]` in, `[M, P]` out (tokens into a channel-first map): 16
+    /// output channels (a register) x 14 pixels a tile, each input value
+    /// broadcast into a multiply-add, the finished tile scattered to the 16
+    /// output rows.
+    LastToFirst,
 }
 
 impl Channels {
@@ -160,13 +165,26 @@ impl Channels {
         match self {
             Channels::First => 8,
             Channels::Last => 32,
+            Channels::LastToFirst => 16,
+        }
+    }
+
+    /// The fewest pixels the layout handles: a tile's (none for
+    /// [`Channels::First`], whose tiles are masked).
+    pub fn min_pixels(self) -> usize {
+        match self {
+            Channels::First => 1,
+            Channels::Last => CHANNELS_LAST_TILE,
+            Channels::LastToFirst => LAST_TO_FIRST_TILE,
         }
     }
 }
 
-/// Pixels a [`Channels::Last`] tile computes together: the fewest pixels
-/// that layout handles.
+/// Pixels a [`Channels::Last`] tile computes together.
 pub const CHANNELS_LAST_TILE: usize = 7;
+
+/// Pixels a [`Channels::LastToFirst`] tile computes together.
+pub const LAST_TO_FIRST_TILE: usize = 14;
 
 /// Pixel rows a [`Channels::Last`] thread task computes (8 tiles).
 const CHANNELS_LAST_TASK: usize = 8 * CHANNELS_LAST_TILE;
@@ -174,6 +192,8 @@ const CHANNELS_LAST_TASK: usize = 8 * CHANNELS_LAST_TILE;
 /// Computes a pointwise convolution: for [`Channels::First`], one block of 8
 /// output channels (`input` `[K, P]` with `(K, P)` as given, `weights` the
 /// block's `[K][8]`, `bias` its 8 values, `output` its `[8, P]`); for
+/// [`Channels::LastToFirst`] the same with `input` `[P, K]` and blocks of
+/// 16; for
 /// [`Channels::Last`], every output channel of some pixels (`input` their
 /// `[P, K]`, `weights` all `[M / 32][K][32]`, `bias` all M values, `output`
 /// their `[P, M]`).
@@ -191,6 +211,7 @@ pub struct Kernel {
     output_channels: OutputChannelsFn,
     pointwise_first: PointwiseFn,
     pointwise_last: PointwiseFn,
+    pointwise_last_to_first: PointwiseFn,
     silu: SiluFn,
 }
 
@@ -305,20 +326,25 @@ impl Kernel {
         assert_eq!(weights.len(), m * k, "weights are not M x K");
         assert_eq!(output.len(), m * pixels, "output is not M x P");
         assert_eq!(m % block, 0, "output channels are not whole blocks");
+        assert!(pixels >= channels.min_pixels(), "fewer pixels than a tile");
         match channels {
-            Channels::First => {
+            Channels::First | Channels::LastToFirst => {
+                let block_kernel = if channels == Channels::First {
+                    self.pointwise_first
+                } else {
+                    self.pointwise_last_to_first
+                };
                 let tasks: Vec<_> = output
                     .chunks_mut(block * pixels)
                     .zip(weights.chunks(block * k))
                     .zip(bias.chunks(block))
                     .collect();
                 on_tract_threads(tasks, |((output, weights), bias)| {
-                    (self.pointwise_first)(input, (k, pixels), weights, bias, output);
+                    block_kernel(input, (k, pixels), weights, bias, output);
                     self.activate(activation, output);
                 });
             }
             Channels::Last => {
-                assert!(pixels >= CHANNELS_LAST_TILE, "fewer pixels than a tile");
                 // Runs of CHANNELS_LAST_TASK pixels, the last one taking the
                 // remainder when it would be shorter than a tile.
                 let mut tasks = Vec::new();
@@ -588,8 +614,12 @@ mod tests {
             let what = format!("{tiling:?}");
             compare(&run(Activation::Linear), &run(Activation::Silu), &what);
         }
-        // Both pointwise layouts, pixel counts that leave partial tiles.
-        for (channels, k, p) in [(Channels::First, 6, 45), (Channels::Last, 6, 66)] {
+        // Every pointwise layout, pixel counts that leave partial tiles.
+        for (channels, k, p) in [
+            (Channels::First, 6, 45),
+            (Channels::Last, 6, 66),
+            (Channels::LastToFirst, 6, 45),
+        ] {
             let weights = pack_weights_1x1(&values(64 * k, 7), k, channels);
             let (input, bias) = (values(k * p, 8), values(64, 9));
             let run = |activation| {

@@ -12,7 +12,7 @@
 //!
 //! SiLU: 16 values a step, `exp` from a power of two and a polynomial.
 
-use super::{Channels, Kernel, OutputTiles, Tiling, CHANNELS_LAST_TILE};
+use super::{Channels, Kernel, OutputTiles, Tiling, CHANNELS_LAST_TILE, LAST_TO_FIRST_TILE};
 use std::arch::x86_64::*;
 
 /// f32 lanes of a register.
@@ -29,6 +29,7 @@ pub(super) fn detect() -> Option<Kernel> {
         output_channels,
         pointwise_first,
         pointwise_last,
+        pointwise_last_to_first,
         silu,
     })
 }
@@ -326,6 +327,62 @@ fn pointwise_last_avx512(
                     _mm512_storeu_ps(at.add(LANES), acc[1]);
                 }
             }
+        }
+    }
+}
+
+fn pointwise_last_to_first(
+    input: &[f32],
+    dims: (usize, usize),
+    weights: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+) {
+    // SAFETY: `detect` hands this function out only on CPUs with AVX-512F.
+    unsafe { pointwise_last_to_first_avx512(input, dims, weights, bias, output) }
+}
+
+/// 16 output channels (a register) x 14 pixels in 14 accumulators; each
+/// input value, broadcast from memory, meets the register of weights, and
+/// the finished tile is scattered to the 16 output rows.
+#[target_feature(enable = "avx512f")]
+fn pointwise_last_to_first_avx512(
+    input: &[f32],
+    (channels, pixels): (usize, usize),
+    weights: &[f32],
+    bias: &[f32],
+    output: &mut [f32],
+) {
+    const N: usize = LAST_TO_FIRST_TILE;
+    debug_assert_eq!(Channels::LastToFirst.block(), LANES);
+    assert!(pixels >= N);
+    assert!(input.len() >= pixels * channels && weights.len() >= channels * LANES);
+    assert!(bias.len() >= LANES && output.len() >= LANES * pixels);
+    assert!(LANES * pixels <= i32::MAX as usize);
+    // SAFETY: `bias` holds at least LANES values (asserted).
+    let bias = unsafe { _mm512_loadu_ps(bias.as_ptr()) };
+    // Offsets of the 16 output channels' rows, for the scatter.
+    let rows_out = _mm512_mullo_epi32(
+        _mm512_set1_epi32(pixels as i32),
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+    );
+    for p0 in super::tile_starts(pixels, N) {
+        let rows: [&[f32]; N] = std::array::from_fn(|n| &input[(p0 + n) * channels..][..channels]);
+        let mut acc = [bias; N];
+        for (c, w) in weights.chunks_exact(LANES).take(channels).enumerate() {
+            // SAFETY: a weight chunk holds LANES values.
+            let w = unsafe { _mm512_loadu_ps(w.as_ptr()) };
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                // SAFETY: c < channels, the length of every row.
+                let x = _mm512_set1_ps(unsafe { *row.get_unchecked(c) });
+                *acc = _mm512_fmadd_ps(x, w, *acc);
+            }
+        }
+        for (n, acc) in acc.iter().enumerate() {
+            let at = output[p0 + n..].as_mut_ptr();
+            // SAFETY: lane j writes output channel j's row, at most
+            // (LANES - 1) rows past `at`, inside `output` (asserted).
+            unsafe { _mm512_i32scatter_ps::<4>(at.cast(), rows_out, *acc) };
         }
     }
 }
