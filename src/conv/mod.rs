@@ -298,31 +298,23 @@ impl TypedOp for DirectConv3x3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::test_support::{run_optimised, skip, values};
-    use tract_core::ops::einsum::EinSum;
+    use crate::conv::test_support::{assert_close, pointwise_model, run_optimised, skip, values};
 
     /// `x [12, 5, 7]` -> a 1x1 convolution to 16 channels (an `EinSum` and
     /// its bias `Add`) -> `Silu`; the convolution's own output is one of the
     /// model's too when `also_linear`.
     fn pointwise_then_silu(also_linear: bool) -> TypedModel {
-        let mut model = TypedModel::default();
-        let constant = |shape: &[usize], seed| {
-            let count = shape.iter().product();
-            Tensor::from_shape(shape, &values(count, seed)).unwrap()
-        };
-        let x = model.add_source("x", f32::fact([12, 5, 7])).unwrap();
-        let w = model.add_const("w", constant(&[16, 12], 1)).unwrap();
-        let b = model.add_const("b", constant(&[16, 1, 1], 2)).unwrap();
-        let axes: AxesMapping = "IHW,OI->OHW".parse().unwrap();
-        let einsum = EinSum::new(axes, f32::datum_type());
-        let product = model.wire_node("conv", einsum, &[x, w]).unwrap();
-        let add = tract_core::ops::math::add();
-        let conv = model.wire_node("bias", add, &[product[0], b]).unwrap();
+        let (mut model, conv) = pointwise_model(
+            "IHW,OI->OHW",
+            &[12, 5, 7],
+            &[16, 12],
+            false,
+            Some(&[16, 1, 1]),
+        );
         let silu = tract_core::ops::nn::silu::silu();
-        let activated = model.wire_node("silu", silu, &conv).unwrap();
-        let mut outputs = activated.to_vec();
+        let mut outputs = model.wire_node("silu", silu, &[conv]).unwrap().to_vec();
         if also_linear {
-            outputs.push(conv[0]);
+            outputs.push(conv);
         }
         model.select_output_outlets(&outputs).unwrap();
         model
@@ -355,12 +347,11 @@ mod tests {
             let (got, want) = (run_optimised(direct, &input), run_optimised(model, &input));
             assert_eq!(got.len(), want.len());
             for (output, (got, want)) in got.iter().zip(&want).enumerate() {
-                for (i, (g, w)) in got.iter().zip(want).enumerate() {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                        "also_linear: {also_linear}: output {output} [{i}]: {g} against {w}"
-                    );
-                }
+                assert_close(
+                    got,
+                    want,
+                    &format!("also_linear: {also_linear}: output {output}"),
+                );
             }
         }
     }

@@ -168,7 +168,7 @@ impl DirectPointwise {
 }
 
 /// The contracted axis k and the output-channel axis m of a pointwise
-/// `EinSum`, and where the channels lie, the same on both sides.
+/// `EinSum`, and where the channels lie on each side.
 struct Layout<'a> {
     k: &'a AxisPlace,
     m: &'a AxisPlace,
@@ -363,7 +363,7 @@ impl TypedOp for DirectPointwise {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::test_support::{run_optimised, skip, values};
+    use crate::conv::test_support::{assert_close, pointwise_model, run_optimised, skip, values};
 
     #[test]
     fn kernels_compute_the_products() {
@@ -444,23 +444,14 @@ mod tests {
 
     impl Case {
         fn model(&self) -> TypedModel {
-            let mut model = TypedModel::default();
-            let x = model.add_source("x", f32::fact(self.input)).unwrap();
-            let count = self.weights.iter().product();
-            let w = Tensor::from_shape(self.weights, &values(count, 7)).unwrap();
-            let w = model.add_const("w", w).unwrap();
-            let inputs = if self.weights_first { [w, x] } else { [x, w] };
-            let axes: AxesMapping = self.formula.parse().unwrap();
-            let op = EinSum::new(axes, f32::datum_type());
-            let mut out = model.wire_node("einsum", op, &inputs).unwrap();
-            if let Some(shape) = self.bias {
-                let count = shape.iter().product();
-                let b = Tensor::from_shape(shape, &values(count, 9)).unwrap();
-                let b = model.add_const("b", b).unwrap();
-                let add = tract_core::ops::math::add();
-                out = model.wire_node("bias", add, &[out[0], b]).unwrap();
-            }
-            model.select_output_outlets(&out).unwrap();
+            let (mut model, output) = pointwise_model(
+                self.formula,
+                self.input,
+                self.weights,
+                self.weights_first,
+                self.bias,
+            );
+            model.select_output_outlets(&[output]).unwrap();
             model
         }
     }
@@ -579,13 +570,7 @@ mod tests {
             let input = Tensor::from_shape(case.input, &values(count, 3)).unwrap();
             let got = run_optimised(direct, &input).swap_remove(0);
             let want = run_optimised(model, &input).swap_remove(0);
-            assert_eq!(got.len(), want.len());
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                    "{formula} [{i}]: {g} against {w}"
-                );
-            }
+            assert_close(&got, &want, formula);
         }
     }
 }

@@ -1,6 +1,8 @@
-//! What the direct kernels' unit tests share: their inputs, how they run a
-//! model through tract and how they say they did not run.
+//! What the direct kernels' unit tests share: their inputs, the pointwise
+//! models they build, how they run a model through tract, how they compare
+//! outputs and how they say they did not run.
 
+use tract_core::ops::einsum::EinSum;
 use tract_hir::internal::*;
 
 /// Says on the real stderr, past the harness's capture, that `test` did not
@@ -36,4 +38,46 @@ pub fn run_optimised(model: TypedModel, input: &Tensor) -> Vec<Vec<f32>> {
             output.as_slice::<f32>().unwrap().to_vec()
         })
         .collect()
+}
+
+/// A model of one pointwise `EinSum` (`formula`) of a source shaped `input`
+/// and constant weights shaped `weights` (the first operand when
+/// `weights_first`), then a constant `Add` shaped `bias` if given: the model,
+/// with no output selected yet, and the last node's output.
+pub fn pointwise_model(
+    formula: &str,
+    input: &[usize],
+    weights: &[usize],
+    weights_first: bool,
+    bias: Option<&[usize]>,
+) -> (TypedModel, OutletId) {
+    let constant = |shape: &[usize], seed| {
+        let count = shape.iter().product();
+        Tensor::from_shape(shape, &values(count, seed)).unwrap()
+    };
+    let mut model = TypedModel::default();
+    let x = model.add_source("x", f32::fact(input)).unwrap();
+    let w = model.add_const("w", constant(weights, 7)).unwrap();
+    let inputs = if weights_first { [w, x] } else { [x, w] };
+    let axes: AxesMapping = formula.parse().unwrap();
+    let op = EinSum::new(axes, f32::datum_type());
+    let mut out = model.wire_node("einsum", op, &inputs).unwrap()[0];
+    if let Some(shape) = bias {
+        let b = model.add_const("b", constant(shape, 9)).unwrap();
+        let add = tract_core::ops::math::add();
+        out = model.wire_node("bias", add, &[out, b]).unwrap()[0];
+    }
+    (model, out)
+}
+
+/// Asserts that `got` is `want` within what a different summation order
+/// may change (1e-5, relative above 1).
+pub fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+            "{what} [{i}]: {g} against {w}"
+        );
+    }
 }
