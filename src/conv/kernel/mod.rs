@@ -181,10 +181,10 @@ impl Channels {
 }
 
 /// Pixels a [`Channels::Last`] tile computes together.
-pub const CHANNELS_LAST_TILE: usize = 7;
+const CHANNELS_LAST_TILE: usize = 7;
 
 /// Pixels a [`Channels::LastToFirst`] tile computes together.
-pub const LAST_TO_FIRST_TILE: usize = 14;
+const LAST_TO_FIRST_TILE: usize = 14;
 
 /// Pixel rows a [`Channels::Last`] thread task computes (8 tiles).
 const CHANNELS_LAST_TASK: usize = 8 * CHANNELS_LAST_TILE;
@@ -192,11 +192,10 @@ const CHANNELS_LAST_TASK: usize = 8 * CHANNELS_LAST_TILE;
 /// Computes a pointwise convolution: for [`Channels::First`], one block of 8
 /// output channels (`input` `[K, P]` with `(K, P)` as given, `weights` the
 /// block's `[K][8]`, `bias` its 8 values, `output` its `[8, P]`); for
-/// [`Channels::LastToFirst`] the same with `input` `[P, K]` and blocks of
-/// 16; for
-/// [`Channels::Last`], every output channel of some pixels (`input` their
-/// `[P, K]`, `weights` all `[M / 32][K][32]`, `bias` all M values, `output`
-/// their `[P, M]`).
+/// [`Channels::LastToFirst`], the same from an `input` `[P, K]` in blocks of
+/// 16; for [`Channels::Last`], every output channel of some pixels (`input`
+/// their `[P, K]`, `weights` all `[M / 32][K][32]`, `bias` all M values,
+/// `output` their `[P, M]`).
 type PointwiseFn = fn(&[f32], (usize, usize), &[f32], &[f32], &mut [f32]);
 
 /// Replaces every value of a slice by its SiLU, `x / (1 + exp(-x))`, to
