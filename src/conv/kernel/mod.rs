@@ -707,6 +707,20 @@ mod tests {
     }
 
     #[test]
+    fn a_nested_run_gets_its_own_padded_input_buffer() {
+        with_padded_input_buffer(|outer| {
+            outer.extend([1.0, 2.0]);
+            with_padded_input_buffer(|inner| {
+                assert!(inner.is_empty(), "the inner run got the outer one's buffer");
+                inner.push(3.0);
+            });
+            assert_eq!(outer[..], [1.0, 2.0]);
+        });
+        // the thread's buffer is kept for the next run
+        with_padded_input_buffer(|buffer| assert_eq!(buffer[..], [1.0, 2.0]));
+    }
+
+    #[test]
     fn padding_surrounds_each_plane_with_zeros() {
         let input: Vec<f32> = (1..=12).map(|v| v as f32).collect();
         // what an earlier, larger layer left in the buffer
