@@ -11,8 +11,10 @@
 //! of two [`Tiling`]s: row pixels for stride 1 over wide rows (borders read
 //! as zeros, no copy at all), output channels elsewhere (from a zero-padded
 //! copy, no im2col). [`DirectPointwise`] does the same for the pointwise (1x1)
-//! convolutions and the channel-first matrix products, whose inputs tract
-//! packs for its matrix kernel. Elsewhere tract's own convolution stays.
+//! convolutions and the matrix products that are the same thing (over
+//! channel-first maps, over tokens, or from tokens into a map), whose inputs
+//! tract packs for its matrix kernel. Elsewhere tract's own convolution
+//! stays.
 //! The `Silu` after a replaced convolution is folded into it, applied to
 //! each block of output as it is finished.
 
@@ -147,7 +149,7 @@ impl DirectConv3x3 {
 pub struct Replaced {
     /// 3x3 convolutions, by [`DirectConv3x3`].
     pub conv3x3: usize,
-    /// Pointwise convolutions and channel-first matrix products, by
+    /// Pointwise convolutions and the matrix products like them, by
     /// [`DirectPointwise`].
     pub pointwise: usize,
     /// `Silu`s folded into the direct convolution before them.
