@@ -202,9 +202,7 @@ fn fold_silu(model: &mut TypedModel) -> TractResult<usize> {
                 ..conv.clone()
             })
         } else if let Some(pointwise) = node.op_as::<DirectPointwise>() {
-            let mut pointwise = pointwise.clone();
-            pointwise.activation = Activation::Silu;
-            Box::new(pointwise)
+            Box::new(pointwise.with_silu())
         } else {
             continue;
         };

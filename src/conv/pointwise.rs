@@ -33,7 +33,7 @@ pub struct DirectPointwise {
     output_shape: TVec<usize>,
     /// Linear, or SiLU once [`super::use_direct_convolutions`] folds in the
     /// `Silu` after it.
-    pub(super) activation: Activation,
+    activation: Activation,
 }
 
 /// Where one of an `EinSum`'s axes lies in its activations, weights and
@@ -164,6 +164,14 @@ impl DirectPointwise {
             node.inputs[a],
             replaced,
         )))
+    }
+
+    /// This op with the `Silu` after it folded in.
+    pub(super) fn with_silu(&self) -> Self {
+        DirectPointwise {
+            activation: Activation::Silu,
+            ..self.clone()
+        }
     }
 }
 
