@@ -91,6 +91,8 @@ fn direct_convolutions_replace_the_dense_3x3s_and_keep_the_outputs() {
         use_direct_convolutions(&mut direct).unwrap(),
         Replaced {
             conv3x3: 27,
+            depthwise: 4,
+            max_pool: 3,
             pointwise: 70,
             silu: 53
         },

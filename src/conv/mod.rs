@@ -18,7 +18,9 @@
 //! The `Silu` after a replaced convolution is folded into it, applied to
 //! each block of output as it is finished.
 
+mod depthwise;
 mod kernel;
+mod max_pool;
 mod pointwise;
 #[cfg(test)]
 mod test_support;
@@ -30,9 +32,11 @@ use tract_core::ops::element_wise::ElementWiseOp;
 use tract_core::ops::nn::{DataFormat, Silu};
 use tract_hir::internal::*;
 
+pub use depthwise::DirectDepthwise3x3;
 pub use kernel::{
     pack_weights, pack_weights_1x1, Activation, Channels, Kernel, Layer, PointwiseLayer, Tiling,
 };
+pub use max_pool::DirectMaxPool;
 pub use pointwise::DirectPointwise;
 
 /// A 3x3 convolution at stride 1 or 2 of an f32 `[1, C, H, W]` or
@@ -60,13 +64,25 @@ fn output_size(size: usize, stride: usize) -> usize {
     (size - 1) / stride + 1
 }
 
-impl DirectConv3x3 {
-    /// The direct convolution that computes `node` (a `Conv`), if it is one
-    /// this module handles: 3x3, stride 1 or 2 on both axes, dilation 1, one
-    /// zero of padding a side, one group, f32, NCHW with a batch of 1 or CHW,
-    /// a shape some [`Tiling`] handles, output channels in whole blocks of it,
-    /// constant weights and bias.
-    fn for_node(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Self>> {
+/// A 3x3 convolution of an f32 `[1, C, H, W]` or `[C, H, W]` input at
+/// stride 1 or 2 on both axes, dilation 1, padded by one zero on every side,
+/// with constant f32 weights and bias: what the direct ops read of tract's
+/// `Conv` before each checks its own grouping and shape.
+struct PaddedConv3x3 {
+    stride: usize,
+    group: usize,
+    /// The input's channels, height and width.
+    input: (usize, usize, usize),
+    output_channels: usize,
+    /// OIHW: `[output_channels, input_channels / group, 3, 3]`.
+    weights: Arc<Tensor>,
+    /// One per output channel (a single bias value repeated).
+    bias: Vec<f32>,
+}
+
+impl PaddedConv3x3 {
+    /// What `node` computes, if it is such a convolution.
+    fn of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Self>> {
         let Some(conv) = node.op_as::<Conv>() else {
             return Ok(None);
         };
@@ -90,8 +106,7 @@ impl DirectConv3x3 {
             PaddingSpec::SameUpper | PaddingSpec::SameLower => stride == 1,
             PaddingSpec::Valid => false,
         };
-        if conv.group != 1
-            || conv.q_params.is_some()
+        if conv.q_params.is_some()
             || conv.kernel_fmt != KernelFormat::OIHW
             || !matches!(spec.data_format, DataFormat::NCHW | DataFormat::CHW)
             || *spec.kernel_shape != [3, 3]
@@ -108,20 +123,16 @@ impl DirectConv3x3 {
             (DataFormat::NCHW, &[1, _, h, w]) | (DataFormat::CHW, &[_, h, w]) => (h, w),
             _ => return Ok(None),
         };
-        let out = (output_size(height, stride), output_size(width, stride));
-        let Some(tiling) = Tiling::for_conv(stride, width, out) else {
-            return Ok(None);
-        };
-        if input.datum_type != f32::datum_type() || spec.output_channels % tiling.block() != 0 {
-            return Ok(None);
-        }
         let constant = |ix: usize| model.outlet_fact(node.inputs[ix]).map(|f| f.konst.clone());
         let (Some(weights), Some(bias)) = (constant(1)?, constant(2)?) else {
             return Ok(None);
         };
         let (input_channels, output_channels) = (spec.input_channels, spec.output_channels);
-        if weights.datum_type() != f32::datum_type()
-            || weights.shape() != [output_channels, input_channels, 3, 3]
+        let group = conv.group;
+        if input.datum_type != f32::datum_type()
+            || input_channels % group != 0
+            || weights.datum_type() != f32::datum_type()
+            || weights.shape() != [output_channels, input_channels / group, 3, 3]
             || bias.datum_type() != f32::datum_type()
             || !(bias.len() == output_channels || bias.len() == 1)
         {
@@ -129,26 +140,59 @@ impl DirectConv3x3 {
         }
         let bias = bias.try_as_plain_ram()?;
         let bias = bias.as_slice::<f32>()?;
-        let bias: Vec<f32> = (0..output_channels).map(|o| bias[o % bias.len()]).collect();
-        let weights = weights.try_as_plain_ram()?;
+        Ok(Some(PaddedConv3x3 {
+            stride,
+            group,
+            input: (input_channels, height, width),
+            output_channels,
+            weights,
+            bias: (0..output_channels).map(|o| bias[o % bias.len()]).collect(),
+        }))
+    }
+}
+
+impl DirectConv3x3 {
+    /// The direct convolution that computes `node` (a `Conv`), if it is one
+    /// this module handles: a [`PaddedConv3x3`] of one group, in a shape
+    /// some [`Tiling`] handles, output channels in whole blocks of it.
+    fn for_node(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Self>> {
+        let Some(conv) = PaddedConv3x3::of(model, node)? else {
+            return Ok(None);
+        };
+        let (input_channels, height, width) = conv.input;
+        let out = (
+            output_size(height, conv.stride),
+            output_size(width, conv.stride),
+        );
+        let Some(tiling) = Tiling::for_conv(conv.stride, width, out) else {
+            return Ok(None);
+        };
+        if conv.group != 1 || conv.output_channels % tiling.block() != 0 {
+            return Ok(None);
+        }
+        let weights = conv.weights.try_as_plain_ram()?;
         let weights = kernel::pack_weights(weights.as_slice::<f32>()?, input_channels, tiling);
         Ok(Some(DirectConv3x3 {
             tiling,
-            stride,
+            stride: conv.stride,
             weights: Arc::new(tensor1(&weights)),
-            bias: Arc::new(tensor1(&bias)),
+            bias: Arc::new(tensor1(&conv.bias)),
             input_channels,
-            output_channels,
+            output_channels: conv.output_channels,
             activation: Activation::Linear,
         }))
     }
 }
 
 /// How many of a model's nodes [`use_direct_convolutions`] replaced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Replaced {
     /// 3x3 convolutions, by [`DirectConv3x3`].
     pub conv3x3: usize,
+    /// Depthwise 3x3 convolutions, by [`DirectDepthwise3x3`].
+    pub depthwise: usize,
+    /// Max pools, by [`DirectMaxPool`].
+    pub max_pool: usize,
     /// Pointwise convolutions and the matrix products like them, by
     /// [`DirectPointwise`].
     pub pointwise: usize,
@@ -156,38 +200,53 @@ pub struct Replaced {
     pub silu: usize,
 }
 
-/// Replaces every convolution of `model` that [`DirectConv3x3`] or
-/// [`DirectPointwise`] handles, if this CPU has a kernel for it, and folds
-/// the `Silu` that follows a replaced one into it.
+/// Replaces every depthwise convolution [`DirectDepthwise3x3`] handles and
+/// every max pool [`DirectMaxPool`] handles (on any CPU) and, if this CPU has a [`Kernel`], every convolution
+/// [`DirectConv3x3`] or [`DirectPointwise`] handles, folding the `Silu` that
+/// follows one of those into it.
 pub fn use_direct_convolutions(model: &mut TypedModel) -> TractResult<Replaced> {
+    let depthwise = replace_each(model, DirectDepthwise3x3::for_node)?;
+    let max_pool = replace_each(model, DirectMaxPool::for_node)?;
     let Some(kernel) = Kernel::best() else {
         return Ok(Replaced {
-            conv3x3: 0,
-            pointwise: 0,
-            silu: 0,
+            depthwise,
+            max_pool,
+            ..Replaced::default()
         });
     };
-    let mut conv3x3 = 0;
-    for id in model.eval_order()? {
-        let node = model.node(id);
-        if let Some(direct) = DirectConv3x3::for_node(model, node)? {
-            let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], direct)?;
-            patch.apply(model)?;
-            conv3x3 += 1;
-        }
-    }
+    let conv3x3 = replace_each(model, DirectConv3x3::for_node)?;
     let pointwise = pointwise::use_direct_pointwise(model)?;
     let silu = fold_silu(model)?;
     log::debug!(
-        "fer-edge's direct kernels ({}) run {conv3x3} 3x3 and {pointwise} pointwise \
-         convolutions, {silu} with their SiLU",
+        "fer-edge's direct kernels ({}) run {conv3x3} 3x3, {depthwise} depthwise and \
+         {pointwise} pointwise convolutions, {silu} with their SiLU, and {max_pool} max pools",
         kernel.name()
     );
     Ok(Replaced {
         conv3x3,
+        depthwise,
+        max_pool,
         pointwise,
         silu,
     })
+}
+
+/// Replaces each node of `model` for which `direct` gives an op (reading
+/// the node's first input only) by that op; returns how many.
+fn replace_each<Direct: TypedOp>(
+    model: &mut TypedModel,
+    direct: impl Fn(&TypedModel, &TypedNode) -> TractResult<Option<Direct>>,
+) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        if let Some(op) = direct(model, node)? {
+            let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], op)?;
+            patch.apply(model)?;
+            replaced += 1;
+        }
+    }
+    Ok(replaced)
 }
 
 /// Folds every `Silu` that is the only successor of a direct convolution
@@ -331,9 +390,9 @@ mod tests {
             let mut direct = model.clone();
             let replaced = use_direct_convolutions(&mut direct).unwrap();
             let want = Replaced {
-                conv3x3: 0,
                 pointwise: 1,
                 silu: usize::from(!also_linear),
+                ..Replaced::default()
             };
             assert_eq!(replaced, want, "also_linear: {also_linear}");
             let order = direct.eval_order().unwrap();
