@@ -164,7 +164,7 @@ impl DirectConv3x3 {
             output_size(height, conv.stride),
             output_size(width, conv.stride),
         );
-        let Some(tiling) = Tiling::for_conv(conv.stride, width, out) else {
+        let Some(tiling) = Tiling::for_conv(conv.stride, out) else {
             return Ok(None);
         };
         if conv.group != 1 || conv.output_channels % tiling.block() != 0 {

@@ -43,14 +43,13 @@ const OUTPUT_CHANNEL_TILES: [(usize, usize); 3] = [(1, 14), (2, 7), (4, 3)];
 
 impl Tiling {
     /// The tiling for a 3x3 convolution padded by one with `stride` that
-    /// makes an `[O, out_height, out_width]` output from rows `width` wide,
-    /// if either handles it.
-    pub fn for_conv(
-        stride: usize,
-        width: usize,
-        (out_height, out_width): (usize, usize),
-    ) -> Option<Tiling> {
-        if stride == 1 && width >= MIN_ROW_PIXELS_WIDTH {
+    /// makes an `[O, out_height, out_width]` output, if either handles it.
+    /// (At stride 2, row pixels from a copy of the input with each row's
+    /// even and odd columns apart ran at 32 G multiply-adds a second on the
+    /// stem's 16 -> 32 layer, output channels at 44: `cargo bench --bench
+    /// conv`, docs/performance.md.)
+    pub fn for_conv(stride: usize, (out_height, out_width): (usize, usize)) -> Option<Tiling> {
+        if stride == 1 && out_width >= MIN_ROW_PIXELS_WIDTH {
             Some(Tiling::RowPixels)
         } else if matches!(stride, 1 | 2) && output_channel_tile(out_height, out_width).is_some() {
             Some(Tiling::OutputChannels)
@@ -255,7 +254,7 @@ impl Kernel {
         } = *layer;
         let out = ((height - 1) / stride + 1, (width - 1) / stride + 1);
         assert_eq!(
-            Tiling::for_conv(stride, width, out),
+            Tiling::for_conv(stride, out),
             Some(tiling),
             "{tiling:?} does not handle stride {stride} over {height}x{width}"
         );
@@ -474,7 +473,7 @@ mod tests {
         for (seed, &(channels, outputs, height, width, stride)) in cases.iter().enumerate() {
             let dims = (channels, height, width);
             let out = ((height - 1) / stride + 1, (width - 1) / stride + 1);
-            let tiling = Tiling::for_conv(stride, width, out).unwrap();
+            let tiling = Tiling::for_conv(stride, out).unwrap();
             assert_eq!(tiling, want, "{dims:?} at stride {stride}");
             let input = values(channels * height * width, seed as u32);
             let weights = values(outputs * channels * 9, 100 + seed as u32);
@@ -639,19 +638,13 @@ mod tests {
 
     #[test]
     fn tilings_cover_what_they_should() {
-        assert_eq!(Tiling::for_conv(1, 28, (28, 28)), Some(Tiling::RowPixels));
-        assert_eq!(
-            Tiling::for_conv(1, 27, (27, 27)),
-            Some(Tiling::OutputChannels)
-        );
-        assert_eq!(
-            Tiling::for_conv(2, 112, (56, 56)),
-            Some(Tiling::OutputChannels)
-        );
-        assert_eq!(Tiling::for_conv(3, 30, (10, 10)), None);
+        assert_eq!(Tiling::for_conv(1, (28, 28)), Some(Tiling::RowPixels));
+        assert_eq!(Tiling::for_conv(1, (27, 27)), Some(Tiling::OutputChannels));
+        assert_eq!(Tiling::for_conv(2, (56, 56)), Some(Tiling::OutputChannels));
+        assert_eq!(Tiling::for_conv(3, (10, 10)), None);
         // smaller than every tile
-        assert_eq!(Tiling::for_conv(1, 2, (2, 2)), None);
-        assert_eq!(Tiling::for_conv(2, 5, (3, 3)), None);
+        assert_eq!(Tiling::for_conv(1, (2, 2)), None);
+        assert_eq!(Tiling::for_conv(2, (3, 3)), None);
         assert_eq!(output_channel_tile(3, 7), Some((2, 7)));
         assert_eq!(tile_starts(7, 2).collect::<Vec<_>>(), [0, 2, 4, 5]);
         assert_eq!(tile_starts(28, 14).collect::<Vec<_>>(), [0, 14]);

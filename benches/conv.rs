@@ -1,0 +1,121 @@
+//! 3x3 convolutions at the shapes of the built-in model's layers, in
+//! multiply-adds a second: fer-edge's direct kernel (in the tiling it picks)
+//! against tract's own convolution (padding, im2col, matrix product) in the
+//! same run, one thread. Skipped, saying so, on CPUs without a direct kernel.
+//!
+//! `cargo bench --bench conv`
+
+use std::time::Duration;
+
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use fer_edge::conv::{pack_weights, Activation, Kernel, Layer, Tiling};
+use tract_core::ops::cnn::conv::{Conv, KernelFormat};
+use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
+use tract_core::ops::nn::DataFormat;
+use tract_hir::internal::*;
+
+/// (input channels, output channels, height, width, stride): the stem's
+/// two layers, the first stride-2 layers of the next stages and a 28x28
+/// layer of the neck.
+const LAYERS: [(usize, usize, usize, usize, usize); 5] = [
+    (12, 16, 112, 112, 1),
+    (16, 32, 112, 112, 2),
+    (32, 64, 56, 56, 2),
+    (64, 64, 28, 28, 1),
+    (128, 64, 28, 28, 2),
+];
+
+/// Values in [-1, 1) from a fixed sequence.
+fn values(count: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed;
+    (0..count)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// tract's plan for the layer: `x [C, H, W]` -> a 3x3 `Conv` padded by one.
+fn tract_plan(
+    (channels, outputs, height, width, stride): (usize, usize, usize, usize, usize),
+    weights: &[f32],
+    bias: &[f32],
+) -> std::sync::Arc<TypedSimplePlan> {
+    let mut model = TypedModel::default();
+    let x = model
+        .add_source("x", f32::fact([channels, height, width]))
+        .unwrap();
+    let w = Tensor::from_shape(&[outputs, channels, 3, 3], weights).unwrap();
+    let w = model.add_const("w", w).unwrap();
+    let b = model.add_const("b", tensor1(bias)).unwrap();
+    let conv = Conv {
+        pool_spec: PoolSpec {
+            data_format: DataFormat::CHW,
+            kernel_shape: tvec!(3, 3),
+            padding: PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1)),
+            dilations: None,
+            strides: Some(tvec!(stride, stride)),
+            input_channels: channels,
+            output_channels: outputs,
+        },
+        kernel_fmt: KernelFormat::OIHW,
+        group: 1,
+        q_params: None,
+    };
+    let y = model.wire_node("conv", conv, &[x, w, b]).unwrap();
+    model.select_output_outlets(&y).unwrap();
+    model.into_optimized().unwrap().into_runnable().unwrap()
+}
+
+fn bench_layers(criterion: &mut Criterion) {
+    let Some(kernel) = Kernel::best() else {
+        eprintln!(
+            "\n**** SKIPPED the conv bench: no direct convolution kernel for this CPU ****\n"
+        );
+        return;
+    };
+    fer_edge::device::avoid_faulty_cpu_kernels();
+    let mut group = criterion.benchmark_group("conv3x3");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for layer in LAYERS {
+        let (channels, outputs, height, width, stride) = layer;
+        let out = ((height - 1) / stride + 1, (width - 1) / stride + 1);
+        let tiling = Tiling::for_conv(stride, out).expect("a tiling for every layer");
+        let shape = format!("{channels}x{height}x{width}->{outputs}/s{stride}");
+        let input = values(channels * height * width, 1);
+        let weights = values(outputs * channels * 9, 2);
+        let bias = values(outputs, 3);
+        group.throughput(Throughput::Elements(
+            (outputs * out.0 * out.1 * channels * 9) as u64,
+        ));
+        let packed = pack_weights(&weights, channels, tiling);
+        let direct = Layer {
+            tiling,
+            stride,
+            weights: &packed,
+            bias: &bias,
+            activation: Activation::Linear,
+        };
+        let mut output = vec![0.0; outputs * out.0 * out.1];
+        let name = format!("fer-edge {tiling:?}");
+        group.bench_function(BenchmarkId::new(name, &shape), |bencher| {
+            bencher.iter(|| kernel.run(&direct, &input, (channels, height, width), &mut output))
+        });
+        let plan = tract_plan(layer, &weights, &bias);
+        let x = Tensor::from_shape(&[channels, height, width], &input).unwrap();
+        group.bench_function(BenchmarkId::new("tract", &shape), |bencher| {
+            bencher.iter(|| plan.run(tvec!(x.clone().into_tvalue())).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_layers);
+criterion_main!(benches);
