@@ -386,20 +386,30 @@ fn with_padded_input_buffer<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
 }
 
 /// Makes `padded` `input` (`[C, H, W]`) with one zero on every side: `[C,
-/// H + 2, W + 2]`.
+/// H + 2, W + 2]`, writing each value once (the buffer is reused between
+/// layers, so whatever an earlier one left is overwritten).
 fn zero_padded(
     input: &[f32],
     (channels, height, width): (usize, usize, usize),
     padded: &mut Vec<f32>,
 ) {
     let padded_width = width + 2;
-    padded.clear();
-    padded.resize(channels * (height + 2) * padded_width, 0.0);
-    let planes = padded.chunks_exact_mut((height + 2) * padded_width);
+    let padded_plane = (height + 2) * padded_width;
+    padded.resize(channels * padded_plane, 0.0);
+    padded.truncate(channels * padded_plane);
+    let planes = padded.chunks_exact_mut(padded_plane);
     for (padded, plane) in planes.zip(input.chunks_exact(height * width)) {
-        let rows = padded[padded_width..].chunks_exact_mut(padded_width);
-        for (padded, row) in rows.zip(plane.chunks_exact(width)) {
+        let (top, rest) = padded.split_at_mut(padded_width);
+        let (rows, bottom) = rest.split_at_mut(height * padded_width);
+        top.fill(0.0);
+        bottom.fill(0.0);
+        for (padded, row) in rows
+            .chunks_exact_mut(padded_width)
+            .zip(plane.chunks_exact(width))
+        {
+            padded[0] = 0.0;
             padded[1..=width].copy_from_slice(row);
+            padded[width + 1] = 0.0;
         }
     }
 }
