@@ -114,7 +114,10 @@ fn depthwise(
     assert_eq!(input.len(), bias.len() * plane, "input is not [C, H, W]");
     assert_eq!(output.len(), input.len(), "output is not [C, H, W]");
     assert_eq!(weights.len(), bias.len() * 9, "weights are not [C, 9]");
-    let block = MIN_TASK_PIXELS.div_ceil(plane).max(1);
+    if plane == 0 {
+        return;
+    }
+    let block = MIN_TASK_PIXELS.div_ceil(plane);
     let tasks: Vec<_> = input
         .chunks(block * plane)
         .zip(output.chunks_mut(block * plane))
