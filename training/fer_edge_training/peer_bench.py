@@ -178,13 +178,12 @@ def make_standin(model):
         )
         sums = []
         for name, value in (("step", step), ("b", bs), ("c", cs)):
-            flat, sums = f"{p}{name}_flat", [*sums, f"{p}{name}_sum"]
+            flat, total = f"{p}{name}_flat", f"{p}{name}_sum"
             nodes += [
                 helper.make_node("Reshape", [value, f"{p}flat"], [flat], name=flat),
-                helper.make_node(
-                    "ReduceSum", [flat, f"{p}last"], [sums[-1]], keepdims=0, name=sums[-1]
-                ),
+                helper.make_node("ReduceSum", [flat, f"{p}last"], [total], keepdims=0, name=total),
             ]
+            sums.append(total)
         nodes += [
             helper.make_node("Add", sums[:2], [f"{p}step_b"], name=f"{p}step_b"),
             helper.make_node("Add", [f"{p}step_b", sums[2]], [f"{p}total"], name=f"{p}total"),
