@@ -12,7 +12,7 @@
 //! AVX-512F, and the best the CPU has is picked at run time; aarch64 always
 //! has NEON and FMA.
 
-use super::PaddedConv3x3;
+use super::{eval_same_shape, PaddedConv3x3};
 use crate::infer::on_tract_threads;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -66,29 +66,22 @@ impl EvalOp for DirectDepthwise3x3 {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
-        let (&[1, channels, height, width] | &[channels, height, width]) = input.shape() else {
-            bail!(
-                "DirectDepthwise3x3: input shape {:?} is not [1, C, H, W] or [C, H, W]",
-                input.shape()
-            );
-        };
-        ensure!(
-            channels == self.channels,
-            "DirectDepthwise3x3: {channels} channels, expected {}",
-            self.channels
-        );
-        // SAFETY: f32 has no invalid bit patterns, and `depthwise` writes
-        // every output element.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(input.shape())? };
-        depthwise(
-            input.try_as_plain_ram()?.as_slice::<f32>()?,
-            (height, width),
-            self.weights.try_as_plain_ram()?.as_slice::<f32>()?,
-            self.bias.try_as_plain_ram()?.as_slice::<f32>()?,
-            output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
-        );
-        Ok(tvec!(output.into_tvalue()))
+        let weights = self.weights.try_as_plain_ram()?;
+        let bias = self.bias.try_as_plain_ram()?;
+        let (weights, bias) = (weights.as_slice::<f32>()?, bias.as_slice::<f32>()?);
+        eval_same_shape(
+            "DirectDepthwise3x3",
+            inputs,
+            |input, (channels, h, w), output| {
+                ensure!(
+                    channels == self.channels,
+                    "DirectDepthwise3x3: {channels} channels, expected {}",
+                    self.channels
+                );
+                depthwise(input, (h, w), weights, bias, output);
+                Ok(())
+            },
+        )
     }
 }
 

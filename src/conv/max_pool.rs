@@ -8,6 +8,7 @@
 //! scratch plane, then along each row's window: 2k comparisons a pixel in
 //! place of k².
 
+use super::eval_same_shape;
 use crate::infer::on_tract_threads;
 use std::cell::RefCell;
 use tract_core::ops::cnn::{MaxPool, PaddingSpec};
@@ -75,23 +76,10 @@ impl EvalOp for DirectMaxPool {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = args_1!(inputs);
-        let (&[1, _, height, width] | &[_, height, width]) = input.shape() else {
-            bail!(
-                "DirectMaxPool: input shape {:?} is not [1, C, H, W] or [C, H, W]",
-                input.shape()
-            );
-        };
-        // SAFETY: f32 has no invalid bit patterns, and `max_pool` writes
-        // every output element.
-        let mut output = unsafe { Tensor::uninitialized::<f32>(input.shape())? };
-        max_pool(
-            input.try_as_plain_ram()?.as_slice::<f32>()?,
-            (height, width),
-            self.size / 2,
-            output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
-        );
-        Ok(tvec!(output.into_tvalue()))
+        eval_same_shape("DirectMaxPool", inputs, |input, (_, h, w), output| {
+            max_pool(input, (h, w), self.size / 2, output);
+            Ok(())
+        })
     }
 }
 

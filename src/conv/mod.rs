@@ -184,6 +184,32 @@ impl DirectConv3x3 {
     }
 }
 
+/// Evaluates an op whose f32 output has the shape of its one input, `[1, C,
+/// H, W]` or `[C, H, W]`: `compute(input, (C, H, W), output)` must write
+/// every output value or fail. `op` names the op in errors.
+fn eval_same_shape(
+    op: &str,
+    inputs: TVec<TValue>,
+    compute: impl FnOnce(&[f32], (usize, usize, usize), &mut [f32]) -> TractResult<()>,
+) -> TractResult<TVec<TValue>> {
+    let input = args_1!(inputs);
+    let (&[1, channels, height, width] | &[channels, height, width]) = input.shape() else {
+        bail!(
+            "{op}: input shape {:?} is not [1, C, H, W] or [C, H, W]",
+            input.shape()
+        );
+    };
+    // SAFETY: f32 has no invalid bit patterns, and `compute` writes every
+    // output element.
+    let mut output = unsafe { Tensor::uninitialized::<f32>(input.shape())? };
+    compute(
+        input.try_as_plain_ram()?.as_slice::<f32>()?,
+        (channels, height, width),
+        output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
+    )?;
+    Ok(tvec!(output.into_tvalue()))
+}
+
 /// How many of a model's nodes [`use_direct_convolutions`] replaced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Replaced {
