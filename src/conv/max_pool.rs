@@ -6,7 +6,7 @@
 //! of 128 channels, ten times onnxruntime's time (docs/performance.md).
 //! [`DirectMaxPool`] takes the maximum down each column's window into a
 //! scratch plane, then along each row's window: 2k comparisons a pixel in
-//! place of k².
+//! place of k², each pass over whole planes.
 
 use super::eval_same_shape;
 use crate::infer::on_tract_threads;
@@ -91,14 +91,36 @@ impl TypedOp for DirectMaxPool {
     as_op!();
 }
 
+/// A thread's scratch planes for [`max_pool`], kept between frames.
+#[derive(Default)]
+struct Scratch {
+    /// The column pass's output, `[H, W]`.
+    columns: Vec<f32>,
+    /// The same, each row between `half` cells of minus infinity on either
+    /// side: `[H, W + 2 half]`, so that a row's windows are runs of the
+    /// flat buffer.
+    padded: Vec<f32>,
+    /// The row pass's output over `padded`'s runs.
+    rows: Vec<f32>,
+}
+
 thread_local! {
-    /// The column pass's output, one plane, kept per thread.
-    static COLUMN_MAXIMA: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// `maxima[i] = max(maxima[i], values[i])` (the two of equal length).
+fn take_maxima(maxima: &mut [f32], values: &[f32]) {
+    for (maximum, &value) in maxima.iter_mut().zip(values) {
+        *maximum = maximum.max(value);
+    }
 }
 
 /// `output [C, H, W]` = the maximum of each pixel's window of `input
 /// [C, H, W]` reaching `half` pixels each way (clipped at the edges), over
-/// tract's threads in blocks of whole channels.
+/// tract's threads in blocks of whole channels. Each pass takes maxima
+/// over whole planes shifted against each other (rows shift by whole rows,
+/// columns within rows padded with minus infinity), long runs the compiler
+/// vectorises: SPPF's planes are 7 pixels wide.
 fn max_pool(input: &[f32], (height, width): (usize, usize), half: usize, output: &mut [f32]) {
     let plane = height * width;
     assert_eq!(output.len(), input.len(), "output is not the input's shape");
@@ -110,27 +132,42 @@ fn max_pool(input: &[f32], (height, width): (usize, usize), half: usize, output:
         .chunks(block * plane)
         .zip(output.chunks_mut(block * plane))
         .collect();
-    let window = |at: usize, size: usize| at.saturating_sub(half)..(at + half + 1).min(size);
+    let padded_width = width + 2 * half;
+    let padded_plane = height * padded_width;
     on_tract_threads(tasks, |(input, output)| {
-        COLUMN_MAXIMA.with(|columns| {
-            let columns = &mut *columns.borrow_mut();
+        SCRATCH.with(|scratch| {
+            let Scratch {
+                columns,
+                padded,
+                rows,
+            } = &mut *scratch.borrow_mut();
             columns.resize(plane, 0.0);
+            padded.clear();
+            padded.resize(padded_plane, f32::NEG_INFINITY);
+            rows.resize(padded_plane - 2 * half, 0.0);
             for (input, output) in input.chunks(plane).zip(output.chunks_mut(plane)) {
-                for (row, maxima) in columns.chunks_mut(width).enumerate() {
-                    maxima.copy_from_slice(&input[row * width..][..width]);
-                    for other in window(row, height).filter(|&other| other != row) {
-                        let values = &input[other * width..][..width];
-                        for (maximum, &value) in maxima.iter_mut().zip(values) {
-                            *maximum = maximum.max(value);
-                        }
-                    }
+                columns.copy_from_slice(input);
+                for shift in (1..=half).map(|d| d * width).take_while(|&s| s < plane) {
+                    take_maxima(&mut columns[..plane - shift], &input[shift..]);
+                    take_maxima(&mut columns[shift..], &input[..plane - shift]);
                 }
-                for (maxima, output) in columns.chunks(width).zip(output.chunks_mut(width)) {
-                    for (column, output) in output.iter_mut().enumerate() {
-                        *output = maxima[window(column, width)]
-                            .iter()
-                            .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    }
+                for (padded, row) in padded
+                    .chunks_exact_mut(padded_width)
+                    .zip(columns.chunks_exact(width))
+                {
+                    padded[half..half + width].copy_from_slice(row);
+                }
+                // rows[j] = max(padded[j..=j + 2 half]): at j = r (W + 2
+                // half) + x, pixel (r, x)'s window.
+                rows.copy_from_slice(&padded[..padded_plane - 2 * half]);
+                for shift in 1..=2 * half {
+                    take_maxima(rows, &padded[shift..]);
+                }
+                for (output, row) in output
+                    .chunks_exact_mut(width)
+                    .zip(rows.chunks(padded_width))
+                {
+                    output.copy_from_slice(&row[..width]);
                 }
             }
         })
