@@ -113,8 +113,8 @@ fn cpu_has_amx_int8() -> bool {
     leaf7.edx & AMX_TILE_AND_INT8 == AMX_TILE_AND_INT8
 }
 
-fn prepare_cpu(model: TypedModel) -> TractResult<Arc<TypedRunnableModel>> {
-    let mut model = model.into_decluttered()?;
+fn prepare_cpu(mut model: TypedModel) -> TractResult<Arc<TypedRunnableModel>> {
+    crate::conv::declutter(&mut model)?;
     crate::conv::use_direct_convolutions(&mut model)?;
     let mut model = model.into_optimized()?;
     give_constants_natural_strides(&mut model)?;
@@ -361,7 +361,8 @@ mod tests {
             "/models/fer-yolo-mamba-nano.onnx"
         );
         let model = crate::infer::onnx().model_for_path(path).unwrap();
-        let mut model = model.into_typed().unwrap().into_decluttered().unwrap();
+        let mut model = model.into_typed().unwrap();
+        crate::conv::declutter(&mut model).unwrap();
         crate::conv::use_direct_convolutions(&mut model).unwrap();
         let mut model = model.into_optimized().unwrap();
         let replaced = give_constants_natural_strides(&mut model).unwrap();

@@ -12,7 +12,7 @@
 //! AVX-512F, and the best the CPU has is picked at run time; aarch64 always
 //! has NEON and FMA.
 
-use super::{eval_same_shape, PaddedConv3x3};
+use super::{eval_same_shape, Activation, Kernel, PaddedConv3x3};
 use crate::infer::on_tract_threads;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -28,6 +28,9 @@ pub struct DirectDepthwise3x3 {
     /// One per channel.
     bias: Arc<Tensor>,
     channels: usize,
+    /// Linear, or SiLU once [`super::use_direct_convolutions`] folds in the
+    /// `Silu` after it (where the CPU has a [`Kernel`] to compute it).
+    activation: Activation,
 }
 
 /// Output pixels a thread task computes at least (whole channels): fewer
@@ -50,7 +53,16 @@ impl DirectDepthwise3x3 {
             weights: conv.weights,
             bias: Arc::new(tensor1(&conv.bias)),
             channels,
+            activation: Activation::Linear,
         }))
+    }
+
+    /// This op with the `Silu` after it folded in.
+    pub(super) fn with_silu(&self) -> Self {
+        DirectDepthwise3x3 {
+            activation: Activation::Silu,
+            ..self.clone()
+        }
     }
 }
 
@@ -69,6 +81,17 @@ impl EvalOp for DirectDepthwise3x3 {
         let weights = self.weights.try_as_plain_ram()?;
         let bias = self.bias.try_as_plain_ram()?;
         let (weights, bias) = (weights.as_slice::<f32>()?, bias.as_slice::<f32>()?);
+        let kernel = match self.activation {
+            Activation::Linear => None,
+            Activation::Silu => Some(
+                Kernel::best().context("no kernel for DirectDepthwise3x3's SiLU on this CPU")?,
+            ),
+        };
+        let activate = |output: &mut [f32]| {
+            if let Some(kernel) = kernel {
+                kernel.activate(self.activation, output);
+            }
+        };
         eval_same_shape(
             "DirectDepthwise3x3",
             inputs,
@@ -78,7 +101,7 @@ impl EvalOp for DirectDepthwise3x3 {
                     "DirectDepthwise3x3: {channels} channels, expected {}",
                     self.channels
                 );
-                depthwise(input, (h, w), weights, bias, output);
+                depthwise(input, (h, w), weights, bias, output, activate);
                 Ok(())
             },
         )
@@ -95,13 +118,15 @@ impl TypedOp for DirectDepthwise3x3 {
 
 /// `output [C, H, W]` = the depthwise 3x3 convolution of `input [C, H, W]`
 /// padded by one, with `weights [C, 9]` and `bias [C]`, over tract's threads
-/// in blocks of whole channels.
+/// in blocks of whole channels, each finished block then passed to
+/// `activate` (while it is in cache).
 fn depthwise(
     input: &[f32],
     (height, width): (usize, usize),
     weights: &[f32],
     bias: &[f32],
     output: &mut [f32],
+    activate: impl Fn(&mut [f32]) + Sync,
 ) {
     let plane = height * width;
     assert_eq!(input.len(), bias.len() * plane, "input is not [C, H, W]");
@@ -131,7 +156,8 @@ fn depthwise(
                 filter(&planes.bordered, width + 2, taps, bias, &mut planes.wide);
                 planes.narrow_into(output);
             }
-        })
+        });
+        activate(output);
     });
 }
 
@@ -334,6 +360,27 @@ mod tests {
             let (got, want) = (run_optimised(direct, &x), run_optimised(model, &x));
             assert_close(&got[0], &want[0], &format!("{input:?}"));
         }
+    }
+
+    #[test]
+    fn a_silu_after_it_is_folded_in_where_a_kernel_computes_it() {
+        let input = [1, 64, 14, 14];
+        let mut model = depthwise_model(&input, 1);
+        let conv = model.output_outlets().unwrap()[0];
+        let silu = tract_core::ops::nn::silu::silu();
+        let y = model.wire_node("silu", silu, &[conv]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        let mut direct = model.clone();
+        let replaced = super::super::use_direct_convolutions(&mut direct).unwrap();
+        let kernel = Kernel::best().is_some();
+        assert_eq!(
+            (replaced.depthwise, replaced.silu),
+            (1, usize::from(kernel))
+        );
+        let count: usize = input.iter().product();
+        let x = Tensor::from_shape(&input, &values(count, 3)).unwrap();
+        let (got, want) = (run_optimised(direct, &x), run_optimised(model, &x));
+        assert_close(&got[0], &want[0], "depthwise then SiLU");
     }
 
     #[test]

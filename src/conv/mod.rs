@@ -227,9 +227,10 @@ pub struct Replaced {
 }
 
 /// Replaces every depthwise convolution [`DirectDepthwise3x3`] handles and
-/// every max pool [`DirectMaxPool`] handles (on any CPU) and, if this CPU has a [`Kernel`], every convolution
-/// [`DirectConv3x3`] or [`DirectPointwise`] handles, folding the `Silu` that
-/// follows one of those into it.
+/// every max pool [`DirectMaxPool`] handles (on any CPU) and, if this CPU
+/// has a [`Kernel`], every convolution [`DirectConv3x3`] or
+/// [`DirectPointwise`] handles, folding the `Silu` that follows one of those
+/// or a depthwise convolution into it.
 pub fn use_direct_convolutions(model: &mut TypedModel) -> TractResult<Replaced> {
     let depthwise = replace_each(model, DirectDepthwise3x3::for_node)?;
     let max_pool = replace_each(model, DirectMaxPool::for_node)?;
@@ -257,6 +258,22 @@ pub fn use_direct_convolutions(model: &mut TypedModel) -> TractResult<Replaced> 
     })
 }
 
+/// Declutters `model` as tract does, except where this CPU has a [`Kernel`]:
+/// there tract's pass that splits a product over a `Concat` into a product
+/// per part and their sum leaves alone the products [`DirectPointwise`]
+/// computes from the parts where they lie.
+pub fn declutter(model: &mut TypedModel) -> TractResult<()> {
+    let mut optimizer = tract_core::optim::Optimizer::declutter();
+    if Kernel::best().is_some() {
+        for pass in &mut optimizer.passes {
+            if format!("{pass:?}").starts_with("ConcatThenEinsum") {
+                *pass = Box::new(pointwise::SplitOtherConcatProducts(pass.clone()));
+            }
+        }
+    }
+    optimizer.optimize(model)
+}
+
 /// Replaces each node of `model` for which `direct` gives an op (reading
 /// the node's first input only) by that op; returns how many.
 fn replace_each<Direct: TypedOp>(
@@ -276,7 +293,8 @@ fn replace_each<Direct: TypedOp>(
 }
 
 /// Folds every `Silu` that is the only successor of a direct convolution
-/// (whose own output is not one of the model's) into it; returns how many.
+/// (dense, depthwise or pointwise; whose own output is not one of the
+/// model's) into it; returns how many.
 fn fold_silu(model: &mut TypedModel) -> TractResult<usize> {
     let mut folded = 0;
     for id in model.eval_order()? {
@@ -288,6 +306,8 @@ fn fold_silu(model: &mut TypedModel) -> TractResult<usize> {
             })
         } else if let Some(pointwise) = node.op_as::<DirectPointwise>() {
             Box::new(pointwise.with_silu())
+        } else if let Some(depthwise) = node.op_as::<DirectDepthwise3x3>() {
+            Box::new(depthwise.with_silu())
         } else {
             continue;
         };

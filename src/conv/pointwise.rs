@@ -6,20 +6,25 @@
 //! channel-first output, where a product's result is permuted into a
 //! feature map), computed by the
 //! direct [`Kernel`] instead of tract's packing and matrix product, the
-//! following bias `Add` folded in.
+//! following bias `Add` folded in. A channel-first product of a `Concat`
+//! of channel-first maps reads the maps where they lie: tract would split
+//! it into a product per map and add the products up.
 
 use super::kernel::{self, Activation, Channels, Kernel, PointwiseLayer};
 use std::sync::Arc;
+use tract_core::ops::array::TypedConcat;
 use tract_core::ops::binary::TypedBinOp;
 use tract_core::ops::einsum::EinSum;
 use tract_core::ops::math::Add;
+use tract_core::optim::{OptimizerSession, TypedPass};
 use tract_hir::internal::*;
 
 /// A pointwise convolution of an f32 input (`[K, P...]` or `[P..., K]`, with
 /// any size-1 axes around) into `[M, P...]` (from either) or `[P..., M]`
 /// (from `[P..., K]`), with a bias: a decluttered
 /// `EinSum` with constant weights (and the `Add` of a constant bias after
-/// it), computed by the direct [`Kernel`].
+/// it), computed by the direct [`Kernel`]. A `[K, P...]` input may come as
+/// several inputs, the parts of a `Concat` along K in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectPointwise {
     channels: Channels,
@@ -47,8 +52,10 @@ struct AxisPlace {
 
 impl DirectPointwise {
     /// The direct pointwise convolution that computes `node` (an `EinSum`),
-    /// its activations and the node whose output it replaces (the bias `Add`
-    /// after it, if there is one to fold in), if it is one this module
+    /// its activations (the inputs of the `Concat` that makes them, when
+    /// the channels come first and it concatenates channels) and the node
+    /// whose output it replaces (the bias `Add` after it, if there is one
+    /// to fold in), if it is one this module
     /// handles: f32, two inputs, constant `[M, K]` or `[K, M]` weights, one
     /// contracted axis, up to size-1 axes the activations `[K, pixels]` and
     /// the output `[M, pixels]`, or the activations channels-last and the
@@ -57,7 +64,7 @@ impl DirectPointwise {
     fn for_node(
         model: &TypedModel,
         node: &TypedNode,
-    ) -> TractResult<Option<(Self, OutletId, usize)>> {
+    ) -> TractResult<Option<(Self, TVec<OutletId>, usize)>> {
         let Some(einsum) = node.op_as::<EinSum>() else {
             return Ok(None);
         };
@@ -151,6 +158,11 @@ impl DirectPointwise {
         let Some(output_shape) = output_shape else {
             return Ok(None);
         };
+        let concatenated = match (layout.channels, layout.k.activations) {
+            (Channels::First, Some(k)) => concat_parts(model, node.inputs[a], k),
+            _ => None,
+        };
+        let activations = concatenated.unwrap_or_else(|| tvec!(node.inputs[a]));
         Ok(Some((
             DirectPointwise {
                 channels: layout.channels,
@@ -161,7 +173,7 @@ impl DirectPointwise {
                 output_shape,
                 activation: Activation::Linear,
             },
-            node.inputs[a],
+            activations,
             replaced,
         )))
     }
@@ -250,6 +262,50 @@ impl<'a> Layout<'a> {
     }
 }
 
+/// The inputs of the `Concat` that makes `activations`, if it concatenates
+/// channel-first maps on their channel axis, `channel_axis` (every axis
+/// before it of size 1), and none of them is a transposed one (tokens
+/// turned into a map): a [`DirectPointwise`] reads them where they lie.
+/// Where a part is transposed, tract's split of the product (one product
+/// per part) reads the tokens as they are instead; otherwise tract would
+/// move the whole concatenation to the tokens' layout and transpose the
+/// other parts.
+fn concat_parts(
+    model: &TypedModel,
+    activations: OutletId,
+    channel_axis: usize,
+) -> Option<TVec<OutletId>> {
+    let node = model.node(activations.node);
+    let concat = node.op_as::<TypedConcat>()?;
+    let shape = &model.outlet_fact(activations).ok()?.shape;
+    let channel_first = (0..channel_axis).all(|axis| shape[axis].is_one());
+    let transposed = |part: &OutletId| model.node(part.node).op_is::<AxisOp>();
+    (concat.axis == channel_axis && channel_first && !node.inputs.iter().any(transposed))
+        .then(|| node.inputs.iter().copied().collect())
+}
+
+/// Whether `node` is a product a [`DirectPointwise`] would likely compute
+/// from the parts of a `Concat` ([`concat_parts`]), summing over the
+/// concatenated axis. A likely one, as tract's declutter meets it before
+/// its weights are folded into a constant: [`SplitOtherConcatProducts`]
+/// leaves it whole, and tract splits it when it optimises the model if no
+/// [`DirectPointwise`] took it.
+fn reads_concat_parts(model: &TypedModel, node: &TypedNode) -> bool {
+    let Some(einsum) = node.op_as::<EinSum>() else {
+        return false;
+    };
+    node.inputs.iter().enumerate().any(|(slot, &input)| {
+        let Some(concat) = model.node(input.node).op_as::<TypedConcat>() else {
+            return false;
+        };
+        let summed = einsum
+            .axes
+            .axis((InOut::In(slot), concat.axis))
+            .is_ok_and(|axis| axis.outputs[0].is_empty());
+        summed && concat_parts(model, input, concat.axis).is_some()
+    })
+}
+
 /// The bias of the `Add` that is `node`'s only successor, if it adds a
 /// constant of one value per output channel (at `m_axis` of `node`'s
 /// output) and nothing else, with that `Add`'s node id.
@@ -299,6 +355,32 @@ fn bias_add(
     )))
 }
 
+/// tract's declutter pass that splits a product over a `Concat` into a
+/// product per part and their sum, kept from the products a
+/// [`DirectPointwise`] would compute from the parts themselves.
+#[derive(Clone, Debug)]
+pub(super) struct SplitOtherConcatProducts(pub(super) Box<dyn TypedPass>);
+
+impl TypedPass for SplitOtherConcatProducts {
+    fn reset(&mut self) -> TractResult<()> {
+        self.0.reset()
+    }
+
+    fn next(
+        &mut self,
+        session: &mut OptimizerSession,
+        model: &TypedModel,
+    ) -> TractResult<Option<TypedModelPatch>> {
+        while let Some(patch) = self.0.next(session, model)? {
+            let splits = |outlet: &OutletId| reads_concat_parts(model, model.node(outlet.node));
+            if !patch.shunts.keys().any(splits) {
+                return Ok(Some(patch));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Replaces every pointwise convolution of `model` that [`DirectPointwise`]
 /// handles (and the bias `Add` after it) by one, if this CPU has a kernel;
 /// returns how many it replaced.
@@ -310,8 +392,8 @@ pub(super) fn use_direct_pointwise(model: &mut TypedModel) -> TractResult<usize>
             continue;
         };
         let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(model, activations)?;
-        let output = patch.wire_node(&node.name, op, &[input])?;
+        let inputs = patch.taps(model, &activations)?;
+        let output = patch.wire_node(&node.name, op, &inputs)?;
         patch.shunt_outside(model, last.into(), output[0])?;
         patch.apply(model)?;
         replaced += 1;
@@ -332,13 +414,17 @@ impl EvalOp for DirectPointwise {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let kernel = Kernel::best().context("no direct convolution kernel for this CPU")?;
-        let input = args_1!(inputs);
-        let pixels = input.len() / self.input_channels;
+        let pixels = self.output_shape.iter().product::<usize>() / self.output_channels;
+        let parts = inputs
+            .iter()
+            .map(|input| input.try_as_plain_ram()?.as_slice::<f32>())
+            .collect::<TractResult<TVec<&[f32]>>>()?;
         ensure!(
-            pixels * self.input_channels == input.len()
-                && pixels * self.output_channels == self.output_shape.iter().product::<usize>(),
-            "DirectPointwise: input shape {:?} does not hold {} channels of the output's pixels",
-            input.shape(),
+            parts.iter().all(|part| part.len() % pixels == 0)
+                && parts.iter().map(|part| part.len()).sum::<usize>()
+                    == self.input_channels * pixels,
+            "DirectPointwise: input shapes {:?} do not hold {} channels of the output's {pixels} pixels",
+            inputs.iter().map(|input| input.shape()).collect::<Vec<_>>(),
             self.input_channels
         );
         // SAFETY: f32 has no invalid bit patterns, and the kernel writes every
@@ -352,7 +438,7 @@ impl EvalOp for DirectPointwise {
         };
         kernel.run_pointwise(
             &layer,
-            input.try_as_plain_ram()?.as_slice::<f32>()?,
+            &parts,
             (self.input_channels, pixels),
             output.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?,
         );
@@ -409,7 +495,15 @@ mod tests {
                 bias: &bias,
                 activation: Activation::Linear,
             };
-            kernel.run_pointwise(&layer, &input, (k, p), &mut output);
+            kernel.run_pointwise(&layer, &[&input], (k, p), &mut output);
+            if channels == Channels::First {
+                // The same rows in three parts (the first two may be empty).
+                let (a, b) = ((k / 3) * p, (2 * k / 3) * p);
+                let parts = [&input[..a], &input[a..b], &input[b..]];
+                let mut from_parts = vec![f32::NAN; m * p];
+                kernel.run_pointwise(&layer, &parts, (k, p), &mut from_parts);
+                assert_eq!(from_parts, output, "{k} -> {m} over {p} pixels, in parts");
+            }
             let input_first = channels == Channels::First;
             let output_first = channels != Channels::Last;
             for (i, &got) in output.iter().enumerate() {
@@ -580,5 +674,76 @@ mod tests {
             let want = run_optimised(model, &input).swap_remove(0);
             assert_close(&got, &want, formula);
         }
+    }
+
+    /// `x [1, 12, 5, 7]` and a second map concatenated on the channels (the
+    /// SiLU of x, or tokens `[1, 5, 7, 12]` transposed into a map when
+    /// `tokens`), then a 1x1 convolution of the 24 channels to 16 (an
+    /// `EinSum` and its bias `Add`), not yet decluttered.
+    fn concat_then_pointwise(tokens: bool) -> TypedModel {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1, 12, 5, 7])).unwrap();
+        let second = if tokens {
+            let t = model.add_source("t", f32::fact([1, 5, 7, 12])).unwrap();
+            model.wire_node("to_map", AxisOp::Move(3, 1), &[t]).unwrap()[0]
+        } else {
+            let silu = tract_core::ops::nn::silu::silu();
+            model.wire_node("silu", silu, &[x]).unwrap()[0]
+        };
+        let concat = TypedConcat { axis: 1 };
+        let cat = model.wire_node("cat", concat, &[x, second]).unwrap()[0];
+        let w = Tensor::from_shape(&[16, 24], &values(16 * 24, 7)).unwrap();
+        let w = model.add_const("w", w).unwrap();
+        let b = Tensor::from_shape(&[1, 16, 1, 1], &values(16, 9)).unwrap();
+        let b = model.add_const("b", b).unwrap();
+        let axes: AxesMapping = "NIHW,OI->NOHW".parse().unwrap();
+        let einsum = EinSum::new(axes, f32::datum_type());
+        let y = model.wire_node("conv", einsum, &[cat, w]).unwrap()[0];
+        let add = tract_core::ops::math::add();
+        let y = model.wire_node("bias", add, &[y, b]).unwrap();
+        model.select_output_outlets(&y).unwrap();
+        model
+    }
+
+    #[test]
+    fn a_product_of_concatenated_maps_reads_the_parts() {
+        if Kernel::best().is_none() {
+            skip("a_product_of_concatenated_maps_reads_the_parts");
+            return;
+        }
+        let model = concat_then_pointwise(false);
+        let mut direct = model.clone();
+        super::super::declutter(&mut direct).unwrap();
+        assert_eq!(use_direct_pointwise(&mut direct).unwrap(), 1);
+        let order = direct.eval_order().unwrap();
+        let ops: Vec<_> = order.iter().map(|&n| direct.node(n).op().name()).collect();
+        assert!(!ops.iter().any(|op| op == "Concat"), "{ops:?}");
+        let product = order
+            .iter()
+            .map(|&n| direct.node(n))
+            .find(|n| n.op_is::<DirectPointwise>())
+            .unwrap();
+        assert_eq!(product.inputs.len(), 2, "reads both parts");
+        let input = Tensor::from_shape(&[1, 12, 5, 7], &values(420, 3)).unwrap();
+        let got = run_optimised(direct, &input).swap_remove(0);
+        let want = run_optimised(model, &input).swap_remove(0);
+        assert_close(&got, &want, "concatenated maps");
+    }
+
+    #[test]
+    fn tract_splits_a_product_of_concatenated_tokens() {
+        if Kernel::best().is_none() {
+            skip("tract_splits_a_product_of_concatenated_tokens");
+            return;
+        }
+        let mut model = concat_then_pointwise(true);
+        super::super::declutter(&mut model).unwrap();
+        let concat_read_by_einsum = model.nodes().iter().any(|n| {
+            n.op_is::<EinSum>()
+                && n.inputs
+                    .iter()
+                    .any(|i| model.node(i.node).op_is::<TypedConcat>())
+        });
+        assert!(!concat_read_by_einsum, "{model}");
     }
 }

@@ -188,14 +188,20 @@ const LAST_TO_FIRST_TILE: usize = 14;
 /// Pixel rows a [`Channels::Last`] thread task computes (8 tiles).
 const CHANNELS_LAST_TASK: usize = 8 * CHANNELS_LAST_TILE;
 
-/// Computes a pointwise convolution: for [`Channels::First`], one block of 8
-/// output channels (`input` `[K, P]` with `(K, P)` as given, `weights` the
-/// block's `[K][8]`, `bias` its 8 values, `output` its `[8, P]`); for
-/// [`Channels::LastToFirst`], the same from an `input` `[P, K]` in blocks of
-/// 16; for [`Channels::Last`], every output channel of some pixels (`input`
-/// their `[P, K]`, `weights` all `[M / 32][K][32]`, `bias` all M values,
-/// `output` their `[P, M]`).
+/// Computes a pointwise convolution: for [`Channels::LastToFirst`], one
+/// block of 16 output channels (`input` `[P, K]` with `(K, P)` as given,
+/// `weights` the block's `[K][16]`, `bias` its 16 values, `output` its `[16,
+/// P]`); for [`Channels::Last`], every output channel of some pixels
+/// (`input` their `[P, K]`, `weights` all `[M / 32][K][32]`, `bias` all M
+/// values, `output` their `[P, M]`).
 type PointwiseFn = fn(&[f32], (usize, usize), &[f32], &[f32], &mut [f32]);
+
+/// Computes one block of 8 output channels of a [`Channels::First`]
+/// pointwise convolution over P pixels (as given): the input's `[K, P]` rows
+/// come in parts, runs of whole rows in channel order (a `Concat`'s inputs,
+/// read where they lie), `weights` is the block's `[K][8]`, `bias` its 8
+/// values, `output` its `[8, P]`.
+type PointwiseFirstFn = fn(&[&[f32]], usize, &[f32], &[f32], &mut [f32]);
 
 /// Replaces every value of a slice by its SiLU, `x / (1 + exp(-x))`, to
 /// within a few units in the last place of f32.
@@ -207,7 +213,7 @@ pub struct Kernel {
     name: &'static str,
     row_pixels: RowPixelsFn,
     output_channels: OutputChannelsFn,
-    pointwise_first: PointwiseFn,
+    pointwise_first: PointwiseFirstFn,
     pointwise_last: PointwiseFn,
     pointwise_last_to_first: PointwiseFn,
     silu: SiluFn,
@@ -226,7 +232,7 @@ impl Kernel {
     }
 
     /// Applies `activation` to a finished output block.
-    fn activate(&self, activation: Activation, output: &mut [f32]) {
+    pub(in crate::conv) fn activate(&self, activation: Activation, output: &mut [f32]) {
         match activation {
             Activation::Linear => {}
             Activation::Silu => (self.silu)(output),
@@ -306,10 +312,12 @@ impl Kernel {
     /// The pointwise convolution of `input` (`[K, P]` or `[P, K]` as
     /// `layer.channels` says, `(K, P)` as given) into `output` (`[M, P]` or
     /// `[P, M]`) as `layer` says, on the current tract executor's threads.
+    /// `input` is one slice, or for [`Channels::First`] the `[K, P]` rows in
+    /// parts: runs of whole rows in channel order.
     pub fn run_pointwise(
         &self,
         layer: &PointwiseLayer,
-        input: &[f32],
+        input: &[&[f32]],
         (input_channels, pixels): (usize, usize),
         output: &mut [f32],
     ) {
@@ -320,25 +328,34 @@ impl Kernel {
             activation,
         } = *layer;
         let (k, m, block) = (input_channels, bias.len(), channels.block());
-        assert_eq!(input.len(), k * pixels, "input is not K x P");
+        assert!(
+            channels == Channels::First || input.len() == 1,
+            "{channels:?} input in {} parts",
+            input.len()
+        );
+        assert!(pixels >= channels.min_pixels(), "fewer pixels than a tile");
+        assert!(
+            input.iter().all(|part| part.len() % pixels == 0)
+                && input.iter().map(|part| part.len()).sum::<usize>() == k * pixels,
+            "input is not K x P"
+        );
         assert_eq!(weights.len(), m * k, "weights are not M x K");
         assert_eq!(output.len(), m * pixels, "output is not M x P");
         assert_eq!(m % block, 0, "output channels are not whole blocks");
-        assert!(pixels >= channels.min_pixels(), "fewer pixels than a tile");
         match channels {
             Channels::First | Channels::LastToFirst => {
-                let block_kernel = if channels == Channels::First {
-                    self.pointwise_first
-                } else {
-                    self.pointwise_last_to_first
-                };
                 let tasks: Vec<_> = output
                     .chunks_mut(block * pixels)
                     .zip(weights.chunks(block * k))
                     .zip(bias.chunks(block))
                     .collect();
                 on_tract_threads(tasks, |((output, weights), bias)| {
-                    block_kernel(input, (k, pixels), weights, bias, output);
+                    if channels == Channels::First {
+                        (self.pointwise_first)(input, pixels, weights, bias, output);
+                    } else {
+                        let dims = (k, pixels);
+                        (self.pointwise_last_to_first)(input[0], dims, weights, bias, output);
+                    }
                     self.activate(activation, output);
                 });
             }
@@ -346,7 +363,7 @@ impl Kernel {
                 // Runs of CHANNELS_LAST_TASK pixels, the last one taking the
                 // remainder when it would be shorter than a tile.
                 let mut tasks = Vec::new();
-                let (mut input, mut output) = (input, output);
+                let (mut input, mut output) = (input[0], output);
                 while !input.is_empty() {
                     let rows = input.len() / k;
                     let take = if rows < CHANNELS_LAST_TASK + CHANNELS_LAST_TILE {
@@ -638,7 +655,7 @@ mod tests {
                     activation,
                 };
                 let mut output = vec![f32::NAN; 64 * p];
-                kernel.run_pointwise(&layer, &input, (k, p), &mut output);
+                kernel.run_pointwise(&layer, &[&input], (k, p), &mut output);
                 output
             };
             let what = format!("{channels:?}");

@@ -208,29 +208,30 @@ fn output_channels_avx512<const S: usize, const R: usize, const N: usize>(
 }
 
 fn pointwise_first(
-    input: &[f32],
-    dims: (usize, usize),
+    input: &[&[f32]],
+    pixels: usize,
     weights: &[f32],
     bias: &[f32],
     output: &mut [f32],
 ) {
     // SAFETY: `detect` hands this function out only on CPUs with AVX-512F.
-    unsafe { pointwise_first_avx512(input, dims, weights, bias, output) }
+    unsafe { pointwise_first_avx512(input, pixels, weights, bias, output) }
 }
 
 /// 8 output channels x 32 pixels (two registers) in 16 accumulators; each
 /// input vector, loaded once, meets the 8 channels' weights as broadcasts.
 #[target_feature(enable = "avx512f")]
 fn pointwise_first_avx512(
-    input: &[f32],
-    (channels, pixels): (usize, usize),
+    input: &[&[f32]],
+    pixels: usize,
     weights: &[f32],
     bias: &[f32],
     output: &mut [f32],
 ) {
     const B: usize = 8;
     debug_assert_eq!(Channels::First.block(), B);
-    assert!(input.len() >= channels * pixels && weights.len() >= channels * B);
+    let channels: usize = input.iter().map(|part| part.len() / pixels).sum();
+    assert!(weights.len() >= channels * B);
     assert!(bias.len() >= B && output.len() >= B * pixels);
     for p0 in (0..pixels).step_by(2 * LANES) {
         let masks = [
@@ -238,8 +239,9 @@ fn pointwise_first_avx512(
             lane_mask((p0 + LANES) as isize, pixels),
         ];
         let mut acc: [[__m512; 2]; B] = std::array::from_fn(|o| [_mm512_set1_ps(bias[o]); 2]);
-        for (c, taps) in weights.chunks_exact(B).take(channels).enumerate() {
-            let at = input[c * pixels + p0..].as_ptr();
+        let rows = input.iter().flat_map(|part| part.chunks_exact(pixels));
+        for (row, taps) in rows.zip(weights.chunks_exact(B)) {
+            let at = row[p0..].as_ptr();
             // SAFETY: the masks keep to pixels p0.. of this channel's row.
             let v = unsafe {
                 [
