@@ -13,8 +13,10 @@
 //! copy, no im2col). [`DirectPointwise`] does the same for the pointwise (1x1)
 //! convolutions and the matrix products that are the same thing (over
 //! channel-first maps, over tokens, or from tokens into a map), whose inputs
-//! tract packs for its matrix kernel. Elsewhere tract's own convolution
-//! stays.
+//! tract packs for its matrix kernel; [`declutter`] keeps tract from
+//! splitting those of a `Concat` into a product per part, so that one
+//! [`DirectPointwise`] reads the parts where they lie. Elsewhere tract's own
+//! convolution stays.
 //! The `Silu` after a replaced convolution is folded into it, applied to
 //! each block of output as it is finished.
 
