@@ -457,7 +457,9 @@ impl TypedOp for DirectPointwise {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::test_support::{assert_close, pointwise_model, run_optimised, skip, values};
+    use crate::conv::test_support::{
+        assert_close, pointwise_model, run_optimised, skip, values, wire_pointwise,
+    };
 
     #[test]
     fn kernels_compute_the_products() {
@@ -692,16 +694,16 @@ mod tests {
         };
         let concat = TypedConcat { axis: 1 };
         let cat = model.wire_node("cat", concat, &[x, second]).unwrap()[0];
-        let w = Tensor::from_shape(&[16, 24], &values(16 * 24, 7)).unwrap();
-        let w = model.add_const("w", w).unwrap();
-        let b = Tensor::from_shape(&[1, 16, 1, 1], &values(16, 9)).unwrap();
-        let b = model.add_const("b", b).unwrap();
-        let axes: AxesMapping = "NIHW,OI->NOHW".parse().unwrap();
-        let einsum = EinSum::new(axes, f32::datum_type());
-        let y = model.wire_node("conv", einsum, &[cat, w]).unwrap()[0];
-        let add = tract_core::ops::math::add();
-        let y = model.wire_node("bias", add, &[y, b]).unwrap();
-        model.select_output_outlets(&y).unwrap();
+        let bias: &[usize] = &[1, 16, 1, 1];
+        let y = wire_pointwise(
+            &mut model,
+            cat,
+            "NIHW,OI->NOHW",
+            &[16, 24],
+            false,
+            Some(bias),
+        );
+        model.select_output_outlets(&[y]).unwrap();
         model
     }
 

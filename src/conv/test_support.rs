@@ -51,12 +51,28 @@ pub fn pointwise_model(
     weights_first: bool,
     bias: Option<&[usize]>,
 ) -> (TypedModel, OutletId) {
+    let mut model = TypedModel::default();
+    let x = model.add_source("x", f32::fact(input)).unwrap();
+    let out = wire_pointwise(&mut model, x, formula, weights, weights_first, bias);
+    (model, out)
+}
+
+/// Wires into `model` the pointwise `EinSum` (`formula`) of `x` and
+/// constant weights shaped `weights` (the first operand when
+/// `weights_first`), then a constant `Add` shaped `bias` if given; returns
+/// the last node's output.
+pub fn wire_pointwise(
+    model: &mut TypedModel,
+    x: OutletId,
+    formula: &str,
+    weights: &[usize],
+    weights_first: bool,
+    bias: Option<&[usize]>,
+) -> OutletId {
     let constant = |shape: &[usize], seed| {
         let count = shape.iter().product();
         Tensor::from_shape(shape, &values(count, seed)).unwrap()
     };
-    let mut model = TypedModel::default();
-    let x = model.add_source("x", f32::fact(input)).unwrap();
     let w = model.add_const("w", constant(weights, 7)).unwrap();
     let inputs = if weights_first { [w, x] } else { [x, w] };
     let axes: AxesMapping = formula.parse().unwrap();
@@ -67,7 +83,7 @@ pub fn pointwise_model(
         let add = tract_core::ops::math::add();
         out = model.wire_node("bias", add, &[out, b]).unwrap()[0];
     }
-    (model, out)
+    out
 }
 
 /// Asserts that `got` is `want` within what a different summation order
