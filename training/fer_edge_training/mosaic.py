@@ -14,7 +14,9 @@ the runtime does it (top-left, grey 128):
   the faces of both are kept);
 * **photo**: one LFW photo covering the frame, zoomed in around its labelled face: a
   person at the kiosk, the face at 50% to 100% of the frame's short side;
-* **close-up**: one FER+ face filling a square frame.
+* **close-up**: one FER+ face filling a square frame, or with ``close_up_grid`` n, an
+  n x n grid of FER+ faces each filling its cell (n^2 faces for the pixels of one: more
+  expression examples per step, at 1/n of the size).
 
 Every photo is mirrored at random. Faces cut by a cell's or the frame's edge keep their
 box (clipped) when at least :data:`MIN_VISIBLE` of it is inside and their expression
@@ -197,17 +199,36 @@ def _mosaic(sources: Sources, width: int, height: int, rng, min_labelled: float)
     return canvas, boxes, targets
 
 
+def _close_ups(sources: Sources, size: int, n: int, rng, min_labelled: float):
+    """A ``size`` square of n x n FER+ faces, each filling its cell."""
+    canvas = np.zeros((size, size, 3), np.uint8)
+    cuts = [round(size * i / n) for i in range(n + 1)]
+    boxes, targets = [], []
+    for i in range(n):
+        for j in range(n):
+            rect = (cuts[j], cuts[i], cuts[j + 1] - cuts[j], cuts[i + 1] - cuts[i])
+            photo = sources.draw_ferplus(rng)
+            b, t = place(canvas, photo, rect, rng, rng.uniform(1.0, 1.15), None, min_labelled)
+            boxes.append(b)
+            targets.append(t)
+    return canvas, boxes, targets
+
+
 def compose_frame(
     sources: Sources,
     size: int,
     rng: np.random.Generator,
     letterbox: bool = True,
     min_labelled: float = MIN_LABELLED,
+    close_up_grid: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One frame: ``image [size, size, 3]`` uint8 (letterboxed like the runtime when
     ``letterbox``, else the camera-shaped frame), ``boxes [k, 4]`` float32 in its pixels
     and ``targets [k, C]`` float32 (NaN rows: faces without an expression label; a cut
-    face keeps its label when ``min_labelled`` of it is visible)."""
+    face keeps its label when ``min_labelled`` of it is visible). A close-up frame holds
+    ``close_up_grid`` x ``close_up_grid`` FER+ faces."""
+    if close_up_grid < 1 or size // close_up_grid < 4:
+        raise ValueError(f"a {close_up_grid} x {close_up_grid} close-up grid in {size} px")
     kind = choice(rng, sources.kinds)
     if kind == "close_up":
         width = height = size
@@ -222,22 +243,20 @@ def compose_frame(
             other, more_boxes, more_targets = _mosaic(sources, width, height, rng, min_labelled)
             canvas = ((canvas.astype(np.uint16) + other) // 2).astype(np.uint8)
             boxes, targets = boxes + more_boxes, targets + more_targets
+    elif kind == "close_up":
+        canvas, boxes, targets = _close_ups(sources, size, close_up_grid, rng, min_labelled)
     else:
         canvas = np.zeros((height, width, 3), np.uint8)
         rect = (0, 0, width, height)
-        if kind == "close_up":
-            photo = sources.draw_ferplus(rng)
-            b, t = place(canvas, photo, rect, rng, rng.uniform(1.0, 1.15), None, min_labelled)
-        else:
-            photo = sources.draw_lfw(rng)
-            face = photo.labelled_box()
-            zoom = 1.0
-            if face is not None:
-                with Image.open(photo.path) as im:
-                    cover = max(width / im.width, height / im.height)
-                wanted = rng.uniform(*PHOTO_FACE) * min(width, height)
-                zoom = max(1.0, wanted / max(face[2] - face[0], 1.0) / cover)
-            b, t = place(canvas, photo, rect, rng, zoom, face, min_labelled)
+        photo = sources.draw_lfw(rng)
+        face = photo.labelled_box()
+        zoom = 1.0
+        if face is not None:
+            with Image.open(photo.path) as im:
+                cover = max(width / im.width, height / im.height)
+            wanted = rng.uniform(*PHOTO_FACE) * min(width, height)
+            zoom = max(1.0, wanted / max(face[2] - face[0], 1.0) / cover)
+        b, t = place(canvas, photo, rect, rng, zoom, face, min_labelled)
         boxes, targets = [b], [t]
     canvas = relight(canvas, rng, 1.0)
     if rng.random() < GREY_FRAMES:

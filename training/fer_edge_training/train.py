@@ -17,6 +17,8 @@ What it does:
 * with ``--close-up-batch N``, adds to every step N close-ups (one FER+ face filling the
   frame) at the small ``--close-up-sizes``: expression examples at a third of the cost of
   a full frame each, at the face sizes a kiosk camera delivers (a face of 96-160 px);
+  ``--close-up-grids`` packs n x n of them into a frame instead (n drawn per step), the
+  step's faces in about 1/n^2 of the pixels;
 * with ``--anchor-objectness W`` (and ``--init``), adds W times the divergence of every
   cell's objectness from the ``--init`` model's on the same frames: the features can train
   for expressions while where the detector finds faces stays put;
@@ -70,8 +72,8 @@ def to_input(images: np.ndarray) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()
 
 
-def compose_batch(sources: Sources, size: int, rng, count: int):
-    frames = [compose_frame(sources, size, rng) for _ in range(count)]
+def compose_batch(sources: Sources, size: int, rng, count: int, close_up_grid: int = 1):
+    frames = [compose_frame(sources, size, rng, close_up_grid=close_up_grid) for _ in range(count)]
     images = np.stack([f[0] for f in frames])
     targets = [(torch.from_numpy(b), torch.from_numpy(t)) for _, b, t in frames]
     return images, targets
@@ -250,6 +252,15 @@ def parse_args(argv):
         help="input sizes of the --close-up-batch frames (one per step, drawn at random)",
     )
     ap.add_argument(
+        "--close-up-grids",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="faces a side of the --close-up-batch frames (one per step, drawn at random): "
+        "with n, a step holds --close-up-batch / n^2 frames of n x n faces at 1/n the size, "
+        "the same faces for about 1/n^2 of the pixels",
+    )
+    ap.add_argument(
         "--close-up-weight",
         type=float,
         default=1.0,
@@ -405,7 +416,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.close_up_batch:
                 rng = np.random.default_rng([args.seed, 2, it])
                 size = int(rng.choice(args.close_up_sizes))
-                images, targets = compose_batch(close_ups, size, rng, args.close_up_batch)
+                # (a single grid draws nothing, so runs from before grids resume alike)
+                grid = args.close_up_grids[0]
+                if len(args.close_up_grids) > 1:
+                    grid = int(rng.choice(args.close_up_grids))
+                count = max(1, args.close_up_batch // grid**2)
+                images, targets = compose_batch(close_ups, size, rng, count, grid)
                 targets = [(b.to(device), lab.to(device)) for b, lab in targets]
                 close_loss, close_parts = yolox_loss(
                     model(to_input(images).to(device)), targets, size, args.cls_weight

@@ -101,6 +101,23 @@ def test_every_kind_of_frame_appears_with_faces_at_many_sizes(sources):
     assert 1 in counts and max(counts) >= 9
 
 
+@pytest.mark.parametrize("grid", [1, 2, 3])
+def test_a_close_up_grid_holds_a_labelled_face_in_each_cell(sources, grid):
+    close_ups = Sources(sources.lfw, sources.ferplus, close_ups=1.0)
+    size, cell = 96, 96 / grid
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        _, boxes, targets = compose_frame(close_ups, size, rng, close_up_grid=grid)
+        assert len(boxes) == grid * grid and (labels_of(targets) >= 0).all()
+        # one face a cell, filling most of it (the red square is 38 x 48 of 48 x 48)
+        cells = np.floor((boxes[:, :2] + boxes[:, 2:]) / 2 / cell).astype(int)
+        assert sorted(map(tuple, cells)) == [(j, i) for j in range(grid) for i in range(grid)]
+        widths = (boxes[:, 2] - boxes[:, 0]) / cell
+        assert (widths > 0.6).all() and (widths <= 1.0).all()
+    with pytest.raises(ValueError, match="close-up grid"):
+        compose_frame(close_ups, size, np.random.default_rng(0), close_up_grid=30)
+
+
 def test_labels_of_marks_unlabelled_faces():
     targets = np.concatenate([np.eye(7, dtype=np.float32)[[2, 5]], unlabelled(1)])
     assert labels_of(targets).tolist() == [2, 5, -1]

@@ -67,6 +67,12 @@ def test_close_up_batch_takes_part_in_every_step(tiny_data, tmp_path):
     assert all(torch.equal(b[k], one[k]) for k in b)
     assert any(not torch.equal(b[k], half[k]) for k in b if k.endswith(".weight"))
 
+    # 2 x 2 grids of faces in a quarter as many frames (at least one): another step
+    grids = tmp_path / "grids"
+    assert run(tiny_data, grids, 1, *extra, "--close-up-grids", "2") == 0
+    quad = torch.load(grids / "last.pt", weights_only=True)["model"]
+    assert any(not torch.equal(b[k], quad[k]) for k in b if k.endswith(".weight"))
+
 
 def test_frozen_modules_keep_their_weights_and_norm_statistics(tiny_data, tmp_path):
     start, out = tmp_path / "start", tmp_path / "frozen"
