@@ -62,8 +62,7 @@ fn full_network_matches_pytorch_golden_outputs() {
 }
 
 /// tract's own convolutions against fer-edge's direct ops on the shipped
-/// model: on every CPU its 4 depthwise 3x3 convolutions, 3 max pools and
-/// 8 layer normalisations (as tract expands them);
+/// model: on every CPU its 4 depthwise 3x3 convolutions and 3 max pools;
 /// where a direct kernel exists, also all 27 dense 3x3 convolutions (the 9
 /// at stride 1 over rows of 28 pixels or more by the row-pixel tiling, the
 /// 12 narrower ones and the 6 at stride 2 by the output-channel tiling) and
@@ -87,13 +86,11 @@ fn direct_convolutions_replace_the_dense_3x3s_and_keep_the_outputs() {
         .unwrap();
     declutter(&mut typed).unwrap();
     let mut direct = typed.clone();
-    // The depthwise convolutions, max pools and layer normalisations are
-    // portable code, taken on every CPU; the rest only where a direct
-    // kernel exists.
+    // The depthwise convolutions and max pools are portable code, taken on
+    // every CPU; the rest only where a direct kernel exists.
     let everywhere = Replaced {
         depthwise: 4,
         max_pool: 3,
-        layer_norm: 8,
         ..Replaced::default()
     };
     let (want, kernel) = match Kernel::best() {

@@ -18,14 +18,10 @@
 //! [`DirectPointwise`] reads the parts where they lie. Elsewhere tract's own
 //! convolution stays.
 //! The `Silu` after a replaced convolution is folded into it, applied to
-//! each block of output as it is finished. Two portable ops that are not
-//! convolutions live here too, replaced the same way on every CPU:
-//! [`DirectMaxPool`] (SPPF's pools) and [`DirectLayerNorm`] (tract's
-//! four-op expansion of a layer normalisation, in one pass over each row).
+//! each block of output as it is finished.
 
 mod depthwise;
 mod kernel;
-mod layer_norm;
 mod max_pool;
 mod pointwise;
 #[cfg(test)]
@@ -42,7 +38,6 @@ pub use depthwise::DirectDepthwise3x3;
 pub use kernel::{
     pack_weights, pack_weights_1x1, Activation, Channels, Kernel, Layer, PointwiseLayer, Tiling,
 };
-pub use layer_norm::DirectLayerNorm;
 pub use max_pool::DirectMaxPool;
 pub use pointwise::DirectPointwise;
 
@@ -226,9 +221,6 @@ pub struct Replaced {
     pub depthwise: usize,
     /// Max pools, by [`DirectMaxPool`].
     pub max_pool: usize,
-    /// Layer normalisations (tract's expansion of them), by
-    /// [`DirectLayerNorm`].
-    pub layer_norm: usize,
     /// Pointwise convolutions and the matrix products like them, by
     /// [`DirectPointwise`].
     pub pointwise: usize,
@@ -236,39 +228,35 @@ pub struct Replaced {
     pub silu: usize,
 }
 
-/// Replaces every depthwise convolution [`DirectDepthwise3x3`] handles,
-/// every max pool [`DirectMaxPool`] handles and every layer normalisation
-/// [`DirectLayerNorm`] handles (on any CPU) and, if this CPU
+/// Replaces every depthwise convolution [`DirectDepthwise3x3`] handles and
+/// every max pool [`DirectMaxPool`] handles (on any CPU) and, if this CPU
 /// has a [`Kernel`], every convolution [`DirectConv3x3`] or
 /// [`DirectPointwise`] handles, folding the `Silu` that follows one of those
 /// or a depthwise convolution into it.
 pub fn use_direct_convolutions(model: &mut TypedModel) -> TractResult<Replaced> {
     let depthwise = replace_each(model, DirectDepthwise3x3::for_node)?;
     let max_pool = replace_each(model, DirectMaxPool::for_node)?;
-    let layer_norm = replace_each_reading(model, DirectLayerNorm::for_node)?;
-    let everywhere = Replaced {
-        depthwise,
-        max_pool,
-        layer_norm,
-        ..Replaced::default()
-    };
     let Some(kernel) = Kernel::best() else {
-        return Ok(everywhere);
+        return Ok(Replaced {
+            depthwise,
+            max_pool,
+            ..Replaced::default()
+        });
     };
     let conv3x3 = replace_each(model, DirectConv3x3::for_node)?;
     let pointwise = pointwise::use_direct_pointwise(model)?;
     let silu = fold_silu(model)?;
     log::debug!(
         "fer-edge's direct kernels ({}) run {conv3x3} 3x3, {depthwise} depthwise and \
-         {pointwise} pointwise convolutions, {silu} with their SiLU, {max_pool} max pools \
-         and {layer_norm} layer normalisations",
+         {pointwise} pointwise convolutions, {silu} with their SiLU, and {max_pool} max pools",
         kernel.name()
     );
     Ok(Replaced {
         conv3x3,
+        depthwise,
+        max_pool,
         pointwise,
         silu,
-        ..everywhere
     })
 }
 
@@ -294,24 +282,11 @@ fn replace_each<Direct: TypedOp>(
     model: &mut TypedModel,
     direct: impl Fn(&TypedModel, &TypedNode) -> TractResult<Option<Direct>>,
 ) -> TractResult<usize> {
-    replace_each_reading(model, |model, node| {
-        Ok(direct(model, node)?.map(|op| (op, node.inputs[0])))
-    })
-}
-
-/// Replaces each node of `model` for which `direct` gives an op and the
-/// outlet it reads (the nodes between that outlet and the node, left
-/// without successors, go when tract optimises the model); returns how
-/// many.
-fn replace_each_reading<Direct: TypedOp>(
-    model: &mut TypedModel,
-    direct: impl Fn(&TypedModel, &TypedNode) -> TractResult<Option<(Direct, OutletId)>>,
-) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
-        if let Some((op, input)) = direct(model, node)? {
-            let patch = TypedModelPatch::replace_single_op(model, node, &[input], op)?;
+        if let Some(op) = direct(model, node)? {
+            let patch = TypedModelPatch::replace_single_op(model, node, &node.inputs[..1], op)?;
             patch.apply(model)?;
             replaced += 1;
         }
