@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from fer_edge_training.calibrate import answer, face_cells, fit_offsets, with_offsets
+from fer_edge_training.compare import score
 from fer_edge_training.export import build
 from fer_edge_training.photos import BoxedFace
 
@@ -68,23 +69,22 @@ def test_an_expression_without_faces_is_not_fitted():
     assert [answer(c, offsets) for c in face[100:110]] == [FEAR] * 10
 
 
-def test_no_fitted_expression_loses_its_recall_for_the_common_ones():
+SAD = 5
+
+
+def sadness_stealing_neutral(stolen: int = 100) -> tuple[list[int], list[np.ndarray]]:
     """20 sadness faces, all right before calibration: 14 by 0.1, 1 by 0.6, 5 by 0.9;
-    100 neutral faces that sadness steals by 0.01 to 1.0. Each quarter point that
-    sadness loses against neutral fixes 25 neutral faces, so accuracy alone would lose
-    every sadness face. The fit must stop where sadness keeps MIN_RECALL (0.30: 6 faces,
-    neutral +0.5; a floor of 0.25 would stop at 5 faces, neutral +0.75), and keep the
-    happy faces."""
-    sad = 5
+    100 neutral faces, of which sadness steals the first ``stolen`` by 0.01, 0.02, ...
+    (the others are right by 0.5); 40 happy faces."""
     labels, face = [], []
     for margin in [0.1] * 14 + [0.6] + [0.9] * 5:
         z = np.full(7, -3.0, np.float32)
-        z[NEUTRAL], z[sad] = 1.0, 1.0 + margin
-        labels.append(sad)
+        z[NEUTRAL], z[SAD] = 1.0, 1.0 + margin
+        labels.append(SAD)
         face.append(cells(2.0, list(z)))
     for i in range(100):
         z = np.full(7, -3.0, np.float32)
-        z[NEUTRAL], z[sad] = 1.0, 1.0 + 0.01 * (i + 1)
+        z[NEUTRAL], z[SAD] = 1.0, (1.0 + 0.01 * (i + 1)) if i < stolen else 0.5
         labels.append(NEUTRAL)
         face.append(cells(2.0, list(z)))
     for _ in range(40):
@@ -92,12 +92,38 @@ def test_no_fitted_expression_loses_its_recall_for_the_common_ones():
         z[HAPPY] = 2.0
         labels.append(HAPPY)
         face.append(cells(2.0, list(z)))
+    return labels, face
+
+
+def test_no_fitted_expression_loses_its_recall_for_the_common_ones():
+    """Each quarter point that sadness loses against neutral fixes 25 neutral faces, so
+    accuracy alone would lose every sadness face. The fit must stop where sadness keeps
+    MIN_RECALL (0.30: 6 faces, neutral +0.5; a floor of 0.25 would stop at 5 faces,
+    neutral +0.75), and keep the happy faces."""
+    labels, face = sadness_stealing_neutral()
     offsets = fit_offsets(labels, face)
     answers = [answer(c, offsets) for c in face]
     assert abs(offsets).max() <= 2.0
-    assert answers[:20].count(sad) == 6
+    assert answers[:20].count(SAD) == 6
     assert answers[20:120].count(NEUTRAL) == 50
     assert answers[120:] == [HAPPY] * 40
+
+
+def test_a_kept_balanced_accuracy_refuses_trading_sadness_for_neutral():
+    """60 neutral faces stolen: the free fit gains accuracy and loses balanced accuracy
+    (neutral +0.5: sadness 1.0 -> 0.3, neutral 0.4 -> 0.9; 0.8 -> 0.73). Held at the
+    uncalibrated balanced accuracy, no such trade is left: every sadness face stays
+    right."""
+    labels, face = sadness_stealing_neutral(stolen=60)
+    zero = np.zeros(7, np.float32)
+    before = score(labels, [answer(c, zero) for c in face])
+    free = score(labels, [answer(c, fit_offsets(labels, face)) for c in face])
+    assert free.accuracy > before.accuracy
+    assert free.balanced_accuracy < before.balanced_accuracy
+    offsets = fit_offsets(labels, face, min_balanced=before.balanced_accuracy)
+    kept = score(labels, [answer(c, offsets) for c in face])
+    assert kept.balanced_accuracy >= before.balanced_accuracy
+    assert [answer(c, offsets) for c in face[:20]] == [SAD] * 20
 
 
 def test_offsets_fold_into_the_models_expression_logits(tmp_path):
