@@ -21,7 +21,8 @@ What it does:
   step's faces in about 1/n^2 of the pixels;
 * with ``--anchor-objectness W`` (and ``--init``), adds W times the divergence of every
   cell's objectness from the ``--init`` model's on the same frames: the features can train
-  for expressions while where the detector finds faces stays put;
+  for expressions while where the detector finds faces stays put; ``--anchor-model``
+  anchors to another model's objectness instead (an earlier model that detected better);
 * AdamW, linear warm-up then cosine decay, an exponential moving average (EMA) of the
   weights, which is what gets evaluated and exported;
 * every ``--eval-every`` iterations: mAP@0.5 and expression accuracy of the EMA model on
@@ -302,7 +303,13 @@ def parse_args(argv):
         default=0.0,
         metavar="WEIGHT",
         help="with --init: weight of a loss keeping the frames' objectness at the --init "
-        "model's (0 = none)",
+        "model's, or --anchor-model's (0 = none)",
+    )
+    ap.add_argument(
+        "--anchor-model",
+        type=Path,
+        help="with --anchor-objectness: the checkpoint whose objectness it keeps, if not "
+        "--init's (say, an earlier model whose detection was better)",
     )
     return ap.parse_args(argv)
 
@@ -356,10 +363,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"initialised from the EMA weights in {args.init}", file=sys.stderr)
     anchor = None
     if args.anchor_objectness:
-        if not args.init:
-            raise SystemExit("--anchor-objectness needs --init: the objectness it keeps")
+        anchor_from = args.anchor_model or args.init
+        if not anchor_from:
+            raise SystemExit(
+                "--anchor-objectness needs --init or --anchor-model: the objectness it keeps"
+            )
         anchor = build_model(args.variant).to(device)
-        anchor.load_state_dict(torch.load(args.init, map_location=device, weights_only=True)["ema"])
+        anchor.load_state_dict(
+            torch.load(anchor_from, map_location=device, weights_only=True)["ema"]
+        )
         anchor.eval().requires_grad_(False)
         set_scan_impl(anchor, "fast" if args.scan == "ref" else args.scan)
     if args.resume and last.exists():

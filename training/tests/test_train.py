@@ -110,3 +110,23 @@ def test_objectness_anchor_measures_how_far_objectness_moved():
 def test_anchor_objectness_needs_a_model_to_anchor_to(tiny_data, tmp_path):
     with pytest.raises(SystemExit, match="--init"):
         run(tiny_data, tmp_path / "run", 1, "--anchor-objectness", "1")
+
+
+def test_anchor_model_anchors_to_another_models_objectness(tiny_data, tmp_path):
+    """At lr 0 the anchor term is all that differs: about zero when the anchor is the
+    --init model itself, positive when --anchor-model names weights whose objectness
+    differs."""
+    first = tmp_path / "first"
+    assert run(tiny_data, first, 2) == 0
+    other = tmp_path / "other.pt"
+    weights = torch.load(first / "last.pt", weights_only=True)["ema"]
+    for key in [k for k in weights if k.startswith("head.obj_preds.") and k.endswith("bias")]:
+        weights[key] = weights[key] + 3.0  # an anchor that finds faces everywhere
+    torch.save({"ema": weights}, other)
+    init = ("--init", str(first / "last.pt"), "--anchor-objectness", "1", "--lr", "0")
+    losses = {}
+    for name, extra in [("self", ()), ("other", ("--anchor-model", str(other)))]:
+        assert run(tiny_data, tmp_path / name, 2, *init, *extra) == 0
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        losses[name] = json.loads(lines[-1])["loss"]
+    assert losses["other"] > losses["self"] + 0.1
