@@ -62,8 +62,8 @@ from .photos import BoxedFace, add_source_arguments
 from .preprocess import load_rgb, preprocess
 
 #: Face score threshold the offsets are fitted at by default. fer-edge's default
-#: (`DecodeOptions::default`, src/decode.rs) is higher (0.18 for v9, 0.25 for v13): v9 fitted
-#: here at 0.15 and read at 0.18 did better on the real scenes than a fit at 0.18
+#: (`DecodeOptions::default`, src/decode.rs) is higher (0.18 for v9, 0.25 for v13, 0.22 for
+#: v17): v9 fitted here at 0.15 and read at 0.18 did better on the real scenes than a fit at 0.18
 #: (training/candidates/README.md).
 FIT_CONFIDENCE = 0.15
 #: Weight of macro F1 in the fitted objective.
