@@ -19,10 +19,11 @@ What it does:
   a full frame each, at the face sizes a kiosk camera delivers (a face of 96-160 px);
   ``--close-up-grids`` packs n x n of them into a frame instead (n drawn per step), the
   step's faces in about 1/n^2 of the pixels;
-* with ``--anchor-objectness W`` (and ``--init``), adds W times the divergence of every
-  cell's objectness from the ``--init`` model's on the same frames: the features can train
-  for expressions while where the detector finds faces stays put; ``--anchor-model``
-  anchors to another model's objectness instead (an earlier model that detected better);
+* with ``--anchor-objectness W`` (and ``--init`` or ``--anchor-model``), adds W times the
+  divergence of every cell's objectness from the ``--init`` model's on the same frames: the
+  features can train for expressions while where the detector finds faces stays put;
+  ``--anchor-model`` anchors to another model's objectness instead (an earlier model that
+  detected better);
 * AdamW, linear warm-up then cosine decay, an exponential moving average (EMA) of the
   weights, which is what gets evaluated and exported;
 * every ``--eval-every`` iterations: mAP@0.5 and expression accuracy of the EMA model on
@@ -302,8 +303,8 @@ def parse_args(argv):
         type=float,
         default=0.0,
         metavar="WEIGHT",
-        help="with --init: weight of a loss keeping the frames' objectness at the --init "
-        "model's, or --anchor-model's (0 = none)",
+        help="with --init or --anchor-model: weight of a loss keeping the frames' objectness "
+        "at the --init model's, or --anchor-model's (0 = none)",
     )
     ap.add_argument(
         "--anchor-model",
