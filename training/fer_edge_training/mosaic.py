@@ -18,11 +18,15 @@ the runtime does it (top-left, grey 128):
   n x n grid of FER+ faces each filling its cell (n^2 faces for the pixels of one: more
   expression examples per step, at 1/n of the size).
 
-Every photo is mirrored at random. Faces cut by a cell's or the frame's edge keep their
-box (clipped) when at least :data:`MIN_VISIBLE` of it is inside and their expression
-target when at least :data:`MIN_LABELLED` is; less visible faces are left out. The whole
-frame is re-lit, turned grey in :data:`GREY_FRAMES` of the frames (FER+ is grey, cameras
-are colour: colour must be no clue to the expression), sometimes blurred or noised.
+Every photo is mirrored at random and, with ``Sources(roll=...)``, a share of them turned
+about their centre (a head tilted to one shoulder, which LFW's upright photos and FER+'s
+aligned faces never show; each face's box becomes the box of its turned ellipse, the
+corners the turn uncovers repeat the photo's edge pixels). Faces cut by a cell's or the
+frame's edge keep their box (clipped) when at least :data:`MIN_VISIBLE` of it is inside
+and their expression target when at least :data:`MIN_LABELLED` is; less visible faces are
+left out. The whole frame is re-lit, turned grey in :data:`GREY_FRAMES` of the frames
+(FER+ is grey, cameras are colour: colour must be no clue to the expression), sometimes
+blurred or noised.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ MIN_VISIBLE = 0.4
 MIN_LABELLED = 0.75
 #: Face width in a "photo" frame, as a fraction of the frame's short side.
 PHOTO_FACE = (0.5, 1.0)
+#: Largest turn of a rolled photo, degrees either way.
+MAX_ROLL = 30.0
 
 
 class Sources:
@@ -59,7 +65,9 @@ class Sources:
     (class c drawn in proportion to ``count_c ** (1 - power)``: 0 keeps the data's
     frequencies, 1 draws every class equally often; photos without a labelled face are
     drawn like the most common class). ``close_ups`` is the share of close-up frames (the
-    other kinds keep their relative :data:`KINDS` frequencies)."""
+    other kinds keep their relative :data:`KINDS` frequencies); ``roll`` the share of placed
+    photos turned by up to :data:`MAX_ROLL` degrees (0: none, and no random draws for it,
+    so frames of a seed are the ones drawn before rolls existed)."""
 
     def __init__(
         self,
@@ -67,12 +75,14 @@ class Sources:
         ferplus: list[Photo],
         power: float = 0.5,
         close_ups: float = dict(KINDS)["close_up"],
+        roll: float = 0.0,
     ):
         if not lfw or not ferplus:
             raise ValueError("frames need LFW photos and FER+ faces")
-        if not 0.0 <= close_ups <= 1.0:
-            raise ValueError(f"close-up share must be within [0, 1], got {close_ups}")
-        self.lfw, self.ferplus = lfw, ferplus
+        for name, share in (("close-up", close_ups), ("roll", roll)):
+            if not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} share must be within [0, 1], got {share}")
+        self.lfw, self.ferplus, self.roll = lfw, ferplus, roll
         others = sum(f for k, f in KINDS if k != "close_up")
         self.kinds = tuple(
             (k, close_ups if k == "close_up" else f * (1.0 - close_ups) / others) for k, f in KINDS
@@ -85,6 +95,12 @@ class Sources:
 
     def draw_ferplus(self, rng: np.random.Generator) -> Photo:
         return self.ferplus[rng.choice(len(self.ferplus), p=self.ferplus_weights)]
+
+    def draw_roll(self, rng: np.random.Generator) -> float:
+        """Degrees to turn the next placed photo (counter-clockwise), 0 for most."""
+        if self.roll == 0.0 or rng.random() >= self.roll:
+            return 0.0
+        return float(rng.uniform(-MAX_ROLL, MAX_ROLL))
 
 
 def _balanced(labels: list[int], power: float) -> np.ndarray:
@@ -118,6 +134,43 @@ def _open_rgb(photo: Photo) -> Image.Image:
         return im.convert("RGB")
 
 
+def _turn(size: tuple[int, int], degrees: float) -> np.ndarray:
+    """The 2 x 3 affine map of a turn by ``degrees`` counter-clockwise about the centre of
+    an image of ``size`` (w, h)."""
+    import cv2
+
+    return cv2.getRotationMatrix2D((size[0] / 2, size[1] / 2), degrees, 1.0)
+
+
+def turned_boxes(boxes: np.ndarray, size: tuple[int, int], degrees: float) -> np.ndarray:
+    """``boxes [k, 4]`` of an image of ``size`` turned as :func:`rolled` turns it: the
+    boxes of the turned ellipses they bound (a face's box keeps its size as the head
+    tilts, as a face detector draws it)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2])
+    cx, cy = _turn(size, degrees) @ np.vstack([centres, np.ones(len(boxes))])
+    a, b = (boxes[:, 2] - boxes[:, 0]) / 2, (boxes[:, 3] - boxes[:, 1]) / 2
+    cos, sin = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    half_w, half_h = np.hypot(a * cos, b * sin), np.hypot(a * sin, b * cos)
+    return np.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], 1).astype(np.float32)
+
+
+def rolled(image: Image.Image, boxes: np.ndarray, degrees: float) -> tuple[Image.Image, np.ndarray]:
+    """``image`` turned ``degrees`` counter-clockwise about its centre, same size, the
+    uncovered corners filled with its edge pixels, and its face ``boxes`` with it
+    (:func:`turned_boxes`)."""
+    import cv2
+
+    pixels = cv2.warpAffine(
+        np.asarray(image),
+        _turn(image.size, degrees),
+        image.size,
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return Image.fromarray(pixels), turned_boxes(boxes, image.size, degrees)
+
+
 def place(
     canvas: np.ndarray,
     photo: Photo,
@@ -126,14 +179,19 @@ def place(
     zoom: float,
     focus: np.ndarray | None = None,
     min_labelled: float = MIN_LABELLED,
+    roll: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Covers ``rect`` (x, y, w, h) of ``canvas`` with ``photo`` scaled to cover it times
-    ``zoom``, shifted at random (so that ``focus``, a box of the photo, stays inside when
-    it fits) and mirrored half the time; returns the faces' boxes in canvas pixels and
-    their targets (see the module docstring for cut faces; ``min_labelled`` replaces
-    :data:`MIN_LABELLED`)."""
+    """Covers ``rect`` (x, y, w, h) of ``canvas`` with ``photo`` turned ``roll`` degrees
+    (:func:`rolled`), scaled to cover it times ``zoom``, shifted at random (so that
+    ``focus``, a box of the photo, stays inside when it fits) and mirrored half the time;
+    returns the faces' boxes in canvas pixels and their targets (see the module docstring
+    for cut faces; ``min_labelled`` replaces :data:`MIN_LABELLED`)."""
     x, y, w, h = rect
-    image = _open_rgb(photo)
+    image, boxes = _open_rgb(photo), photo.boxes
+    if roll:
+        if focus is not None:
+            focus = turned_boxes(focus, image.size, roll)[0]
+        image, boxes = rolled(image, boxes, roll)
     iw, ih = image.size
     scale = max(w / iw, h / ih) * zoom
     span_x, span_y = iw * scale - w, ih * scale - h
@@ -144,7 +202,7 @@ def place(
     ox, oy = rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
     source = (ox / scale, oy / scale, (ox + w) / scale, (oy + h) / scale)
     tile = image.resize((w, h), Image.BILINEAR, box=source)
-    boxes = photo.boxes * scale - [ox, oy, ox, oy]
+    boxes = boxes * scale - [ox, oy, ox, oy]
     if rng.random() < 0.5:
         tile = tile.transpose(Image.FLIP_LEFT_RIGHT)
         boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
@@ -193,7 +251,8 @@ def _mosaic(sources: Sources, width: int, height: int, rng, min_labelled: float)
                 photo = sources.draw_lfw(rng)
                 focus = photo.labelled_box() if rng.random() < FOCUSED_TILES else None
                 zoom = rng.uniform(1.0, 1.6)
-            b, t = place(canvas, photo, rect, rng, zoom, focus, min_labelled)
+            roll = sources.draw_roll(rng)
+            b, t = place(canvas, photo, rect, rng, zoom, focus, min_labelled, roll)
             boxes.append(b)
             targets.append(t)
     return canvas, boxes, targets
@@ -207,8 +266,9 @@ def _close_ups(sources: Sources, size: int, n: int, rng, min_labelled: float):
     for i in range(n):
         for j in range(n):
             rect = (cuts[j], cuts[i], cuts[j + 1] - cuts[j], cuts[i + 1] - cuts[i])
-            photo = sources.draw_ferplus(rng)
-            b, t = place(canvas, photo, rect, rng, rng.uniform(1.0, 1.15), None, min_labelled)
+            photo, zoom = sources.draw_ferplus(rng), rng.uniform(1.0, 1.15)
+            roll = sources.draw_roll(rng)
+            b, t = place(canvas, photo, rect, rng, zoom, None, min_labelled, roll)
             boxes.append(b)
             targets.append(t)
     return canvas, boxes, targets
@@ -256,7 +316,8 @@ def compose_frame(
                 cover = max(width / im.width, height / im.height)
             wanted = rng.uniform(*PHOTO_FACE) * min(width, height)
             zoom = max(1.0, wanted / max(face[2] - face[0], 1.0) / cover)
-        b, t = place(canvas, photo, rect, rng, zoom, face, min_labelled)
+        roll = sources.draw_roll(rng)
+        b, t = place(canvas, photo, rect, rng, zoom, face, min_labelled, roll)
         boxes, targets = [b], [t]
     canvas = relight(canvas, rng, 1.0)
     if rng.random() < GREY_FRAMES:

@@ -57,7 +57,7 @@ from .evaluate import Report, evaluate
 from .ferplus import read_ferplus
 from .loss import flatten_levels, yolox_loss
 from .model import CLASSES, build_model, param_groups
-from .mosaic import KINDS, Sources, compose_frame, labels_of
+from .mosaic import KINDS, MAX_ROLL, Sources, compose_frame, labels_of
 from .photos import add_source_arguments, ferplus_photos, lfw_photos
 from .preprocess import MEAN, STD
 from .scan import set_scan_impl
@@ -241,6 +241,13 @@ def parse_args(argv):
         help="share of training frames that are one FER+ face filling the frame",
     )
     ap.add_argument(
+        "--roll",
+        type=float,
+        default=0.0,
+        help=f"share of training photos turned by up to {MAX_ROLL:g} degrees (tilted heads); "
+        "validation frames are never turned",
+    )
+    ap.add_argument(
         "--close-up-batch",
         type=int,
         default=0,
@@ -330,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         ferplus_photos(ferplus["train"]),
         power=args.balance,
         close_ups=args.close_ups,
+        roll=args.roll,
     )
-    close_ups = Sources(train.lfw, train.ferplus, power=args.balance, close_ups=1.0)
+    close_ups = Sources(train.lfw, train.ferplus, args.balance, close_ups=1.0, roll=args.roll)
     val = Sources(lfw["val"], ferplus_photos(ferplus["val"]), power=0.0)
     for name, photos in (("LFW", train.lfw), ("FER+", train.ferplus)):
         counts = np.bincount([p.label for p in photos if p.label >= 0], minlength=len(CLASSES))

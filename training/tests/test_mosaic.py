@@ -1,10 +1,10 @@
-"""Training frames of real photos: boxes follow the pixels through every cut, zoom and
-mirror; cut faces lose their label, then their box; frames are letterboxed as the
+"""Training frames of real photos: boxes follow the pixels through every cut, zoom,
+mirror and turn; cut faces lose their label, then their box; frames are letterboxed as the
 runtime does; a seed gives the same frame."""
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from fer_edge_training import mosaic
 from fer_edge_training.mosaic import Sources, compose_frame, labels_of, place
@@ -43,6 +43,44 @@ def test_the_box_follows_the_face_through_zoom_shift_and_mirror(tmp_path, seed):
     outside = canvas.copy()
     outside[10:110, 20:130] = 0
     assert not outside.any()
+
+
+def red_ellipse_photo(folder, name, box, size=(150, 150)):
+    """A grey photo with a red ellipse filling ``box``: a face whose box a turn changes."""
+    image = Image.new("RGB", size, (60, 60, 60))
+    ImageDraw.Draw(image).ellipse([box[0], box[1], box[2] - 1, box[3] - 1], fill=RED)
+    path = folder / f"{name}.png"
+    image.save(path)
+    return Photo(path, np.asarray([box], np.float32), np.eye(7, dtype=np.float32)[[1]], 1)
+
+
+@pytest.mark.parametrize("degrees", [-30.0, -12.5, 20.0, 30.0, 90.0])
+def test_a_turned_face_keeps_its_box_on_its_pixels(tmp_path, degrees):
+    # a tall ellipse off the photo's centre: the turn moves it and changes its box's shape
+    photo = red_ellipse_photo(tmp_path, "p", (50, 30, 90, 100))
+    for seed in range(3):
+        canvas = np.zeros((120, 160, 3), np.uint8)
+        rect = (10, 10, 140, 100)
+        rng = np.random.default_rng(seed)
+        boxes, targets = place(canvas, photo, rect, rng, 1.2, photo.boxes[0], roll=degrees)
+        assert len(boxes) == 1 and targets[0].tolist() == photo.targets[0].tolist()
+        assert boxes[0] == pytest.approx(red_extent(canvas), abs=2.0)
+    if degrees == 90.0:  # lying on its side: wider than tall
+        width, height = boxes[0, 2:] - boxes[0, :2]
+        assert width > 1.5 * height
+
+
+def test_rolls_come_at_the_asked_share_and_none_by_default(sources):
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    assert sources.draw_roll(rng) == 0.0
+    assert rng.bit_generator.state == state  # no draw: seeds keep their frames
+    rolling = Sources(sources.lfw, sources.ferplus, roll=0.4)
+    rolls = np.array([rolling.draw_roll(rng) for _ in range(2000)])
+    assert (rolls != 0).mean() == pytest.approx(0.4, abs=0.04)
+    assert np.abs(rolls).max() <= mosaic.MAX_ROLL and np.abs(rolls).max() > 25
+    with pytest.raises(ValueError, match="roll share"):
+        Sources(sources.lfw, sources.ferplus, roll=1.5)
 
 
 def test_a_cut_face_loses_its_label_then_its_box(tmp_path):

@@ -74,6 +74,17 @@ def test_close_up_batch_takes_part_in_every_step(tiny_data, tmp_path):
     assert any(not torch.equal(b[k], quad[k]) for k in b if k.endswith(".weight"))
 
 
+def test_roll_turns_the_training_photos(tiny_data, tmp_path):
+    steps = {}
+    for name, extra in [("plain", ()), ("none", ("--roll", "0")), ("all", ("--roll", "1"))]:
+        assert run(tiny_data, tmp_path / name, 1, *extra) == 0
+        steps[name] = torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]
+    plain = steps["plain"]
+    # --roll 0 draws nothing: the very frames, the very step
+    assert all(torch.equal(plain[k], steps["none"][k]) for k in plain)
+    assert any(not torch.equal(plain[k], steps["all"][k]) for k in plain if k.endswith(".weight"))
+
+
 def test_frozen_modules_keep_their_weights_and_norm_statistics(tiny_data, tmp_path):
     start, out = tmp_path / "start", tmp_path / "frozen"
     assert run(tiny_data, start, 1) == 0
