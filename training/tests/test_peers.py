@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from fer_edge_training import compare
 from fer_edge_training.model import CLASSES
@@ -273,3 +273,29 @@ def test_haar_cascade_finds_the_sample_portrait_face():
     assert len(faces) == 1
     # the cascade's square box and MTCNN's taller one on the same face
     assert compare.iou(faces[0], detect_faces(image)[0][:4]) > 0.5
+
+
+def test_a_turned_scene_turns_its_faces_and_stops_counting_those_it_cuts(tmp_path):
+    # a 200 x 120 photo: a red disc face at the centre, another in the top-left corner
+    image = Image.new("RGB", (200, 120), (60, 60, 60))
+    draw = ImageDraw.Draw(image)
+    centre, corner = (80, 40, 120, 80), (2, 2, 32, 32)
+    for box in (centre, corner):
+        draw.ellipse([box[0], box[1], box[2] - 1, box[3] - 1], fill=(255, 0, 0))
+    path = tmp_path / "scene.png"
+    image.save(path)
+    scene = compare.Scene(path, [centre, corner], [(150, 90, 160, 100)], min_width=12.0)
+    out = tmp_path / "turned"
+    out.mkdir()
+    turned = compare.turned_scene(scene, 30.0, out)
+    assert turned.path == out / "scene.png" and turned.min_width == scene.min_width
+    # the centre face stays where it was (a disc turned about its own centre) ...
+    assert turned.counted == [pytest.approx(centre, abs=0.01)]
+    pixels = np.asarray(Image.open(turned.path))
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 60)
+    assert red[40:80, 80:120].mean() > 0.7
+    # ... the corner face leaves the photo and is no longer counted, nor an error to box
+    assert len(turned.others) == 2
+    assert compare.turned_scene(scene, 0.0, out).counted == [
+        pytest.approx(b, abs=0.01) for b in scene.counted
+    ]
