@@ -14,10 +14,14 @@ from fer_edge_training.preprocess import PAD_VALUE
 RED = (255, 0, 0)
 
 
-def red_square_photo(folder, name, box, size=(150, 150), label=3):
-    """A grey photo with a red square at ``box``: where the face is, visibly."""
+def red_square_photo(folder, name, box, size=(150, 150), label=3, ellipse=False):
+    """A grey photo with a red square at ``box``, or with ``ellipse`` a red ellipse filling
+    it (a face whose box a turn changes): where the face is, visibly."""
     image = Image.new("RGB", size, (60, 60, 60))
-    image.paste(Image.new("RGB", (box[2] - box[0], box[3] - box[1]), RED), box[:2])
+    if ellipse:
+        ImageDraw.Draw(image).ellipse([box[0], box[1], box[2] - 1, box[3] - 1], fill=RED)
+    else:
+        image.paste(Image.new("RGB", (box[2] - box[0], box[3] - box[1]), RED), box[:2])
     path = folder / f"{name}.png"
     image.save(path)
     target = np.eye(7, dtype=np.float32)[label][None]
@@ -45,19 +49,10 @@ def test_the_box_follows_the_face_through_zoom_shift_and_mirror(tmp_path, seed):
     assert not outside.any()
 
 
-def red_ellipse_photo(folder, name, box, size=(150, 150)):
-    """A grey photo with a red ellipse filling ``box``: a face whose box a turn changes."""
-    image = Image.new("RGB", size, (60, 60, 60))
-    ImageDraw.Draw(image).ellipse([box[0], box[1], box[2] - 1, box[3] - 1], fill=RED)
-    path = folder / f"{name}.png"
-    image.save(path)
-    return Photo(path, np.asarray([box], np.float32), np.eye(7, dtype=np.float32)[[1]], 1)
-
-
 @pytest.mark.parametrize("degrees", [-30.0, -12.5, 20.0, 30.0, 90.0])
 def test_a_turned_face_keeps_its_box_on_its_pixels(tmp_path, degrees):
     # a tall ellipse off the photo's centre: the turn moves it and changes its box's shape
-    photo = red_ellipse_photo(tmp_path, "p", (50, 30, 90, 100))
+    photo = red_square_photo(tmp_path, "p", (50, 30, 90, 100), ellipse=True)
     for seed in range(3):
         canvas = np.zeros((120, 160, 3), np.uint8)
         rect = (10, 10, 140, 100)
