@@ -8,7 +8,10 @@ the runtime does it (top-left, grey 128):
 * **mosaic** (YOLOX-style): the frame cut into an n x n grid (:data:`GRID`, cut lines
   jittered) and every cell covered by a photo, zoomed and shifted at random: an LFW
   photo (in :data:`FOCUSED_TILES` of them shifted to keep its labelled face inside), or
-  in :data:`FERPLUS_TILES` of the cells a FER+ face. With n up to 6 a face is
+  in :data:`FERPLUS_TILES` of the cells a FER+ face, or with ``Sources(backgrounds=...)``
+  in a share of the cells a face-free photo (:mod:`~fer_edge_training.backgrounds`) at up
+  to :data:`MAX_BACKGROUND_ZOOM` times its covering scale: wood, leaves or cups that are
+  no face. With n up to 6 a face is
   down to about 6% of the frame's long side, the smallest faces the real-scene check
   counts. In :data:`MIXUP` of the mosaics a second mosaic is blended in (YOLOX's mixup;
   the faces of both are kept);
@@ -58,6 +61,8 @@ MIN_LABELLED = 0.75
 PHOTO_FACE = (0.5, 1.0)
 #: Largest turn of a rolled photo, degrees either way.
 MAX_ROLL = 30.0
+#: Largest zoom of a face-free photo in a mosaic cell (drawn log-uniformly from 1).
+MAX_BACKGROUND_ZOOM = 8.0
 
 
 class Sources:
@@ -66,8 +71,9 @@ class Sources:
     frequencies, 1 draws every class equally often; photos without a labelled face are
     drawn like the most common class). ``close_ups`` is the share of close-up frames (the
     other kinds keep their relative :data:`KINDS` frequencies); ``roll`` the share of placed
-    photos turned by up to :data:`MAX_ROLL` degrees (0: none, and no random draws for it,
-    so frames of a seed are the ones drawn before rolls existed)."""
+    photos turned by up to :data:`MAX_ROLL` degrees; ``background_tiles`` the share of
+    mosaic cells covered by one of the face-free ``backgrounds``. A share of 0 draws no
+    random numbers, so frames of a seed are the ones drawn before the option existed."""
 
     def __init__(
         self,
@@ -76,13 +82,19 @@ class Sources:
         power: float = 0.5,
         close_ups: float = dict(KINDS)["close_up"],
         roll: float = 0.0,
+        backgrounds: list[Photo] = (),
+        background_tiles: float = 0.0,
     ):
         if not lfw or not ferplus:
             raise ValueError("frames need LFW photos and FER+ faces")
-        for name, share in (("close-up", close_ups), ("roll", roll)):
+        shares = (("close-up", close_ups), ("roll", roll), ("background tile", background_tiles))
+        for name, share in shares:
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name} share must be within [0, 1], got {share}")
+        if background_tiles and not backgrounds:
+            raise ValueError("background tiles need face-free photos")
         self.lfw, self.ferplus, self.roll = lfw, ferplus, roll
+        self.backgrounds, self.background_tiles = list(backgrounds), background_tiles
         others = sum(f for k, f in KINDS if k != "close_up")
         self.kinds = tuple(
             (k, close_ups if k == "close_up" else f * (1.0 - close_ups) / others) for k, f in KINDS
@@ -95,6 +107,12 @@ class Sources:
 
     def draw_ferplus(self, rng: np.random.Generator) -> Photo:
         return self.ferplus[rng.choice(len(self.ferplus), p=self.ferplus_weights)]
+
+    def draw_background(self, rng: np.random.Generator) -> Photo | None:
+        """A face-free photo for the next mosaic cell, or None (most cells)."""
+        if self.background_tiles == 0.0 or rng.random() >= self.background_tiles:
+            return None
+        return self.backgrounds[rng.choice(len(self.backgrounds))]
 
     def draw_roll(self, rng: np.random.Generator) -> float:
         """Degrees to turn the next placed photo (counter-clockwise), 0 for most."""
@@ -245,7 +263,11 @@ def _mosaic(sources: Sources, width: int, height: int, rng, min_labelled: float)
             rect = (xs[j], ys[i], xs[j + 1] - xs[j], ys[i + 1] - ys[i])
             if rect[2] < 4 or rect[3] < 4:
                 continue
-            if rng.random() < FERPLUS_TILES:
+            background = sources.draw_background(rng)
+            if background is not None:
+                zoom = float(np.exp(rng.uniform(0.0, np.log(MAX_BACKGROUND_ZOOM))))
+                photo, focus = background, None
+            elif rng.random() < FERPLUS_TILES:
                 photo, zoom, focus = sources.draw_ferplus(rng), rng.uniform(1.0, 1.2), None
             else:
                 photo = sources.draw_lfw(rng)

@@ -19,6 +19,9 @@ What it does:
   a full frame each, at the face sizes a kiosk camera delivers (a face of 96-160 px);
   ``--close-up-grids`` packs n x n of them into a frame instead (n drawn per step), the
   step's faces in about 1/n^2 of the pixels;
+* with ``--backgrounds DIR`` (:mod:`fer_edge_training.backgrounds`), covers
+  ``--background-tiles`` of the mosaic cells with face-free photos (textures, plants,
+  objects: what a detector trained on faces alone boxes as faces);
 * with ``--anchor-objectness W`` (and ``--init`` or ``--anchor-model``), adds W times the
   divergence of every cell's objectness from the ``--init`` model's on the same frames: the
   features can train for expressions while where the detector finds faces stays put;
@@ -52,6 +55,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .backgrounds import background_photos
 from .decode import decode
 from .evaluate import Report, evaluate
 from .ferplus import read_ferplus
@@ -248,6 +252,17 @@ def parse_args(argv):
         "validation frames are never turned",
     )
     ap.add_argument(
+        "--backgrounds",
+        type=Path,
+        help="folder of face-free photos for mosaic cells (fer_edge_training.backgrounds)",
+    )
+    ap.add_argument(
+        "--background-tiles",
+        type=float,
+        default=0.1,
+        help="with --backgrounds: share of the training mosaics' cells they cover",
+    )
+    ap.add_argument(
         "--close-up-batch",
         type=int,
         default=0,
@@ -338,9 +353,17 @@ def main(argv: list[str] | None = None) -> int:
         power=args.balance,
         close_ups=args.close_ups,
         roll=args.roll,
+        backgrounds=background_photos(args.backgrounds) if args.backgrounds else [],
+        background_tiles=args.background_tiles if args.backgrounds else 0.0,
     )
     close_ups = Sources(train.lfw, train.ferplus, args.balance, close_ups=1.0, roll=args.roll)
     val = Sources(lfw["val"], ferplus_photos(ferplus["val"]), power=0.0)
+    if train.backgrounds:
+        print(
+            f"{len(train.backgrounds)} face-free photos in {args.background_tiles:g} of the "
+            f"mosaic cells ({args.backgrounds})",
+            file=sys.stderr,
+        )
     for name, photos in (("LFW", train.lfw), ("FER+", train.ferplus)):
         counts = np.bincount([p.label for p in photos if p.label >= 0], minlength=len(CLASSES))
         print(

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from fer_edge_training import mosaic
+from fer_edge_training.backgrounds import background_photos
 from fer_edge_training.mosaic import Sources, compose_frame, labels_of, place
 from fer_edge_training.photos import Photo, unlabelled
 from fer_edge_training.preprocess import PAD_VALUE
@@ -149,6 +150,41 @@ def test_a_close_up_grid_holds_a_labelled_face_in_each_cell(sources, grid):
         assert (widths > 0.6).all() and (widths <= 1.0).all()
     with pytest.raises(ValueError, match="close-up grid"):
         compose_frame(close_ups, size, np.random.default_rng(0), close_up_grid=30)
+
+
+def blue_photos(folder, n=3):
+    """Face-free photos: plain blue, a colour no other test photo has."""
+    folder.mkdir()
+    for k in range(n):
+        Image.new("RGB", (300, 200), (0, 0, 255)).save(folder / f"blue{k}.jpg")
+    return background_photos(folder)
+
+
+def test_background_cells_hold_no_faces_and_cost_no_draws_when_off(sources, tmp_path):
+    backgrounds = blue_photos(tmp_path / "bg")
+    every_cell = Sources(
+        sources.lfw, sources.ferplus, close_ups=0.0, backgrounds=backgrounds, background_tiles=1.0
+    )
+    mosaics = 0
+    for seed in range(20):
+        image, boxes, _ = compose_frame(every_cell, 96, np.random.default_rng(seed), False)
+        if len(boxes) == 0:  # a mosaic, every cell face-free: blue (re-lit), or a grey frame
+            mosaics += 1
+            blue = image[..., 2].astype(int) > image[..., 0].astype(int) + 100
+            assert (image[..., 0] == image[..., 2]).all() or blue.mean() > 0.9
+        else:  # a "photo" frame: one LFW photo and its face, no background in it
+            assert len(boxes) == 1
+    assert 5 <= mosaics <= 18
+    # a share of 0 draws nothing: the frames of a seed stay the ones drawn without them
+    off = Sources(sources.lfw, sources.ferplus, backgrounds=backgrounds, background_tiles=0.0)
+    for seed in range(6):
+        plain = compose_frame(sources, 96, np.random.default_rng(seed))
+        same = compose_frame(off, 96, np.random.default_rng(seed))
+        assert np.array_equal(plain[0], same[0]) and np.array_equal(plain[1], same[1])
+    with pytest.raises(ValueError, match="face-free photos"):
+        Sources(sources.lfw, sources.ferplus, background_tiles=0.2)
+    with pytest.raises(ValueError, match="background tile share"):
+        Sources(sources.lfw, sources.ferplus, backgrounds=backgrounds, background_tiles=2.0)
 
 
 def test_labels_of_marks_unlabelled_faces():

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from fer_edge_training import train
 
@@ -74,13 +75,22 @@ def test_close_up_batch_takes_part_in_every_step(tiny_data, tmp_path):
     assert any(not torch.equal(b[k], quad[k]) for k in b if k.endswith(".weight"))
 
 
-def test_roll_turns_the_training_photos(tiny_data, tmp_path):
+@pytest.mark.parametrize("option", ["--roll", "--background-tiles"])
+def test_a_frame_option_changes_the_step_and_nothing_when_off(tiny_data, tmp_path, option):
+    extra = ()
+    if option == "--background-tiles":
+        folder = tmp_path / "backgrounds"
+        folder.mkdir()
+        Image.new("RGB", (320, 240), (20, 90, 30)).save(folder / "leaves.jpg")
+        extra = ("--backgrounds", str(folder))
     steps = {}
-    for name, extra in [("plain", ()), ("none", ("--roll", "0")), ("all", ("--roll", "1"))]:
-        assert run(tiny_data, tmp_path / name, 1, *extra) == 0
+    for name, share in [("plain", None), ("none", "0"), ("all", "1")]:
+        args = ("--batch", "4", "--close-ups", "0")  # mosaics and photos: rolls and cells
+        args += () if share is None else (*extra, option, share)
+        assert run(tiny_data, tmp_path / name, 1, *args) == 0
         steps[name] = torch.load(tmp_path / name / "last.pt", weights_only=True)["model"]
     plain = steps["plain"]
-    # --roll 0 draws nothing: the very frames, the very step
+    # a share of 0 draws nothing: the very frames, the very step
     assert all(torch.equal(plain[k], steps["none"][k]) for k in plain)
     assert any(not torch.equal(plain[k], steps["all"][k]) for k in plain if k.endswith(".weight"))
 
