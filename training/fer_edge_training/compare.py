@@ -41,6 +41,12 @@ or at each of ``--scene-confidence``) against OpenCV's Haar cascade
 cascade finds faces of at least 30 px, about the smallest size counted) in the same run.
 With ``--scene-turns``, the same photos are measured again turned by each angle
 (:func:`turned_scene`): heads tilted to one shoulder, which kiosk visitors do.
+
+**False faces on textures** (:func:`false_faces`): scikit-image's photos without a person
+(:data:`FACE_FREE`: coins, gravel, grass, a brick wall, the moon, printed text, a cat, a
+coffee cup, a rocket), each brought to :data:`FACE_FREE_SIZE` as a camera frame: every
+box fer-edge draws at each confidence of the scene check, and every box of the Haar
+cascade, is a false face. None of these photos is a training frame.
 """
 
 from __future__ import annotations
@@ -81,7 +87,13 @@ MIN_SCENE_FACE = 0.06
 #: MTCNN faces below this score are not counted, but a detection on one is no error either.
 KNOWN_SCENE_FACE_SCORE = 0.5
 #: The sets :func:`main` measures.
-SETS = ("ferplus", "lfw", "scenes")
+SETS = ("ferplus", "lfw", "scenes", "textures")
+#: scikit-image's photos (``skimage.data``) with no human face in them.
+FACE_FREE = (
+    "brick", "chelsea", "coffee", "coins", "grass", "gravel", "moon", "page", "rocket", "text"
+)  # fmt: skip
+#: Size (w, h) the face-free photos are resized to: a camera frame's shape.
+FACE_FREE_SIZE = (320, 240)
 #: IoU thresholds of the scene check.
 SCENE_IOU = (0.5, 0.4)
 
@@ -421,6 +433,53 @@ def scene_scores(
     return {(d, "default" if c is None else f"{c:g}"): v for (d, c), v in totals.items()}
 
 
+def face_free_photos(folder: Path) -> list[Path]:
+    """:data:`FACE_FREE` as RGB PNGs of :data:`FACE_FREE_SIZE` (Pillow's bicubic resize) in
+    ``folder``."""
+    from skimage import data
+
+    paths = []
+    for name in FACE_FREE:
+        image = Image.fromarray(getattr(data, name)()).convert("RGB")
+        path = folder / f"{name}.png"
+        image.resize(FACE_FREE_SIZE, Image.BICUBIC).save(path)
+        paths.append(path)
+    return paths
+
+
+def false_faces(args: argparse.Namespace, paths: list[Path]) -> dict[tuple[str, str], list[int]]:
+    """Boxes drawn on each face-free photo of ``paths``, per (detector, confidence) as in
+    :func:`scene_scores`."""
+    confidences = args.scene_confidence or [None]
+    lowest = None if confidences == [None] else min(confidences)
+    ours = fer_edge_detections(args.fer_edge, args.model, paths, args.threads, confidence=lowest)
+    counts = {
+        ("fer-edge", "default" if c is None else f"{c:g}"): [
+            sum(c is None or d["score"] >= c for d in ours[str(path)]) for path in paths
+        ]
+        for c in confidences
+    }
+    counts["Haar", ""] = [
+        len(haar_faces(np.asarray(Image.open(path).convert("RGB")))) for path in paths
+    ]
+    return counts
+
+
+def false_face_report(counts: dict[tuple[str, str], list[int]], paths: list[Path]) -> str:
+    names = [p.stem for p in paths]
+    lines = [
+        f"### False faces on {len(paths)} face-free photos (scikit-image, "
+        f"{FACE_FREE_SIZE[0]}x{FACE_FREE_SIZE[1]})",
+        "",
+        "| detector | confidence | " + " | ".join(names) + " | all |",
+        "|---|---|" + "---|" * (len(names) + 1),
+    ]
+    for (detector, confidence), per_photo in counts.items():
+        cells = " | ".join(map(str, per_photo))
+        lines.append(f"| {detector} | {confidence} | {cells} | {sum(per_photo)} |")
+    return "\n".join(lines)
+
+
 def scene_report(
     totals: dict[tuple[str, str], dict[float, DetectionScores]], photos: int, turn: float = 0.0
 ) -> str:
@@ -493,6 +552,10 @@ def main(argv: list[str] | None = None) -> None:
                 turned = [turned_scene(scene, turn, Path(folder)) for scene in photos]
                 totals = scene_scores(args, turned)
             sections.append(scene_report(totals, len(photos), turn))
+    if "textures" in args.sets:
+        with tempfile.TemporaryDirectory() as folder:
+            paths = face_free_photos(Path(folder))
+            sections.append(false_face_report(false_faces(args, paths), paths))
     sections.append(
         "fer-edge: expression of its highest-scoring detection with IoU >= "
         f"{MATCH_IOU} with the face's box (confidence >= {FER_EDGE_CONFIDENCE}); no such "

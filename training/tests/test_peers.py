@@ -9,6 +9,7 @@ them, or without the shared dataset beside the repository, those tests skip loud
 
 from __future__ import annotations
 
+import argparse
 import os
 import stat
 from pathlib import Path
@@ -225,20 +226,26 @@ def test_paired_test_counts_disagreements_and_gives_the_exact_p_value():
     )
 
 
-def test_fer_edge_detections_batches_calls(tmp_path, monkeypatch):
-    """A stand-in binary answering ``detect --model M --confidence C IMAGE...``."""
-    fake = tmp_path / "fer-edge"
+def fake_fer_edge(folder, faces_json):
+    """A stand-in binary answering ``detect --model M [--confidence C] IMAGE...`` with
+    ``faces_json`` for every image, logging its arguments to ``<binary>.calls``."""
+    fake = folder / "fer-edge"
+    faces = faces_json.replace('"', '\\"')
     fake.write_text(
         "#!/bin/sh\n"
         'echo "$@" >> "$0.calls"\n'
         "shift\n"
         'while [ "${1#--}" != "$1" ]; do shift 2; done\n'
         'for img in "$@"; do\n'
-        '  echo "{\\"image\\":\\"$img\\",\\"faces\\":[{\\"box\\":[0,0,9,9],'
-        '\\"expression\\":\\"surprise\\",\\"score\\":0.5}]}"\n'
+        f'  echo "{{\\"image\\":\\"$img\\",\\"faces\\":{faces}}}"\n'
         "done\n"
     )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
+def test_fer_edge_detections_batches_calls(tmp_path, monkeypatch):
+    fake = fake_fer_edge(tmp_path, '[{"box":[0,0,9,9],"expression":"surprise","score":0.5}]')
     monkeypatch.setattr(compare, "BATCH", 2)
     images = [tmp_path / f"{i}.jpg" for i in range(3)]
     found = compare.fer_edge_detections(fake, Path("m.onnx"), images, threads=1)
@@ -247,6 +254,35 @@ def test_fer_edge_detections_batches_calls(tmp_path, monkeypatch):
     calls = (tmp_path / "fer-edge.calls").read_text().splitlines()
     assert len(calls) == 2
     assert calls[0].startswith("detect --model m.onnx --confidence 0.05 --threads 1 ")
+
+
+def test_every_box_on_a_face_free_photo_is_a_false_face(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    paths = compare.face_free_photos(faces)
+    assert [p.stem for p in paths] == list(compare.FACE_FREE)
+    for path in paths:
+        with Image.open(path) as im:
+            assert im.size == compare.FACE_FREE_SIZE and im.mode == "RGB"
+    two_boxes = (
+        '[{"box":[0,0,40,40],"expression":"neutral","score":0.3},'
+        '{"box":[50,50,90,90],"expression":"anger","score":0.1}]'
+    )
+    args = argparse.Namespace(
+        fer_edge=fake_fer_edge(tmp_path, two_boxes),
+        model=Path("m.onnx"),
+        threads=None,
+        scene_confidence=[0.2, 0.05],
+    )
+    counts = compare.false_faces(args, paths)
+    assert counts["fer-edge", "0.2"] == [1] * len(paths)
+    assert counts["fer-edge", "0.05"] == [2] * len(paths)
+    calls = (tmp_path / "fer-edge.calls").read_text()
+    assert calls.startswith("detect --model m.onnx --confidence 0.05 ")  # once, at the lowest
+    haar = counts["Haar", ""]  # OpenCV's cascade, run for real on the textures
+    assert len(haar) == len(paths) and all(n >= 0 for n in haar)
+    report = compare.false_face_report(counts, paths)
+    assert f"| fer-edge | 0.2 | {' | '.join(['1'] * len(paths))} | {len(paths)} |" in report
 
 
 def test_scene_matching_counts_found_missed_ignored_and_false_faces():
