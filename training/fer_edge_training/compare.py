@@ -404,24 +404,48 @@ def scenes(args: argparse.Namespace) -> list[Scene]:
     return out
 
 
+def fer_edge_at_scene_confidences(
+    args: argparse.Namespace, paths: list[Path]
+) -> dict[float | None, dict[str, list[dict]]]:
+    """fer-edge's detections on ``paths`` at each of ``--scene-confidence`` (None: the
+    runtime's default), best first, by image path; one ``detect`` run at the lowest."""
+    confidences = args.scene_confidence or [None]
+    lowest = None if confidences == [None] else min(confidences)
+    ours = fer_edge_detections(args.fer_edge, args.model, paths, args.threads, confidence=lowest)
+    ranked = {path: sorted(found, key=lambda d: -d["score"]) for path, found in ours.items()}
+    return {
+        c: {
+            path: [d for d in found if c is None or d["score"] >= c]
+            for path, found in ranked.items()
+        }
+        for c in confidences
+    }
+
+
+def confidence_label(confidence: float | None) -> str:
+    """A report's name for a fer-edge confidence (None: the runtime's default)."""
+    return "default" if confidence is None else f"{confidence:g}"
+
+
+def haar_faces_in(path: Path) -> list[tuple[float, float, float, float]]:
+    """:func:`haar_faces` on the image at ``path``."""
+    with Image.open(path) as im:
+        return haar_faces(np.asarray(im.convert("RGB")))
+
+
 def scene_scores(
     args: argparse.Namespace, photos: list[Scene]
 ) -> dict[tuple[str, str], dict[float, DetectionScores]]:
     """Face recall and precision on ``photos``, per (detector, confidence) and IoU
     threshold; fer-edge at each of ``--scene-confidence`` (default: the runtime's own)."""
-    confidences = args.scene_confidence or [None]
-    lowest = None if confidences == [None] else min(confidences)
-    paths = [scene.path for scene in photos]
-    ours = fer_edge_detections(args.fer_edge, args.model, paths, args.threads, confidence=lowest)
-    rows = [("fer-edge", c) for c in confidences] + [("Haar", None)]
+    ours = fer_edge_at_scene_confidences(args, [scene.path for scene in photos])
+    rows = [("fer-edge", c) for c in ours] + [("Haar", None)]
     totals = {row: {t: DetectionScores(0, 0, 0) for t in SCENE_IOU} for row in rows}
     for scene in photos:
-        ranked = sorted(ours[str(scene.path)], key=lambda d: -d["score"])
         detections = {
-            ("fer-edge", c): [d["box"] for d in ranked if c is None or d["score"] >= c]
-            for c in confidences
+            ("fer-edge", c): [d["box"] for d in found[str(scene.path)]] for c, found in ours.items()
         }
-        detections["Haar", None] = haar_faces(np.asarray(Image.open(scene.path).convert("RGB")))
+        detections["Haar", None] = haar_faces_in(scene.path)
         for row, boxes in detections.items():
             for t in SCENE_IOU:
                 found, false = match_scene(
@@ -430,7 +454,7 @@ def scene_scores(
                 s = totals[row][t]
                 s.found, s.faces = s.found + found, s.faces + len(scene.counted)
                 s.false += false
-    return {(d, "default" if c is None else f"{c:g}"): v for (d, c), v in totals.items()}
+    return {(d, confidence_label(c)): v for (d, c), v in totals.items()}
 
 
 def face_free_photos(folder: Path) -> list[Path]:
@@ -450,18 +474,12 @@ def face_free_photos(folder: Path) -> list[Path]:
 def false_faces(args: argparse.Namespace, paths: list[Path]) -> dict[tuple[str, str], list[int]]:
     """Boxes drawn on each face-free photo of ``paths``, per (detector, confidence) as in
     :func:`scene_scores`."""
-    confidences = args.scene_confidence or [None]
-    lowest = None if confidences == [None] else min(confidences)
-    ours = fer_edge_detections(args.fer_edge, args.model, paths, args.threads, confidence=lowest)
+    ours = fer_edge_at_scene_confidences(args, paths)
     counts = {
-        ("fer-edge", "default" if c is None else f"{c:g}"): [
-            sum(c is None or d["score"] >= c for d in ours[str(path)]) for path in paths
-        ]
-        for c in confidences
+        ("fer-edge", confidence_label(c)): [len(found[str(path)]) for path in paths]
+        for c, found in ours.items()
     }
-    counts["Haar", ""] = [
-        len(haar_faces(np.asarray(Image.open(path).convert("RGB")))) for path in paths
-    ]
+    counts["Haar", ""] = [len(haar_faces_in(path)) for path in paths]
     return counts
 
 
