@@ -74,6 +74,7 @@ from .photos import (
     lfw_photos,
     read_face_boxes,
 )
+from .preprocess import load_rgb
 
 #: A fer-edge detection answers for a face when its IoU with the face's box reaches this.
 MATCH_IOU = 0.3
@@ -278,8 +279,7 @@ def expression_report(title: str, faces: list[BoxedFace], peers, args) -> str:
     labels = [f.label for f in faces]
     peer_predictions: dict[str, list[int]] = {p.name: [] for p in peers}
     for face in faces:
-        with Image.open(face.path) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = load_rgb(str(face.path))
         for peer in peers:
             probabilities = peer.predict(peer.face_region(image, face.box))
             peer_predictions[peer.name].append(int(np.argmax(probabilities)))
@@ -427,12 +427,6 @@ def confidence_label(confidence: float | None) -> str:
     return "default" if confidence is None else f"{confidence:g}"
 
 
-def haar_faces_in(path: Path) -> list[tuple[float, float, float, float]]:
-    """:func:`haar_faces` on the image at ``path``."""
-    with Image.open(path) as im:
-        return haar_faces(np.asarray(im.convert("RGB")))
-
-
 def scene_scores(
     args: argparse.Namespace, photos: list[Scene]
 ) -> dict[tuple[str, str], dict[float, DetectionScores]]:
@@ -445,7 +439,7 @@ def scene_scores(
         detections = {
             ("fer-edge", c): [d["box"] for d in found[str(scene.path)]] for c, found in ours.items()
         }
-        detections["Haar", None] = haar_faces_in(scene.path)
+        detections["Haar", None] = haar_faces(load_rgb(str(scene.path)))
         for row, boxes in detections.items():
             for t in SCENE_IOU:
                 found, false = match_scene(
@@ -479,7 +473,7 @@ def false_faces(args: argparse.Namespace, paths: list[Path]) -> dict[tuple[str, 
         ("fer-edge", confidence_label(c)): [len(found[str(path)]) for path in paths]
         for c, found in ours.items()
     }
-    counts["Haar", ""] = [len(haar_faces_in(path)) for path in paths]
+    counts["Haar", ""] = [len(haar_faces(load_rgb(str(path)))) for path in paths]
     return counts
 
 
