@@ -10,21 +10,23 @@ use std::time::Duration;
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use fer_edge::conv::{pack_weights, Activation, Kernel, Layer, Tiling};
+use fer_edge::conv::{pack_weights, Activation, Kernel, Layer};
 use tract_core::ops::cnn::conv::{Conv, KernelFormat};
 use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 use tract_core::ops::nn::DataFormat;
 use tract_hir::internal::*;
 
 /// (input channels, output channels, height, width, stride): the stem's
-/// two layers, the first stride-2 layers of the next stages and a 28x28
-/// layer of the neck.
-const LAYERS: [(usize, usize, usize, usize, usize); 5] = [
+/// two layers, the first stride-2 layers of the next stages, a 28x28 layer
+/// of the neck and the 14x14 and 7x7 layers of the head.
+const LAYERS: [(usize, usize, usize, usize, usize); 7] = [
     (12, 16, 112, 112, 1),
     (16, 32, 112, 112, 2),
     (32, 64, 56, 56, 2),
     (64, 64, 28, 28, 1),
     (128, 64, 28, 28, 2),
+    (64, 64, 14, 14, 1),
+    (64, 64, 7, 7, 1),
 ];
 
 /// Values in [-1, 1) from a fixed sequence.
@@ -87,7 +89,9 @@ fn bench_layers(criterion: &mut Criterion) {
     for layer in LAYERS {
         let (channels, outputs, height, width, stride) = layer;
         let out = ((height - 1) / stride + 1, (width - 1) / stride + 1);
-        let tiling = Tiling::for_conv(stride, out).expect("a tiling for every layer");
+        let tiling = kernel
+            .tiling(stride, out)
+            .expect("a tiling for every layer");
         let shape = format!("{channels}x{height}x{width}->{outputs}/s{stride}");
         let input = values(channels * height * width, 1);
         let weights = values(outputs * channels * 9, 2);

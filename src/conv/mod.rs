@@ -156,7 +156,8 @@ impl PaddedConv3x3 {
 impl DirectConv3x3 {
     /// The direct convolution that computes `node` (a `Conv`), if it is one
     /// this module handles: a [`PaddedConv3x3`] of one group, in a shape
-    /// some [`Tiling`] handles, output channels in whole blocks of it.
+    /// this CPU's [`Kernel`] has a [`Tiling`] for, output channels in whole
+    /// blocks of it.
     fn for_node(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Self>> {
         let Some(conv) = PaddedConv3x3::of(model, node)? else {
             return Ok(None);
@@ -166,7 +167,8 @@ impl DirectConv3x3 {
             output_size(height, conv.stride),
             output_size(width, conv.stride),
         );
-        let Some(tiling) = Tiling::for_conv(conv.stride, out) else {
+        let tiling = Kernel::best().and_then(|kernel| kernel.tiling(conv.stride, out));
+        let Some(tiling) = tiling else {
             return Ok(None);
         };
         if conv.group != 1 || conv.output_channels % tiling.block() != 0 {

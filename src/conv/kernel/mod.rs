@@ -1,12 +1,13 @@
-//! The direct convolution's kernels, one per instruction set (x86_64:
-//! AVX-512F), in two tilings ([`Tiling`]), and what they share: the weights'
-//! order, the zero-padded input copy, the [`Activation`] applied to each
-//! finished block and the split of the work over tract's threads.
+//! The direct convolution's kernels, one module per instruction set
+//! (x86_64: AVX-512F, AVX2+FMA), in two tilings ([`Tiling`]), and what they
+//! share: the weights' order, the zero-padded input copy, the
+//! [`Activation`] applied to each finished block and the split of the work
+//! over tract's threads.
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 #[cfg(target_arch = "x86_64")]
-use x86_64::detect;
+use x86_64::available;
 
 use crate::infer::on_tract_threads;
 use std::cell::RefCell;
@@ -15,8 +16,8 @@ use std::cell::RefCell;
 /// version of the row-pixel loop executed 1.03x the instructions of tract's
 /// im2col path on a Cortex-A72 frame, docs/performance.md.)
 #[cfg(not(target_arch = "x86_64"))]
-fn detect() -> Option<Kernel> {
-    None
+fn available() -> impl Iterator<Item = Kernel> {
+    std::iter::empty()
 }
 
 /// Narrower rows leave a 32-pixel register block half empty: a prototype of
@@ -29,35 +30,17 @@ pub const MIN_ROW_PIXELS_WIDTH: usize = 28;
 pub enum Tiling {
     /// 16 adjacent pixels of an output row, for 8 output channels at a time:
     /// each input vector, loaded once per tap, meets 8 broadcast weights.
-    /// Stride 1 over rows of at least `MIN_ROW_PIXELS_WIDTH` (28) pixels.
+    /// Stride 1 over rows of at least `MIN_ROW_PIXELS_WIDTH` (28) pixels,
+    /// on kernels that have it (AVX-512F).
     RowPixels,
-    /// 16 output channels of one pixel, for 14 pixels at a time: each input
-    /// value, broadcast, meets a vector of 16 weights. Any width, stride 1
-    /// or 2, from a zero-padded copy of the input.
+    /// 16 output channels of one pixel, for a tile of pixels at a time
+    /// (the kernel's [`Kernel::output_channel_tiles`]): each input value,
+    /// broadcast, meets 16 weights. Any width, stride 1 or 2, from a
+    /// zero-padded copy of the input.
     OutputChannels,
 }
 
-/// Output pixels an [`Tiling::OutputChannels`] tile computes together, as
-/// rows x columns: the widest that fits the output.
-const OUTPUT_CHANNEL_TILES: [(usize, usize); 3] = [(1, 14), (2, 7), (4, 3)];
-
 impl Tiling {
-    /// The tiling for a 3x3 convolution padded by one with `stride` that
-    /// makes an `[O, out_height, out_width]` output, if either handles it.
-    /// (At stride 2, row pixels from a copy of the input with each row's
-    /// even and odd columns apart ran at 32 G multiply-adds a second on the
-    /// stem's 16 -> 32 layer, output channels at 44: `cargo bench --bench
-    /// conv`, docs/performance.md.)
-    pub fn for_conv(stride: usize, (out_height, out_width): (usize, usize)) -> Option<Tiling> {
-        if stride == 1 && out_width >= MIN_ROW_PIXELS_WIDTH {
-            Some(Tiling::RowPixels)
-        } else if matches!(stride, 1 | 2) && output_channel_tile(out_height, out_width).is_some() {
-            Some(Tiling::OutputChannels)
-        } else {
-            None
-        }
-    }
-
     /// Output channels a kernel computes together (and per thread task): the
     /// output channel count must be a multiple of it.
     pub fn block(self) -> usize {
@@ -66,15 +49,6 @@ impl Tiling {
             Tiling::OutputChannels => 16,
         }
     }
-}
-
-/// The [`Tiling::OutputChannels`] tile, rows x columns, for an output of
-/// `height` x `width`: tiles at the bottom and right edges overlap their
-/// neighbours rather than run past the output.
-fn output_channel_tile(height: usize, width: usize) -> Option<(usize, usize)> {
-    OUTPUT_CHANNEL_TILES
-        .into_iter()
-        .find(|&(rows, columns)| height >= rows && width >= columns)
 }
 
 /// The first row (or column) of each tile of `size` over `0..len`, the last
@@ -207,11 +181,15 @@ type PointwiseFirstFn = fn(&[&[f32]], usize, &[f32], &[f32], &mut [f32]);
 /// within a few units in the last place of f32.
 type SiluFn = fn(&mut [f32]);
 
-/// The direct convolution kernels for this CPU.
+/// The direct convolution kernels of one instruction set.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     name: &'static str,
-    row_pixels: RowPixelsFn,
+    /// None where the instruction set has no row-pixel kernel: its layers
+    /// take the output-channel tiling.
+    row_pixels: Option<RowPixelsFn>,
+    /// The output-channel tiles, rows x columns, the kernel computes.
+    output_channel_tiles: &'static [(usize, usize)],
     output_channels: OutputChannelsFn,
     pointwise_first: PointwiseFirstFn,
     pointwise_last: PointwiseFn,
@@ -223,7 +201,50 @@ impl Kernel {
     /// The fastest kernels this CPU runs, if any is faster than tract's
     /// im2col and matrix product.
     pub fn best() -> Option<Kernel> {
-        detect()
+        available().next()
+    }
+
+    /// Every kernel this CPU runs, the fastest first (for tests and
+    /// benchmarks).
+    pub fn available() -> impl Iterator<Item = Kernel> {
+        available()
+    }
+
+    /// The tiling this kernel computes a 3x3 convolution padded by one with
+    /// `stride` in, for an `[O, out_height, out_width]` output, if it has
+    /// one: row pixels where it has them, else output channels at strides
+    /// 1 and 2 for outputs of at least one of its tiles. (At stride 2, row
+    /// pixels from a copy of the input with each row's even and odd columns
+    /// apart ran at 32 G multiply-adds a second on the stem's 16 -> 32
+    /// layer, output channels at 44: `cargo bench --bench conv`,
+    /// docs/performance.md.)
+    pub fn tiling(&self, stride: usize, out: (usize, usize)) -> Option<Tiling> {
+        if self.row_pixels.is_some() && stride == 1 && out.1 >= MIN_ROW_PIXELS_WIDTH {
+            Some(Tiling::RowPixels)
+        } else if matches!(stride, 1 | 2) && self.output_channel_tile(out).is_some() {
+            Some(Tiling::OutputChannels)
+        } else {
+            None
+        }
+    }
+
+    /// The [`Tiling::OutputChannels`] tile, rows x columns, for an output of
+    /// `(height, width)`: of the kernel's tiles that fit, the one that
+    /// computes the fewest pixels (the first of those), as tiles at the
+    /// bottom and right edges overlap their neighbours rather than run past
+    /// the output.
+    fn output_channel_tile(&self, (height, width): (usize, usize)) -> Option<(usize, usize)> {
+        let computed = |(rows, columns): (usize, usize)| {
+            height.div_ceil(rows) * rows * width.div_ceil(columns) * columns
+        };
+        self.output_channel_tiles
+            .iter()
+            .copied()
+            .filter(|&(rows, columns)| height >= rows && width >= columns)
+            .fold(None, |best: Option<(usize, usize)>, tile| match best {
+                Some(best) if computed(best) <= computed(tile) => Some(best),
+                _ => Some(tile),
+            })
     }
 
     /// The kernels' instruction set, for logs.
@@ -242,8 +263,8 @@ impl Kernel {
     /// Convolves `input` (`[C, H, W]`, `(C, H, W)` as given) into `output`
     /// (`[O, H', W']`, `H' = (H - 1) / stride + 1`, `W'` alike) as `layer`
     /// says, on the current tract executor's threads. Panics if the slices'
-    /// lengths disagree or the layer's tiling does not handle the shapes
-    /// ([`Tiling::for_conv`]).
+    /// lengths disagree or the layer's tiling is not this kernel's for the
+    /// shapes ([`Kernel::tiling`]).
     pub fn run(
         &self,
         layer: &Layer,
@@ -260,7 +281,7 @@ impl Kernel {
         } = *layer;
         let out = ((height - 1) / stride + 1, (width - 1) / stride + 1);
         assert_eq!(
-            Tiling::for_conv(stride, out),
+            self.tiling(stride, out),
             Some(tiling),
             "{tiling:?} does not handle stride {stride} over {height}x{width}"
         );
@@ -288,7 +309,8 @@ impl Kernel {
             .collect();
         match tiling {
             Tiling::RowPixels => on_tract_threads(tasks, |((output, weights), bias)| {
-                (self.row_pixels)(input, (channels, height, width), weights, bias, output);
+                let row_pixels = self.row_pixels.expect("checked by tiling");
+                row_pixels(input, (channels, height, width), weights, bias, output);
                 self.activate(activation, output);
             }),
             Tiling::OutputChannels => with_padded_input_buffer(|padded| {
@@ -297,7 +319,7 @@ impl Kernel {
                 let tiles = OutputTiles {
                     stride,
                     out,
-                    tile: output_channel_tile(out.0, out.1).expect("checked by for_conv"),
+                    tile: self.output_channel_tile(out).expect("checked by tiling"),
                 };
                 on_tract_threads(tasks, |((output, weights), bias)| {
                     (self.output_channels)(padded, padded_dims, tiles, weights, bias, output);
@@ -494,65 +516,83 @@ mod tests {
         output
     }
 
-    /// `kernel` on random `(channels, height, width)` images with `outputs`
-    /// output channels at `stride`, against [`by_definition`].
-    fn check(kernel: Kernel, cases: &[(usize, usize, usize, usize, usize)], want: Tiling) {
-        for (seed, &(channels, outputs, height, width, stride)) in cases.iter().enumerate() {
-            let dims = (channels, height, width);
+    /// Every kernel this CPU runs; none (said loudly) is a skipped `test`.
+    fn kernels(test: &str) -> Vec<Kernel> {
+        let kernels: Vec<_> = Kernel::available().collect();
+        if kernels.is_empty() {
+            skip(test);
+        }
+        kernels
+    }
+
+    /// A 3x3 convolution of random `[C, H, W]` values in `tiling`, with
+    /// its `[O][C][3][3]` weights and in the tiling's order.
+    struct Case {
+        tiling: Tiling,
+        stride: usize,
+        dims: (usize, usize, usize),
+        out: (usize, usize),
+        input: Vec<f32>,
+        weights: Vec<f32>,
+        packed: Vec<f32>,
+        bias: Vec<f32>,
+    }
+
+    impl Case {
+        /// `(C, O, H, W, stride)` in `kernel`'s tiling for it, if it has one
+        /// whose blocks O fills.
+        fn new(
+            kernel: &Kernel,
+            shape: (usize, usize, usize, usize, usize),
+            seed: u32,
+        ) -> Option<Case> {
+            let (channels, outputs, height, width, stride) = shape;
             let out = ((height - 1) / stride + 1, (width - 1) / stride + 1);
-            let tiling = Tiling::for_conv(stride, out).unwrap();
-            assert_eq!(tiling, want, "{dims:?} at stride {stride}");
-            let input = values(channels * height * width, seed as u32);
-            let weights = values(outputs * channels * 9, 100 + seed as u32);
-            let bias = values(outputs, 200 + seed as u32);
-            let mut output = vec![f32::NAN; outputs * out.0 * out.1];
-            let weights_packed = pack_weights(&weights, channels, tiling);
-            let layer = Layer {
+            let tiling = kernel.tiling(stride, out)?;
+            if outputs % tiling.block() != 0 {
+                return None;
+            }
+            let weights = values(outputs * channels * 9, 100 + seed);
+            Some(Case {
                 tiling,
                 stride,
-                weights: &weights_packed,
-                bias: &bias,
-                activation: Activation::Linear,
+                dims: (channels, height, width),
+                out,
+                input: values(channels * height * width, seed),
+                packed: pack_weights(&weights, channels, tiling),
+                weights,
+                bias: values(outputs, 200 + seed),
+            })
+        }
+
+        /// `kernel`'s output with `activation`.
+        fn run(&self, kernel: &Kernel, activation: Activation) -> Vec<f32> {
+            let layer = Layer {
+                tiling: self.tiling,
+                stride: self.stride,
+                weights: &self.packed,
+                bias: &self.bias,
+                activation,
             };
-            kernel.run(&layer, &input, dims, &mut output);
-            let want = by_definition(&input, dims, stride, &weights, &bias);
-            for (i, (&got, &want)) in output.iter().zip(&want).enumerate() {
-                assert!(
-                    (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                    "{dims:?} -> {outputs} at stride {stride}: element {i} is {got}, \
-                     expected {want}"
-                );
-            }
+            let mut output = vec![f32::NAN; self.bias.len() * self.out.0 * self.out.1];
+            kernel.run(&layer, &self.input, self.dims, &mut output);
+            output
         }
     }
 
     #[test]
-    fn row_pixels_compute_the_padded_convolution() {
-        let Some(kernel) = Kernel::best() else {
-            skip("row_pixels_compute_the_padded_convolution");
-            return;
-        };
-        // Widths around the kernel's 16- and 32-pixel registers, one-row and
-        // one-channel images, one and two blocks of output channels.
-        let cases = [
+    fn convolutions_compute_the_padded_convolution() {
+        // Row pixels (AVX-512F): widths around the kernel's 16- and 32-pixel
+        // registers, one-row and one-channel images, one and two blocks of
+        // output channels. Output channels: each tile shape of each kernel
+        // at both strides, outputs that are whole tiles and outputs whose
+        // last tiles overlap, odd and even input sizes.
+        let shapes = [
             (12, 16, 7, 112, 1),
             (3, 8, 5, 28, 1),
             (5, 8, 4, 33, 1),
             (1, 8, 1, 40, 1),
             (2, 8, 6, 64, 1),
-        ];
-        check(kernel, &cases, Tiling::RowPixels);
-    }
-
-    #[test]
-    fn output_channels_compute_the_padded_convolution() {
-        let Some(kernel) = Kernel::best() else {
-            skip("output_channels_compute_the_padded_convolution");
-            return;
-        };
-        // Each tile shape at both strides, outputs that are whole tiles and
-        // outputs whose last tiles overlap, odd and even input sizes.
-        let cases = [
             (16, 32, 112, 112, 2),
             (64, 16, 14, 14, 1),
             (7, 32, 7, 7, 1),
@@ -561,16 +601,41 @@ mod tests {
             (2, 16, 9, 9, 2),
             (4, 16, 4, 3, 1),
             (1, 16, 8, 6, 2),
+            (3, 16, 1, 11, 2),
+            (3, 16, 5, 2, 1),
         ];
-        check(kernel, &cases, Tiling::OutputChannels);
+        for kernel in kernels("convolutions_compute_the_padded_convolution") {
+            let mut checked = 0;
+            for (seed, &shape) in shapes.iter().enumerate() {
+                let Some(case) = Case::new(&kernel, shape, seed as u32) else {
+                    continue;
+                };
+                let output = case.run(&kernel, Activation::Linear);
+                let (dims, stride) = (case.dims, case.stride);
+                let want = by_definition(&case.input, dims, stride, &case.weights, &case.bias);
+                for (i, (&got, &want)) in output.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{}, {:?}: {shape:?}: element {i} is {got}, expected {want}",
+                        kernel.name(),
+                        case.tiling
+                    );
+                }
+                checked += 1;
+            }
+            // (the AVX2 kernel has no row pixels: four 8-channel shapes are not its)
+            assert!(checked >= 11, "{}: only {checked} shapes", kernel.name());
+        }
     }
 
     #[test]
     fn silu_is_x_times_its_sigmoid() {
-        let Some(kernel) = Kernel::best() else {
-            skip("silu_is_x_times_its_sigmoid");
-            return;
-        };
+        for kernel in kernels("silu_is_x_times_its_sigmoid") {
+            silu_of(kernel);
+        }
+    }
+
+    fn silu_of(kernel: Kernel) {
         // A sweep past where exp(-x) overflows, both zeros, the smallest
         // normal and the extremes; 1,003 values, so a masked tail too.
         let mut x: Vec<f32> = (-500..=500).map(|i| i as f32 * 0.24).collect();
@@ -592,7 +657,8 @@ mod tests {
                 // (below x = -88.7, exp(-x) overflows f32 and the result is
                 // -0, against a true value under 1e-35)
                 (f64::from(got) - want).abs() <= 1e-6 * want.abs() + 1e-35,
-                "silu({x}) is {got}, expected {want}"
+                "{}: silu({x}) is {got}, expected {want}",
+                kernel.name()
             );
         }
         let mut nan = [f32::NAN];
@@ -602,10 +668,12 @@ mod tests {
 
     #[test]
     fn silu_activation_reaches_every_output() {
-        let Some(kernel) = Kernel::best() else {
-            skip("silu_activation_reaches_every_output");
-            return;
-        };
+        for kernel in kernels("silu_activation_reaches_every_output") {
+            silu_activation_of(kernel);
+        }
+    }
+
+    fn silu_activation_of(kernel: Kernel) {
         let silu = |x: f32| f64::from(x) / (1.0 + (-f64::from(x)).exp());
         let compare = |linear: &[f32], activated: &[f32], what: &str| {
             for (i, (&l, &a)) in linear.iter().zip(activated).enumerate() {
@@ -616,28 +684,13 @@ mod tests {
                 );
             }
         };
-        // Both tilings, outputs with overlapping tiles.
-        for (tiling, (channels, height, width), stride) in [
-            (Tiling::RowPixels, (5, 3, 29), 1),
-            (Tiling::OutputChannels, (5, 9, 11), 2),
-        ] {
-            let out_plane = ((height - 1) / stride + 1) * ((width - 1) / stride + 1);
-            let weights = pack_weights(&values(16 * channels * 9, 4), channels, tiling);
-            let (input, bias) = (values(channels * height * width, 5), values(16, 6));
-            let run = |activation| {
-                let layer = Layer {
-                    tiling,
-                    stride,
-                    weights: &weights,
-                    bias: &bias,
-                    activation,
-                };
-                let mut output = vec![f32::NAN; 16 * out_plane];
-                kernel.run(&layer, &input, (channels, height, width), &mut output);
-                output
-            };
-            let what = format!("{tiling:?}");
-            compare(&run(Activation::Linear), &run(Activation::Silu), &what);
+        // Both tilings where the kernel has them, outputs with overlapping
+        // tiles.
+        for shape in [(5, 16, 3, 29, 1), (5, 16, 9, 11, 2)] {
+            let case = Case::new(&kernel, shape, 4).unwrap();
+            let what = format!("{} {:?}", kernel.name(), case.tiling);
+            let linear = case.run(&kernel, Activation::Linear);
+            compare(&linear, &case.run(&kernel, Activation::Silu), &what);
         }
         // Every pointwise layout, pixel counts that leave partial tiles.
         for (channels, k, p) in [
@@ -658,21 +711,50 @@ mod tests {
                 kernel.run_pointwise(&layer, &[&input], (k, p), &mut output);
                 output
             };
-            let what = format!("{channels:?}");
+            let what = format!("{} {channels:?}", kernel.name());
             compare(&run(Activation::Linear), &run(Activation::Silu), &what);
+        }
+    }
+
+    /// A kernel for [`Kernel::tiling`] alone: row pixels or not, these
+    /// output-channel tiles; it computes nothing.
+    fn tiles_only(row_pixels: bool, output_channel_tiles: &'static [(usize, usize)]) -> Kernel {
+        Kernel {
+            name: "tiles only",
+            row_pixels: row_pixels.then_some((|_, _, _, _, _| unreachable!()) as RowPixelsFn),
+            output_channel_tiles,
+            output_channels: |_, _, _, _, _, _| unreachable!(),
+            pointwise_first: |_, _, _, _, _| unreachable!(),
+            pointwise_last: |_, _, _, _, _| unreachable!(),
+            pointwise_last_to_first: |_, _, _, _, _| unreachable!(),
+            silu: |_| unreachable!(),
         }
     }
 
     #[test]
     fn tilings_cover_what_they_should() {
-        assert_eq!(Tiling::for_conv(1, (28, 28)), Some(Tiling::RowPixels));
-        assert_eq!(Tiling::for_conv(1, (27, 27)), Some(Tiling::OutputChannels));
-        assert_eq!(Tiling::for_conv(2, (56, 56)), Some(Tiling::OutputChannels));
-        assert_eq!(Tiling::for_conv(3, (10, 10)), None);
+        // As the AVX-512F kernel has them.
+        let avx512 = tiles_only(true, &[(1, 14), (2, 7), (4, 3)]);
+        assert_eq!(avx512.tiling(1, (28, 28)), Some(Tiling::RowPixels));
+        assert_eq!(avx512.tiling(1, (27, 27)), Some(Tiling::OutputChannels));
+        assert_eq!(avx512.tiling(2, (56, 56)), Some(Tiling::OutputChannels));
+        assert_eq!(avx512.tiling(3, (10, 10)), None);
         // smaller than every tile
-        assert_eq!(Tiling::for_conv(1, (2, 2)), None);
-        assert_eq!(Tiling::for_conv(2, (3, 3)), None);
-        assert_eq!(output_channel_tile(3, 7), Some((2, 7)));
+        assert_eq!(avx512.tiling(1, (2, 2)), None);
+        assert_eq!(avx512.tiling(2, (3, 3)), None);
+        assert_eq!(avx512.output_channel_tile((3, 7)), Some((2, 7)));
+        assert_eq!(avx512.output_channel_tile((14, 14)), Some((1, 14)));
+        assert_eq!(avx512.output_channel_tile((13, 27)), Some((1, 14)));
+        // As the AVX2 kernel has them: no row pixels; the tile that
+        // computes the fewest pixels.
+        let avx2 = tiles_only(false, &[(1, 6), (2, 3), (3, 2)]);
+        assert_eq!(avx2.tiling(1, (112, 112)), Some(Tiling::OutputChannels));
+        assert_eq!(avx2.tiling(1, (1, 6)), Some(Tiling::OutputChannels));
+        assert_eq!(avx2.tiling(1, (2, 2)), None);
+        assert_eq!(avx2.output_channel_tile((112, 112)), Some((1, 6)));
+        assert_eq!(avx2.output_channel_tile((14, 14)), Some((2, 3)));
+        assert_eq!(avx2.output_channel_tile((7, 7)), Some((2, 3)));
+        assert_eq!(avx2.output_channel_tile((9, 4)), Some((3, 2)));
         assert_eq!(tile_starts(7, 2).collect::<Vec<_>>(), [0, 2, 4, 5]);
         assert_eq!(tile_starts(28, 14).collect::<Vec<_>>(), [0, 14]);
     }
@@ -680,31 +762,18 @@ mod tests {
     #[test]
     fn thread_count_does_not_change_results() {
         use tract_linalg::multithread::{multithread_tract_scope, Executor};
-        let Some(kernel) = Kernel::best() else {
-            skip("thread_count_does_not_change_results");
-            return;
-        };
-        for (tiling, (channels, height, width), stride) in [
-            (Tiling::RowPixels, (6, 9, 30), 1),
-            (Tiling::OutputChannels, (6, 9, 30), 2),
-        ] {
-            let dims = (channels, height, width);
-            let out_plane = ((height - 1) / stride + 1) * ((width - 1) / stride + 1);
-            let weights = pack_weights(&values(32 * channels * 9, 1), channels, tiling);
-            let (input, bias) = (values(channels * height * width, 2), values(32, 3));
-            let layer = Layer {
-                tiling,
-                stride,
-                weights: &weights,
-                bias: &bias,
-                activation: Activation::Linear,
-            };
-            let run = |executor| {
-                let mut output = vec![0.0; 32 * out_plane];
-                multithread_tract_scope(executor, || kernel.run(&layer, &input, dims, &mut output));
-                output.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-            };
-            assert_eq!(run(Executor::SingleThread), run(Executor::multithread(2)));
+        for kernel in kernels("thread_count_does_not_change_results") {
+            for shape in [(6, 32, 9, 30, 1), (6, 32, 9, 30, 2)] {
+                let case = Case::new(&kernel, shape, 1).unwrap();
+                let run = |executor| {
+                    let output =
+                        multithread_tract_scope(executor, || case.run(&kernel, Activation::Linear));
+                    output.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                };
+                let what = format!("{} {:?}", kernel.name(), case.tiling);
+                let (one, two) = (run(Executor::SingleThread), run(Executor::multithread(2)));
+                assert_eq!(one, two, "{what}");
+            }
         }
     }
 

@@ -28,6 +28,8 @@ mod generic;
 mod lanes;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86_64::exp_avx2;
 
 use crate::infer::on_tract_threads;
 

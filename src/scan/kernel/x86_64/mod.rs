@@ -12,6 +12,9 @@ use super::ScanKernel;
 mod avx2;
 mod avx512;
 
+/// The AVX2+FMA e^x, for the convolutions' SiLU.
+pub(crate) use avx2::exp as exp_avx2;
+
 /// f32s per 64-byte cache line.
 const F32_PER_CACHE_LINE: usize = 16;
 
@@ -149,7 +152,7 @@ macro_rules! lane_math {
         /// Lane-wise e^x, as described in [`approx`](crate::scan::kernel::approx).
         #[inline]
         #[target_feature(enable = $feature)]
-        fn exp(x: Vector) -> Vector {
+        pub(crate) fn exp(x: Vector) -> Vector {
             // `max`/`min` return their second operand when either is NaN: keep x there.
             exp_below_max(min(splat(EXP_ARG_MAX), x))
         }

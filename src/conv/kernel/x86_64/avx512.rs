@@ -1,4 +1,4 @@
-//! The AVX-512F kernels of both tilings.
+//! The AVX-512F kernels, of both tilings.
 //!
 //! Row pixels: 8 output channels x 32 pixels of a row (two registers)
 //! accumulated in 16 registers; each input vector, loaded once per tap,
@@ -12,7 +12,9 @@
 //!
 //! SiLU: 16 values a step, `exp` from a power of two and a polynomial.
 
-use super::{Channels, Kernel, OutputTiles, Tiling, CHANNELS_LAST_TILE, LAST_TO_FIRST_TILE};
+use super::super::{
+    tile_starts, Channels, Kernel, OutputTiles, Tiling, CHANNELS_LAST_TILE, LAST_TO_FIRST_TILE,
+};
 use std::arch::x86_64::*;
 
 /// f32 lanes of a register.
@@ -25,7 +27,8 @@ const BLOCK: usize = 8;
 pub(super) fn detect() -> Option<Kernel> {
     is_x86_feature_detected!("avx512f").then_some(Kernel {
         name: "avx512f",
-        row_pixels,
+        row_pixels: Some(row_pixels),
+        output_channel_tiles: &[(1, 14), (2, 7), (4, 3)],
         output_channels,
         pointwise_first,
         pointwise_last,
@@ -170,8 +173,8 @@ fn output_channels_avx512<const S: usize, const R: usize, const N: usize>(
         _mm512_set1_epi32(plane as i32),
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
     );
-    for y0 in super::tile_starts(height, R) {
-        for x0 in super::tile_starts(width, N) {
+    for y0 in tile_starts(height, R) {
+        for x0 in tile_starts(width, N) {
             let mut acc = [[bias; N]; R];
             for c in 0..channels {
                 for ky in 0..3 {
@@ -294,7 +297,7 @@ fn pointwise_last_avx512(
     assert!(pixels >= N && outputs.is_multiple_of(B));
     assert!(input.len() >= pixels * channels && weights.len() >= outputs * channels);
     assert!(output.len() >= pixels * outputs);
-    for p0 in super::tile_starts(pixels, N) {
+    for p0 in tile_starts(pixels, N) {
         let rows: [&[f32]; N] = std::array::from_fn(|n| &input[(p0 + n) * channels..][..channels]);
         let blocks = weights.chunks_exact(channels * B).zip(bias.chunks_exact(B));
         for (block, (weights, bias)) in blocks.enumerate() {
@@ -368,7 +371,7 @@ fn pointwise_last_to_first_avx512(
         _mm512_set1_epi32(pixels as i32),
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
     );
-    for p0 in super::tile_starts(pixels, N) {
+    for p0 in tile_starts(pixels, N) {
         let rows: [&[f32]; N] = std::array::from_fn(|n| &input[(p0 + n) * channels..][..channels]);
         let mut acc = [bias; N];
         for (c, w) in weights.chunks_exact(LANES).take(channels).enumerate() {
