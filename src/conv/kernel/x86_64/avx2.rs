@@ -31,6 +31,10 @@ const TILE_CHANNELS: usize = 2 * LANES;
 /// Pixels of a [`Tile`].
 const TILE_PIXELS: usize = 6;
 
+/// Input channels a 3x3 tile takes at a time over its nine taps: their
+/// weights (9 KB) and input rows stay in L1 meanwhile.
+const CHANNELS_IN_L1: usize = 16;
+
 /// Pixels the channels-first pointwise kernel computes together: three
 /// registers.
 const FIRST_PIXELS: usize = 3 * LANES;
@@ -186,16 +190,20 @@ fn output_channels_avx2<const S: usize, const R: usize, const N: usize>(
             let mut tile = Tile::new(bias);
             // Taps outside, channels inside: with taps inside, LLVM keeps the
             // values neighbouring pixels share between taps in registers and
-            // spills the sums to make room.
-            for tap in 0..9 {
-                for c in 0..channels {
-                    let offset = c * padded_plane + tap / 3 * padded_width + tap % 3;
-                    // SAFETY: the tap of every pixel lies inside channel c's
-                    // padded plane, and the tap's 16 weights inside `weights`
-                    // (both asserted above).
-                    unsafe {
-                        let w = weights.as_ptr().add((c * 9 + tap) * TILE_CHANNELS);
-                        tile.multiply_add(&pixels, offset, w);
+            // spills the sums to make room. A few channels at a time, so that
+            // their rows and weights stay in L1 over the nine taps.
+            for first in (0..channels).step_by(CHANNELS_IN_L1) {
+                let group = first..channels.min(first + CHANNELS_IN_L1);
+                for tap in 0..9 {
+                    for c in group.clone() {
+                        let offset = c * padded_plane + tap / 3 * padded_width + tap % 3;
+                        // SAFETY: the tap of every pixel lies inside channel
+                        // c's padded plane, and the tap's 16 weights inside
+                        // `weights` (both asserted above).
+                        unsafe {
+                            let w = weights.as_ptr().add((c * 9 + tap) * TILE_CHANNELS);
+                            tile.multiply_add(&pixels, offset, w);
+                        }
                     }
                 }
             }
