@@ -9,8 +9,8 @@
 //! [`DirectConv3x3`] before tract optimises the model, on CPUs that have a
 //! kernel for it (`kernel`). It multiplies straight from the input, in one
 //! of two [`Tiling`]s: row pixels for stride 1 over wide rows (borders read
-//! as zeros, no copy at all), output channels elsewhere (from a zero-padded
-//! copy, no im2col). [`DirectPointwise`] does the same for the pointwise (1x1)
+//! as zeros, no copy at all; AVX-512 only), output channels elsewhere (from
+//! a zero-padded copy, no im2col; every layer on AVX2). [`DirectPointwise`] does the same for the pointwise (1x1)
 //! convolutions and the matrix products that are the same thing (over
 //! channel-first maps, over tokens, or from tokens into a map), whose inputs
 //! tract packs for its matrix kernel; [`declutter`] keeps tract from
