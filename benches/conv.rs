@@ -1,7 +1,8 @@
-//! 3x3 convolutions at the shapes of the built-in model's layers, in
-//! multiply-adds a second: fer-edge's direct kernel (in the tiling it picks)
-//! against tract's own convolution (padding, im2col, matrix product) in the
-//! same run, one thread. Skipped, saying so, on CPUs without a direct kernel.
+//! 3x3 and channel-first pointwise convolutions at the shapes of the
+//! built-in model's layers, in multiply-adds a second: fer-edge's direct
+//! kernel (in the tiling it picks) against tract's own convolution (padding,
+//! im2col, matrix product) in the same run, one thread. Skipped, saying so,
+//! on CPUs without a direct kernel.
 //!
 //! `cargo bench --bench conv`
 
@@ -10,7 +11,9 @@ use std::time::Duration;
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use fer_edge::conv::{pack_weights, Activation, Kernel, Layer};
+use fer_edge::conv::{
+    pack_weights, pack_weights_1x1, Activation, Channels, Kernel, Layer, PointwiseLayer,
+};
 use tract_core::ops::cnn::conv::{Conv, KernelFormat};
 use tract_core::ops::cnn::{PaddingSpec, PoolSpec};
 use tract_core::ops::nn::DataFormat;
@@ -29,6 +32,16 @@ const LAYERS: [(usize, usize, usize, usize, usize); 7] = [
     (64, 64, 7, 7, 1),
 ];
 
+/// (input channels, output channels, height, width) of pointwise layers:
+/// an SS2D block's input projection at 28x28 (a matrix product over the
+/// map), the neck's 1x1 convolutions at 28x28 and 14x14, the head's at 7x7.
+const POINTWISE_LAYERS: [(usize, usize, usize, usize); 4] = [
+    (128, 288, 28, 28),
+    (64, 32, 28, 28),
+    (128, 64, 14, 14),
+    (256, 128, 7, 7),
+];
+
 /// Values in [-1, 1) from a fixed sequence.
 fn values(count: usize, seed: u32) -> Vec<f32> {
     let mut state = seed;
@@ -40,8 +53,10 @@ fn values(count: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// tract's plan for the layer: `x [C, H, W]` -> a 3x3 `Conv` padded by one.
+/// tract's plan for the layer: `x [C, H, W]` -> a `size` x `size` `Conv`
+/// padded by `size / 2`.
 fn tract_plan(
+    size: usize,
     (channels, outputs, height, width, stride): (usize, usize, usize, usize, usize),
     weights: &[f32],
     bias: &[f32],
@@ -50,14 +65,14 @@ fn tract_plan(
     let x = model
         .add_source("x", f32::fact([channels, height, width]))
         .unwrap();
-    let w = Tensor::from_shape(&[outputs, channels, 3, 3], weights).unwrap();
+    let w = Tensor::from_shape(&[outputs, channels, size, size], weights).unwrap();
     let w = model.add_const("w", w).unwrap();
     let b = model.add_const("b", tensor1(bias)).unwrap();
     let conv = Conv {
         pool_spec: PoolSpec {
             data_format: DataFormat::CHW,
-            kernel_shape: tvec!(3, 3),
-            padding: PaddingSpec::Explicit(tvec!(1, 1), tvec!(1, 1)),
+            kernel_shape: tvec!(size, size),
+            padding: PaddingSpec::Explicit(tvec!(size / 2, size / 2), tvec!(size / 2, size / 2)),
             dilations: None,
             strides: Some(tvec!(stride, stride)),
             input_channels: channels,
@@ -112,7 +127,7 @@ fn bench_layers(criterion: &mut Criterion) {
         group.bench_function(BenchmarkId::new(name, &shape), |bencher| {
             bencher.iter(|| kernel.run(&direct, &input, (channels, height, width), &mut output))
         });
-        let plan = tract_plan(layer, &weights, &bias);
+        let plan = tract_plan(3, layer, &weights, &bias);
         let x = Tensor::from_shape(&[channels, height, width], &input).unwrap();
         group.bench_function(BenchmarkId::new("tract", &shape), |bencher| {
             bencher.iter(|| plan.run(tvec!(x.clone().into_tvalue())).unwrap())
@@ -121,5 +136,47 @@ fn bench_layers(criterion: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_layers);
+fn bench_pointwise(criterion: &mut Criterion) {
+    let Some(kernel) = Kernel::best() else {
+        eprintln!(
+            "\n**** SKIPPED the pointwise bench: no direct convolution kernel for this CPU ****\n"
+        );
+        return;
+    };
+    fer_edge::device::avoid_faulty_cpu_kernels();
+    let mut group = criterion.benchmark_group("pointwise");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for (channels, outputs, height, width) in POINTWISE_LAYERS {
+        let pixels = height * width;
+        let shape = format!("{channels}x{height}x{width}->{outputs}");
+        let input = values(channels * pixels, 1);
+        let weights = values(outputs * channels, 2);
+        let bias = values(outputs, 3);
+        group.throughput(Throughput::Elements((outputs * pixels * channels) as u64));
+        let packed = pack_weights_1x1(&weights, channels, Channels::First);
+        let direct = PointwiseLayer {
+            channels: Channels::First,
+            weights: &packed,
+            bias: &bias,
+            activation: Activation::Linear,
+        };
+        let mut output = vec![0.0; outputs * pixels];
+        group.bench_function(BenchmarkId::new("fer-edge First", &shape), |bencher| {
+            bencher
+                .iter(|| kernel.run_pointwise(&direct, &[&input], (channels, pixels), &mut output))
+        });
+        let plan = tract_plan(1, (channels, outputs, height, width, 1), &weights, &bias);
+        let x = Tensor::from_shape(&[channels, height, width], &input).unwrap();
+        group.bench_function(BenchmarkId::new("tract", &shape), |bencher| {
+            bencher.iter(|| plan.run(tvec!(x.clone().into_tvalue())).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_layers, bench_pointwise);
 criterion_main!(benches);
