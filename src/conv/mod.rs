@@ -10,13 +10,13 @@
 //! kernel for it (`kernel`). It multiplies straight from the input, in one
 //! of two [`Tiling`]s: row pixels for stride 1 over wide rows (borders read
 //! as zeros, no copy at all; AVX-512 only), output channels elsewhere (from
-//! a zero-padded copy, no im2col; every layer on AVX2). [`DirectPointwise`] does the same for the pointwise (1x1)
-//! convolutions and the matrix products that are the same thing (over
-//! channel-first maps, over tokens, or from tokens into a map), whose inputs
-//! tract packs for its matrix kernel; [`declutter`] keeps tract from
-//! splitting those of a `Concat` into a product per part, so that one
-//! [`DirectPointwise`] reads the parts where they lie. Elsewhere tract's own
-//! convolution stays.
+//! a zero-padded copy, no im2col; every layer on AVX2). [`DirectPointwise`]
+//! does the same for the pointwise (1x1) convolutions and the matrix
+//! products that are the same thing (over channel-first maps, over tokens,
+//! or from tokens into a map), whose inputs tract packs for its matrix
+//! kernel; [`declutter`] keeps tract from splitting those of a `Concat` into
+//! a product per part, so that one [`DirectPointwise`] reads the parts where
+//! they lie. Elsewhere tract's own convolution stays.
 //! The `Silu` after a replaced convolution is folded into it, applied to
 //! each block of output as it is finished.
 
