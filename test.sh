@@ -14,9 +14,10 @@ PY=${PYTHON:-.venv/bin/python}
 # Each phase's heading says when it starts, so a slow run shows where its time went.
 phase() { echo "== $* [$(date -u +%T), ${SECONDS} s in]"; }
 
-phase "rustfmt, clippy"
+phase "rustfmt, clippy, rustdoc (broken intra-doc links fail)"
 cargo fmt --check
 cargo clippy --all-targets --features cuda -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --document-private-items
 
 phase "V4L2 bindings: the committed ones match linux/videodev2.h; no bindgen in any build"
 scripts/v4l2-bindings.sh --check

@@ -1,5 +1,5 @@
 //! fer-edge's ONNX ops for tract: parsing, shape checks and evaluation
-//! through the fastest [`kernel`](super::kernel) for this CPU.
+//! through the fastest [`kernel`] for this CPU.
 //!
 //! Contract version 1 (MODEL.md): `fer_edge::SelectiveScan`, inputs u, delta,
 //! A, Bs, Cs, D, delta_bias; output y with the shape of u; integer attribute

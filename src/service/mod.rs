@@ -62,7 +62,7 @@ impl Signals {
 }
 
 /// Runs the service with `config` until stopped; `Ok` on a clean stop. On
-/// SIGHUP, `reload` reads the config again (see [`Service::reload`]).
+/// SIGHUP, `reload` reads the config again (see `Service::reload`).
 pub fn run(config: Config, reload: &dyn Fn() -> anyhow::Result<Config>) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     let mut systemd = Systemd::from_env();

@@ -34,7 +34,7 @@ pub enum Tiling {
     /// on kernels that have it (AVX-512F).
     RowPixels,
     /// 16 output channels of one pixel, for a tile of pixels at a time
-    /// (the kernel's [`Kernel::output_channel_tiles`]): each input value,
+    /// (the kernel's own output-channel tiles): each input value,
     /// broadcast, meets 16 weights. Any width, stride 1 or 2, from a
     /// zero-padded copy of the input.
     OutputChannels,

@@ -75,7 +75,7 @@ pub(super) struct LaneParams<const L: usize> {
     pub a: StateRows<L>,
     /// Row r holds the lanes' dt_weight[c, r]: empty unless delta is low-rank.
     pub dt_weight: StateRows<L>,
-    /// Every lane's dt A[n] is <= 0 (or NaN): dt >= 0, since it comes out
+    /// Every lane's `dt A[n]` is <= 0 (or NaN): dt >= 0, since it comes out
     /// of softplus, and every A <= 0, as a trained model's are. The decay
     /// exp(dt A) then needs no clamp from above, which leaves such
     /// arguments as they are.

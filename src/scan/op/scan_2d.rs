@@ -1,7 +1,7 @@
 //! `fer_edge::SelectiveScan2D` (contract versions 2 and 3,
 //! docs/model-contract.md): SS2D's cross-scan, selective scan and
 //! cross-merge as one op, and from version 3 its dt projection too, evaluated
-//! by [`kernel::cross_scan`](crate::scan::kernel::cross_scan) (and on a GPU
+//! by [`kernel::cross_scan`] (and on a GPU
 //! by `scan::cuda`'s `CudaSelectiveScan2D`).
 
 use super::{
