@@ -481,6 +481,7 @@ mod tests {
             (Channels::First, 5, 16, 49),
             (Channels::First, 64, 8, 33),
             (Channels::First, 1, 24, 32),
+            (Channels::First, 4, 40, 5),
             (Channels::Last, 128, 256, 784),
             (Channels::Last, 3, 32, 7),
             (Channels::Last, 5, 64, 50),

@@ -170,11 +170,12 @@ const CHANNELS_LAST_TASK: usize = 8 * CHANNELS_LAST_TILE;
 /// values, `output` their `[P, M]`).
 type PointwiseFn = fn(&[f32], (usize, usize), &[f32], &[f32], &mut [f32]);
 
-/// Computes one block of 8 output channels of a [`Channels::First`]
-/// pointwise convolution over P pixels (as given): the input's `[K, P]` rows
-/// come in parts, runs of whole rows in channel order (a `Concat`'s inputs,
-/// read where they lie), `weights` is the block's `[K][8]`, `bias` its 8
-/// values, `output` its `[8, P]`.
+/// Computes blocks of 8 output channels of a [`Channels::First`] pointwise
+/// convolution over P pixels (as given): the input's `[K, P]` rows come in
+/// parts, runs of whole rows in channel order (a `Concat`'s inputs, read
+/// where they lie), `weights` is the n blocks' `[n][K][8]`, `bias` their 8n
+/// values, `output` their `[8n, P]`; n is at most the kernel's
+/// `first_blocks_per_task`.
 type PointwiseFirstFn = fn(&[&[f32]], usize, &[f32], &[f32], &mut [f32]);
 
 /// Replaces every value of a slice by its SiLU, `x / (1 + exp(-x))`, to
@@ -190,6 +191,10 @@ pub struct Kernel {
     row_pixels: Option<RowPixelsFn>,
     /// The output-channel tiles, rows x columns, the kernel computes.
     output_channel_tiles: &'static [(usize, usize)],
+    /// Blocks of [`Channels::First`] output channels a thread task takes at
+    /// most, when there are tasks enough for two threads: the kernel reads
+    /// each strip of the input once for all of them.
+    first_blocks_per_task: usize,
     output_channels: OutputChannelsFn,
     pointwise_first: PointwiseFirstFn,
     pointwise_last: PointwiseFn,
@@ -366,10 +371,15 @@ impl Kernel {
         assert_eq!(m % block, 0, "output channels are not whole blocks");
         match channels {
             Channels::First | Channels::LastToFirst => {
+                let task_blocks = match channels {
+                    Channels::First => self.first_blocks_per_task.min((m / block).div_ceil(2)),
+                    _ => 1,
+                };
+                let task = task_blocks * block;
                 let tasks: Vec<_> = output
-                    .chunks_mut(block * pixels)
-                    .zip(weights.chunks(block * k))
-                    .zip(bias.chunks(block))
+                    .chunks_mut(task * pixels)
+                    .zip(weights.chunks(task * k))
+                    .zip(bias.chunks(task))
                     .collect();
                 on_tract_threads(tasks, |((output, weights), bias)| {
                     if channels == Channels::First {
@@ -724,6 +734,7 @@ mod tests {
             row_pixels: row_pixels.then_some((|_, _, _, _, _| unreachable!()) as RowPixelsFn),
             output_channel_tiles,
             output_channels: |_, _, _, _, _, _| unreachable!(),
+            first_blocks_per_task: 1,
             pointwise_first: |_, _, _, _, _| unreachable!(),
             pointwise_last: |_, _, _, _, _| unreachable!(),
             pointwise_last_to_first: |_, _, _, _, _| unreachable!(),

@@ -49,6 +49,7 @@ pub(super) fn detect() -> Option<Kernel> {
         name: "avx2+fma",
         row_pixels: None,
         output_channel_tiles: &[(1, 6), (2, 3), (3, 2)],
+        first_blocks_per_task: 4,
         output_channels,
         pointwise_first,
         pointwise_last,
@@ -224,9 +225,12 @@ fn pointwise_first(
     unsafe { pointwise_first_avx2(input, pixels, weights, bias, output) }
 }
 
-/// A block of 8 output channels as two passes of 4 channels x 24 pixels
+/// Every block of 8 output channels the slices hold (the kernel's
+/// `first_blocks_per_task`, or fewer) as passes of 4 channels x 24 pixels
 /// (three registers) in 12 accumulators; each input vector, loaded once a
-/// pass, meets the 4 channels' weights as broadcasts. Tiles at the end of
+/// pass, meets the 4 channels' weights as broadcasts. The passes of every
+/// block run over one strip of 24 pixels before the next, so that the
+/// strip's rows are read from L1 after the first pass. Tiles at the end of
 /// the rows overlap their neighbours.
 #[target_feature(enable = "avx2,fma")]
 fn pointwise_first_avx2(
@@ -239,8 +243,9 @@ fn pointwise_first_avx2(
     const B: usize = 8;
     debug_assert_eq!(Channels::First.block(), B);
     let channels: usize = input.iter().map(|part| part.len() / pixels).sum();
-    assert!(weights.len() >= channels * B);
-    assert!(bias.len() >= B && output.len() >= B * pixels);
+    let outputs = bias.len();
+    assert!(outputs.is_multiple_of(B));
+    assert!(weights.len() >= channels * outputs && output.len() >= outputs * pixels);
     let rows = || input.iter().flat_map(|part| part.chunks_exact(pixels));
     if pixels < FIRST_PIXELS {
         // Rows padded with zeros to one tile, and the tile's valid part kept.
@@ -248,7 +253,7 @@ fn pointwise_first_avx2(
         let wide: Vec<f32> = rows()
             .flat_map(|row| row.iter().copied().chain(padding.clone()))
             .collect();
-        let mut wide_output = vec![0.0; B * FIRST_PIXELS];
+        let mut wide_output = vec![0.0; outputs * FIRST_PIXELS];
         pointwise_first_avx2(&[&wide], FIRST_PIXELS, weights, bias, &mut wide_output);
         for (output, wide) in output
             .chunks_exact_mut(pixels)
@@ -259,10 +264,12 @@ fn pointwise_first_avx2(
         return;
     }
     for p0 in tile_starts(pixels, FIRST_PIXELS) {
-        for pass in (0..B).step_by(FIRST_CHANNELS) {
+        // A pass's 4 channels lie in one block: FIRST_CHANNELS divides B.
+        for first in (0..outputs).step_by(FIRST_CHANNELS) {
+            let block_weights = &weights[first / B * channels * B..][..channels * B];
             let mut acc: [[__m256; 3]; FIRST_CHANNELS] =
-                std::array::from_fn(|o| [_mm256_set1_ps(bias[pass + o]); 3]);
-            for (row, taps) in rows().zip(weights.chunks_exact(B)) {
+                std::array::from_fn(|o| [_mm256_set1_ps(bias[first + o]); 3]);
+            for (row, taps) in rows().zip(block_weights.chunks_exact(B)) {
                 let at = row[p0..][..FIRST_PIXELS].as_ptr();
                 // SAFETY: the slice holds 3 LANES values.
                 let v = unsafe {
@@ -272,7 +279,7 @@ fn pointwise_first_avx2(
                         _mm256_loadu_ps(at.add(2 * LANES)),
                     ]
                 };
-                for (acc, &w) in acc.iter_mut().zip(&taps[pass..][..FIRST_CHANNELS]) {
+                for (acc, &w) in acc.iter_mut().zip(&taps[first % B..][..FIRST_CHANNELS]) {
                     let w = _mm256_set1_ps(w);
                     for (acc, &v) in acc.iter_mut().zip(&v) {
                         *acc = _mm256_fmadd_ps(w, v, *acc);
@@ -280,7 +287,7 @@ fn pointwise_first_avx2(
                 }
             }
             for (o, acc) in acc.iter().enumerate() {
-                let at = output[(pass + o) * pixels + p0..][..FIRST_PIXELS].as_mut_ptr();
+                let at = output[(first + o) * pixels + p0..][..FIRST_PIXELS].as_mut_ptr();
                 for (j, &acc) in acc.iter().enumerate() {
                     // SAFETY: the slice holds 3 LANES values.
                     unsafe { _mm256_storeu_ps(at.add(j * LANES), acc) };

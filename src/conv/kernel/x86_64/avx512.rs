@@ -29,6 +29,7 @@ pub(super) fn detect() -> Option<Kernel> {
         name: "avx512f",
         row_pixels: Some(row_pixels),
         output_channel_tiles: &[(1, 14), (2, 7), (4, 3)],
+        first_blocks_per_task: 1,
         output_channels,
         pointwise_first,
         pointwise_last,
