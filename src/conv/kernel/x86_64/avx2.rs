@@ -11,11 +11,14 @@
 //! - 3x3 output channels (every 3x3 layer: there is no row-pixel kernel
 //!   here), pointwise channels-last and last-to-first: a [`Tile`] of 16
 //!   output channels in two registers x 6 pixels; each input value,
-//!   broadcast, meets the two registers of weights. Channel-first outputs
-//!   leave through a small transpose buffer.
+//!   broadcast, meets the two registers of weights. The 3x3 kernel takes 16
+//!   input channels at a time over the nine taps, so that their weights and
+//!   rows stay in L1. Channel-first outputs leave through a small transpose
+//!   buffer.
 //! - Pointwise channels-first: 4 output channels x 24 pixels in three
-//!   registers, twice per block of 8; each input vector, loaded once, meets
-//!   4 broadcast weights. Fewer than 24 pixels go through a zero-padded copy.
+//!   registers, for up to 4 blocks of 8 a thread task over each strip of 24
+//!   pixels before the next; each input vector, loaded once a pass, meets 4
+//!   broadcast weights. Fewer than 24 pixels go through a zero-padded copy.
 //! - SiLU: 8 values a step, with the scan kernel's `exp`.
 
 use super::super::{tile_starts, Channels, Kernel, OutputTiles, Tiling};
