@@ -458,16 +458,12 @@ impl TypedOp for DirectPointwise {
 mod tests {
     use super::*;
     use crate::conv::test_support::{
-        assert_close, pointwise_model, run_optimised, skip, values, wire_pointwise,
+        assert_close, kernels, pointwise_model, run_optimised, skip, values, wire_pointwise,
     };
 
     #[test]
     fn kernels_compute_the_products() {
-        let kernels: Vec<_> = Kernel::available().collect();
-        if kernels.is_empty() {
-            skip("kernels_compute_the_products");
-        }
-        for kernel in kernels {
+        for kernel in kernels("kernels_compute_the_products") {
             products_of(kernel);
         }
     }

@@ -2,6 +2,7 @@
 //! models they build, how they run a model through tract, how they compare
 //! outputs and how they say they did not run.
 
+use super::Kernel;
 use tract_core::ops::einsum::EinSum;
 use tract_hir::internal::*;
 
@@ -11,6 +12,16 @@ pub fn skip(test: &str) {
     use std::io::Write;
     let why = "no direct convolution kernel for this CPU";
     let _ = writeln!(std::io::stderr(), "\n**** SKIPPED {test}: {why} ****\n");
+}
+
+/// Every direct kernel this CPU runs; none (said loudly) is a skipped
+/// `test`.
+pub fn kernels(test: &str) -> Vec<Kernel> {
+    let kernels: Vec<_> = Kernel::available().collect();
+    if kernels.is_empty() {
+        skip(test);
+    }
+    kernels
 }
 
 /// Values in [-1, 1) from a fixed sequence.

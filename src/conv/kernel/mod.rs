@@ -490,7 +490,7 @@ fn pack(weights: &[f32], per_output: usize, block: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::test_support::{skip, values};
+    use crate::conv::test_support::{kernels, values};
 
     /// The convolution by its definition, in f64: `[O][C][3][3]` weights,
     /// one zero of padding on every side.
@@ -524,15 +524,6 @@ mod tests {
             }
         }
         output
-    }
-
-    /// Every kernel this CPU runs; none (said loudly) is a skipped `test`.
-    fn kernels(test: &str) -> Vec<Kernel> {
-        let kernels: Vec<_> = Kernel::available().collect();
-        if kernels.is_empty() {
-            skip(test);
-        }
-        kernels
     }
 
     /// A 3x3 convolution of random `[C, H, W]` values in `tiling`, with
