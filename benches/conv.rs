@@ -8,8 +8,10 @@
 
 use std::time::Duration;
 
+use criterion::measurement::WallTime;
 use criterion::{
-    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode,
+    Throughput,
 };
 use fer_edge::conv::{
     pack_weights, pack_weights_1x1, Activation, Channels, Kernel, Layer, PointwiseLayer,
@@ -87,20 +89,48 @@ fn tract_plan(
     model.into_optimized().unwrap().into_runnable().unwrap()
 }
 
-fn bench_layers(criterion: &mut Criterion) {
+/// This CPU's direct kernel and the benchmark group `name` for it, or None
+/// (said loudly) on a CPU without one.
+fn kernel_and_group<'a>(
+    criterion: &'a mut Criterion,
+    name: &str,
+) -> Option<(Kernel, BenchmarkGroup<'a, WallTime>)> {
     let Some(kernel) = Kernel::best() else {
         eprintln!(
-            "\n**** SKIPPED the conv bench: no direct convolution kernel for this CPU ****\n"
+            "\n**** SKIPPED the {name} bench: no direct convolution kernel for this CPU ****\n"
         );
-        return;
+        return None;
     };
     fer_edge::device::avoid_faulty_cpu_kernels();
-    let mut group = criterion.benchmark_group("conv3x3");
+    let mut group = criterion.benchmark_group(name);
     group
         .sampling_mode(SamplingMode::Flat)
         .sample_size(20)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
+    Some((kernel, group))
+}
+
+/// Times tract's plan for `layer` (a `size` x `size` convolution) on
+/// `input`, beside the direct kernel's entry for `shape`.
+fn bench_tract(
+    group: &mut BenchmarkGroup<WallTime>,
+    shape: &str,
+    (size, layer): (usize, (usize, usize, usize, usize, usize)),
+    (weights, bias, input): (&[f32], &[f32], &[f32]),
+) {
+    let (channels, _, height, width, _) = layer;
+    let plan = tract_plan(size, layer, weights, bias);
+    let x = Tensor::from_shape(&[channels, height, width], input).unwrap();
+    group.bench_function(BenchmarkId::new("tract", shape), |bencher| {
+        bencher.iter(|| plan.run(tvec!(x.clone().into_tvalue())).unwrap())
+    });
+}
+
+fn bench_layers(criterion: &mut Criterion) {
+    let Some((kernel, mut group)) = kernel_and_group(criterion, "conv3x3") else {
+        return;
+    };
     for layer in LAYERS {
         let (channels, outputs, height, width, stride) = layer;
         let out = ((height - 1) / stride + 1, (width - 1) / stride + 1);
@@ -127,29 +157,15 @@ fn bench_layers(criterion: &mut Criterion) {
         group.bench_function(BenchmarkId::new(name, &shape), |bencher| {
             bencher.iter(|| kernel.run(&direct, &input, (channels, height, width), &mut output))
         });
-        let plan = tract_plan(3, layer, &weights, &bias);
-        let x = Tensor::from_shape(&[channels, height, width], &input).unwrap();
-        group.bench_function(BenchmarkId::new("tract", &shape), |bencher| {
-            bencher.iter(|| plan.run(tvec!(x.clone().into_tvalue())).unwrap())
-        });
+        bench_tract(&mut group, &shape, (3, layer), (&weights, &bias, &input));
     }
     group.finish();
 }
 
 fn bench_pointwise(criterion: &mut Criterion) {
-    let Some(kernel) = Kernel::best() else {
-        eprintln!(
-            "\n**** SKIPPED the pointwise bench: no direct convolution kernel for this CPU ****\n"
-        );
+    let Some((kernel, mut group)) = kernel_and_group(criterion, "pointwise") else {
         return;
     };
-    fer_edge::device::avoid_faulty_cpu_kernels();
-    let mut group = criterion.benchmark_group("pointwise");
-    group
-        .sampling_mode(SamplingMode::Flat)
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(1));
     for (channels, outputs, height, width) in POINTWISE_LAYERS {
         let pixels = height * width;
         let shape = format!("{channels}x{height}x{width}->{outputs}");
@@ -169,11 +185,8 @@ fn bench_pointwise(criterion: &mut Criterion) {
             bencher
                 .iter(|| kernel.run_pointwise(&direct, &[&input], (channels, pixels), &mut output))
         });
-        let plan = tract_plan(1, (channels, outputs, height, width, 1), &weights, &bias);
-        let x = Tensor::from_shape(&[channels, height, width], &input).unwrap();
-        group.bench_function(BenchmarkId::new("tract", &shape), |bencher| {
-            bencher.iter(|| plan.run(tvec!(x.clone().into_tvalue())).unwrap())
-        });
+        let layer = (channels, outputs, height, width, 1);
+        bench_tract(&mut group, &shape, (1, layer), (&weights, &bias, &input));
     }
     group.finish();
 }
