@@ -77,8 +77,8 @@ pub(super) struct LaneParams<const L: usize> {
     pub dt_weight: StateRows<L>,
     /// Every lane's `dt A[n]` is <= 0 (or NaN): dt >= 0, since it comes out
     /// of softplus, and every A <= 0, as a trained model's are. The decay
-    /// exp(dt A) then needs no clamp from above, which leaves such
-    /// arguments as they are.
+    /// exp(dt A) can then be computed as 2^(dt A log2 e), with no clamp
+    /// from above (the `decay` of [`approx`](super::approx)).
     pub dt_a_non_positive: bool,
 }
 
@@ -146,8 +146,9 @@ pub(super) trait LaneMath<const L: usize> {
     /// For each state n, carries `h[n]` (the lanes' state before the chunk,
     /// updated to the state after it) through the chunk,
     /// `h = exp(dt A[n]) h + dt_u Bs[n,t]`, adding `Cs[n,t] h` to each y.
-    /// The exp clamps dt A from above only if `CLAMP_ABOVE`: without, it
-    /// gives the same bits wherever [`LaneParams::dt_a_non_positive`] holds.
+    /// With `CLAMP_ABOVE`, exp(dt A[n]) is the vector exp, clamped from
+    /// above; without, it is the decay 2^(dt A[n] log2 e), for blocks where
+    /// [`LaneParams::dt_a_non_positive`] holds.
     fn scan_states<const CLAMP_ABOVE: bool>(
         &self,
         params: &LaneParams<L>,

@@ -11,7 +11,8 @@ use std::arch::x86_64::*;
 
 use super::lane_math;
 use crate::scan::kernel::approx::{
-    EXP_ARG_MAX, EXP_ARG_MIN, EXP_POLY, LN_2_HI, LN_2_LO, LOG1P_POLY, LOG2_E,
+    DECAY_ARG_MIN, EXP2_POLY, EXP_ARG_MAX, EXP_ARG_MIN, EXP_POLY, LN_2_HI, LN_2_LO, LOG1P_POLY,
+    LOG2_E,
 };
 use crate::scan::kernel::lanes::{self, GroupRows, LaneMath, LaneParams, Step};
 use crate::scan::kernel::{ChannelBlock, ScanKernel};
@@ -83,6 +84,12 @@ fn add(a: Vector, b: Vector) -> Vector {
 
 #[inline]
 #[target_feature(enable = "avx512f")]
+fn sub(a: Vector, b: Vector) -> Vector {
+    _mm512_sub_ps(a, b)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
 fn mul(a: Vector, b: Vector) -> Vector {
     _mm512_mul_ps(a, b)
 }
@@ -132,6 +139,13 @@ fn two_to_the(k: Vector) -> Vector {
 
 #[inline]
 #[target_feature(enable = "avx512f")]
+fn times_two_to_the(p: Vector, k: Vector) -> Vector {
+    let k_exponent = _mm512_slli_epi32::<23>(_mm512_cvtps_epi32(k));
+    _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), k_exponent))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
 fn minus_abs(x: Vector) -> Vector {
     // The sign bit set: AVX-512F has no float `or`; the integer one is the same bits.
     _mm512_castsi512_ps(_mm512_or_si512(
@@ -170,6 +184,14 @@ mod tests {
     fn vector_exp_matches_f64() {
         match on_lanes(exp) {
             Some(exp) => checks::check_exp(&exp),
+            None => eprintln!("skipped: this CPU lacks AVX-512F"),
+        }
+    }
+
+    #[test]
+    fn vector_decay_matches_f64() {
+        match on_lanes(decay) {
+            Some(decay) => checks::check_decay(&decay),
             None => eprintln!("skipped: this CPU lacks AVX-512F"),
         }
     }

@@ -34,16 +34,20 @@ fn prefetch(data: &[f32]) {
 /// Writes `$kernel`'s [`LaneMath`](super::lanes::LaneMath) and its vector exp
 /// and softplus (as described in [`approx`](super::approx)), all compiled for
 /// `$feature`, from the primitives the invoking module defines: `Vector`,
-/// `LANES`, `load`, `store`, `splat`, `add`, `mul`, `div`, `min`, `max`,
-/// `fmadd(a, b, c)` = a b + c, `fnmadd(a, b, c)` = c - a b, `floor`,
-/// `two_to_the(k)` (2^k for integral k, built in the exponent field) and
-/// `minus_abs`. Each is a single instruction or two, marked
-/// `#[inline] #[target_feature(enable = $feature)]`, so all of it inlines.
+/// `LANES`, `load`, `store`, `splat`, `add`, `sub`, `mul`, `div`, `min`,
+/// `max`, `fmadd(a, b, c)` = a b + c, `fnmadd(a, b, c)` = c - a b, `floor`,
+/// `two_to_the(k)` (2^k for integral k, built in the exponent field),
+/// `times_two_to_the(p, k)` (p 2^k for integral k and a normal result, k
+/// added into p's exponent field) and `minus_abs`. Each is a single
+/// instruction or a few, marked `#[inline] #[target_feature(enable =
+/// $feature)]`, so all of it inlines.
 ///
-/// Per state update: one multiply for dt A, the exp (one or two clamps, a
-/// multiply, a floor, two FMAs of range reduction, the 2^k, a multiply and six
-/// FMAs of polynomial), a multiply for dt u Bs, an FMA for h and one for y:
-/// the exp is three quarters of the arithmetic.
+/// Per state update of a trained model (dt A <= 0): one multiply for
+/// dt A log2 e, the decay 2^(dt A log2 e) (a clamp, a floor, a subtraction,
+/// five FMAs of polynomial, three integer operations for the 2^k), a
+/// multiply for dt u Bs, an FMA for h and one for y: nine operations on the
+/// multiply-add ports, where the exp of dt A took fourteen (the scan 21-25%
+/// faster on a Zen 3, docs/performance.md).
 macro_rules! lane_math {
     ($kernel:ty, $feature:literal) => {
         impl LaneMath<LANES> for $kernel {
@@ -132,13 +136,14 @@ macro_rules! lane_math {
         ) {
             for ((a_n, h_n), (b_row, c_row)) in params.a.iter().zip(h).zip(rows.state_rows()) {
                 let a_n = load(a_n);
+                let a_n_log2_e = mul(a_n, splat(LOG2_E));
                 let mut h = load(h_n);
                 for ((step, &b), &c) in steps.iter_mut().zip(b_row).zip(c_row) {
-                    let dt_a = mul(load(&step.dt), a_n);
+                    let dt = load(&step.dt);
                     let decay = if CLAMP_ABOVE {
-                        exp(dt_a)
+                        exp(mul(dt, a_n))
                     } else {
-                        exp_below_max(dt_a)
+                        decay(mul(dt, a_n_log2_e))
                     };
                     let input = mul(load(&step.dt_u), splat(b));
                     h = fmadd(decay, h, input);
@@ -169,6 +174,18 @@ macro_rules! lane_math {
             let r = fnmadd(k, splat(LN_2_LO), r);
             let two_to_k = two_to_the(k);
             fmadd(mul(two_to_k, r), polynomial(r, &EXP_POLY), two_to_k)
+        }
+
+        /// Lane-wise 2^t for t <= 0 (or NaN): the decay e^(dt A) as 2^(dt A
+        /// log2 e), as described in [`approx`](crate::scan::kernel::approx).
+        #[inline]
+        #[target_feature(enable = $feature)]
+        fn decay(t: Vector) -> Vector {
+            let t = max(splat(DECAY_ARG_MIN), t);
+            let k = floor(t);
+            let f = sub(t, k);
+            let two_to_f = fmadd(f, polynomial(f, &EXP2_POLY), splat(1.0));
+            times_two_to_the(two_to_f, k)
         }
 
         /// Lane-wise ln(1 + e^x), as described in [`approx`](crate::scan::kernel::approx).
