@@ -430,9 +430,7 @@ fn store_y<const L: usize>(
         LaneIo::Lanes { y, .. } => {
             for (step, t) in steps.iter().zip(chunk) {
                 let pixel = &mut y[block.position(t)];
-                for (y, &step_y) in pixel.iter_mut().zip(&step.y) {
-                    *y += step_y;
-                }
+                *pixel = std::array::from_fn(|lane| pixel[lane] + step.y[lane]);
             }
             return;
         }
