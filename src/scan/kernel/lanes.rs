@@ -146,8 +146,8 @@ pub(super) trait LaneMath<const L: usize> {
     /// For each state n, carries `h[n]` (the lanes' state before the chunk,
     /// updated to the state after it) through the chunk,
     /// `h = exp(dt A[n]) h + dt_u Bs[n,t]`, adding `Cs[n,t] h` to each y.
-    /// With `CLAMP_ABOVE`, exp(dt A[n]) is the vector exp, clamped from
-    /// above; without, it is the decay 2^(dt A[n] log2 e), for blocks where
+    /// With `CLAMP_ABOVE`, `exp(dt A[n])` is the vector exp, clamped from
+    /// above; without, it is the decay `2^(dt A[n] log2 e)`, for blocks where
     /// [`LaneParams::dt_a_non_positive`] holds.
     fn scan_states<const CLAMP_ABOVE: bool>(
         &self,
