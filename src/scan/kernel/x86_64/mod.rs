@@ -31,10 +31,10 @@ fn prefetch(data: &[f32]) {
     }
 }
 
-/// Writes `$kernel`'s [`LaneMath`](super::lanes::LaneMath) and its vector exp
-/// and softplus (as described in [`approx`](super::approx)), all compiled for
-/// `$feature`, from the primitives the invoking module defines: `Vector`,
-/// `LANES`, `load`, `store`, `splat`, `add`, `sub`, `mul`, `div`, `min`,
+/// Writes `$kernel`'s [`LaneMath`](super::lanes::LaneMath) and its vector
+/// exp, decay and softplus (as described in [`approx`](super::approx)), all
+/// compiled for `$feature`, from the primitives the invoking module defines:
+/// `Vector`, `LANES`, `load`, `store`, `splat`, `add`, `sub`, `mul`, `div`, `min`,
 /// `max`, `fmadd(a, b, c)` = a b + c, `fnmadd(a, b, c)` = c - a b, `floor`,
 /// `two_to_the(k)` (2^k for integral k, built in the exponent field),
 /// `times_two_to_the(p, k)` (p 2^k for integral k and a normal result, k
@@ -46,8 +46,8 @@ fn prefetch(data: &[f32]) {
 /// dt A log2 e, the decay 2^(dt A log2 e) (a clamp, a floor, a subtraction,
 /// five FMAs of polynomial, three integer operations for the 2^k), a
 /// multiply for dt u Bs, an FMA for h and one for y: nine operations on the
-/// multiply-add ports, where the exp of dt A took fourteen (the scan 21-25%
-/// faster on a Zen 3, docs/performance.md).
+/// multiply-add ports, where the exp of dt A took fourteen (the scan ops
+/// 19-27% faster on a Zen 3, docs/performance.md).
 macro_rules! lane_math {
     ($kernel:ty, $feature:literal) => {
         impl LaneMath<LANES> for $kernel {
@@ -181,6 +181,7 @@ macro_rules! lane_math {
         #[inline]
         #[target_feature(enable = $feature)]
         fn decay(t: Vector) -> Vector {
+            // `max` returns its second operand when either is NaN: keep t there.
             let t = max(splat(DECAY_ARG_MIN), t);
             let k = floor(t);
             let f = sub(t, k);
