@@ -9,7 +9,8 @@
 //! 2. Cody-Waite range reduction with k = floor(x log2 e):
 //!    r = (x - k ln2_hi) - k ln2_lo, in [0, ln 2], each step one fused
 //!    multiply-add; the first is exact for |x| >= 1, so r is rounded once.
-//! 3. 2^k, built by shifting k + 127 into the f32 exponent field.
+//! 3. 2^k, built by adding k into the exponent field of 1.0 (whose field
+//!    holds 127): the same integer add as the decay's step 4.
 //! 4. e^x = 2^k + (2^k r) P(r), P of degree 5 ([`EXP_POLY`]) in Horner form,
 //!    the last step one fused multiply-add. Scaling by 2^k is exact wherever
 //!    the result is a normal number, so this is 2^k (1 + r P(r)) rounded once

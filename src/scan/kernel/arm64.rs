@@ -206,8 +206,7 @@ fn exp_below_max(x: float32x4_t) -> float32x4_t {
     let k = vrndmq_f32(vmulq_n_f32(x, LOG2_E));
     let r = vfmsq_n_f32(x, k, LN_2_HI);
     let r = vfmsq_n_f32(r, k, LN_2_LO);
-    let biased_k = vaddq_s32(vcvtq_s32_f32(k), vdupq_n_s32(127));
-    let two_to_k = vreinterpretq_f32_s32(vshlq_n_s32::<23>(biased_k));
+    let two_to_k = times_two_to_the(vdupq_n_f32(1.0), k);
     vfmaq_f32(two_to_k, vmulq_f32(two_to_k, r), polynomial(r, &EXP_POLY))
 }
 
@@ -221,8 +220,16 @@ fn decay(t: float32x4_t) -> float32x4_t {
     let k = vrndmq_f32(t);
     let f = vsubq_f32(t, k);
     let two_to_f = vfmaq_f32(vdupq_n_f32(1.0), f, polynomial(f, &EXP2_POLY));
+    times_two_to_the(two_to_f, k)
+}
+
+/// p 2^k lane-wise for integral k and a normal result, k added into p's
+/// exponent field; with p = 1 also 0 at k = -127 and +inf at k = 128.
+#[inline]
+#[target_feature(enable = "neon")]
+fn times_two_to_the(p: float32x4_t, k: float32x4_t) -> float32x4_t {
     let k_exponent = vshlq_n_s32::<23>(vcvtq_s32_f32(k));
-    vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(two_to_f), k_exponent))
+    vreinterpretq_f32_s32(vaddq_s32(vreinterpretq_s32_f32(p), k_exponent))
 }
 
 /// Lane-wise ln(1 + e^x), as described in [`approx`](super::approx).

@@ -134,13 +134,6 @@ fn floor(x: Vector) -> Vector {
 
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-fn two_to_the(k: Vector) -> Vector {
-    let biased_k = _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127));
-    _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased_k))
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma")]
 fn times_two_to_the(p: Vector, k: Vector) -> Vector {
     let k_exponent = _mm256_slli_epi32::<23>(_mm256_cvtps_epi32(k));
     _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), k_exponent))

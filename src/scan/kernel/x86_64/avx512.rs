@@ -132,13 +132,6 @@ fn floor(x: Vector) -> Vector {
 
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn two_to_the(k: Vector) -> Vector {
-    let biased_k = _mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127));
-    _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased_k))
-}
-
-#[inline]
-#[target_feature(enable = "avx512f")]
 fn times_two_to_the(p: Vector, k: Vector) -> Vector {
     let k_exponent = _mm512_slli_epi32::<23>(_mm512_cvtps_epi32(k));
     _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), k_exponent))

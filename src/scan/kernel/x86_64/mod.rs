@@ -36,9 +36,9 @@ fn prefetch(data: &[f32]) {
 /// compiled for `$feature`, from the primitives the invoking module defines:
 /// `Vector`, `LANES`, `load`, `store`, `splat`, `add`, `sub`, `mul`, `div`, `min`,
 /// `max`, `fmadd(a, b, c)` = a b + c, `fnmadd(a, b, c)` = c - a b, `floor`,
-/// `two_to_the(k)` (2^k for integral k, built in the exponent field),
 /// `times_two_to_the(p, k)` (p 2^k for integral k and a normal result, k
-/// added into p's exponent field) and `minus_abs`. Each is a single
+/// added into p's exponent field; with p = 1 also 0 at k = -127 and +inf at
+/// k = 128) and `minus_abs`. Each is a single
 /// instruction or a few, marked `#[inline] #[target_feature(enable =
 /// $feature)]`, so all of it inlines.
 ///
@@ -172,7 +172,7 @@ macro_rules! lane_math {
             let k = floor(mul(x, splat(LOG2_E)));
             let r = fnmadd(k, splat(LN_2_HI), x);
             let r = fnmadd(k, splat(LN_2_LO), r);
-            let two_to_k = two_to_the(k);
+            let two_to_k = times_two_to_the(splat(1.0), k);
             fmadd(mul(two_to_k, r), polynomial(r, &EXP_POLY), two_to_k)
         }
 
