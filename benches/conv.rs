@@ -1,8 +1,8 @@
 //! 3x3 and channel-first pointwise convolutions at the shapes of the
-//! built-in model's layers, in multiply-adds a second: fer-edge's direct
-//! kernel (in the tiling it picks) against tract's own convolution (padding,
-//! im2col, matrix product) in the same run, one thread. Skipped, saying so,
-//! on CPUs without a direct kernel.
+//! built-in model's layers, in multiply-adds a second: each of fer-edge's
+//! direct kernels this CPU runs (in the tiling it picks) against tract's own
+//! convolution (padding, im2col, matrix product) in the same run, one
+//! thread. Skipped, saying so, on CPUs without a direct kernel.
 //!
 //! `cargo bench --bench conv`
 
@@ -89,18 +89,20 @@ fn tract_plan(
     model.into_optimized().unwrap().into_runnable().unwrap()
 }
 
-/// This CPU's direct kernel and the benchmark group `name` for it, or None
-/// (said loudly) on a CPU without one.
-fn kernel_and_group<'a>(
+/// Every direct kernel this CPU runs (an AVX-512 CPU runs the AVX2 ones
+/// too) and the benchmark group `name` for them, or None (said loudly) on a
+/// CPU without one.
+fn kernels_and_group<'a>(
     criterion: &'a mut Criterion,
     name: &str,
-) -> Option<(Kernel, BenchmarkGroup<'a, WallTime>)> {
-    let Some(kernel) = Kernel::best() else {
+) -> Option<(Vec<Kernel>, BenchmarkGroup<'a, WallTime>)> {
+    let kernels: Vec<Kernel> = Kernel::available().collect();
+    if kernels.is_empty() {
         eprintln!(
             "\n**** SKIPPED the {name} bench: no direct convolution kernel for this CPU ****\n"
         );
         return None;
-    };
+    }
     fer_edge::device::avoid_faulty_cpu_kernels();
     let mut group = criterion.benchmark_group(name);
     group
@@ -108,7 +110,7 @@ fn kernel_and_group<'a>(
         .sample_size(20)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    Some((kernel, group))
+    Some((kernels, group))
 }
 
 /// Times tract's plan for `layer` (a `size` x `size` convolution) on
@@ -128,15 +130,12 @@ fn bench_tract(
 }
 
 fn bench_layers(criterion: &mut Criterion) {
-    let Some((kernel, mut group)) = kernel_and_group(criterion, "conv3x3") else {
+    let Some((kernels, mut group)) = kernels_and_group(criterion, "conv3x3") else {
         return;
     };
     for layer in LAYERS {
         let (channels, outputs, height, width, stride) = layer;
         let out = ((height - 1) / stride + 1, (width - 1) / stride + 1);
-        let tiling = kernel
-            .tiling(stride, out)
-            .expect("a tiling for every layer");
         let shape = format!("{channels}x{height}x{width}->{outputs}/s{stride}");
         let input = values(channels * height * width, 1);
         let weights = values(outputs * channels * 9, 2);
@@ -144,26 +143,31 @@ fn bench_layers(criterion: &mut Criterion) {
         group.throughput(Throughput::Elements(
             (outputs * out.0 * out.1 * channels * 9) as u64,
         ));
-        let packed = pack_weights(&weights, channels, tiling);
-        let direct = Layer {
-            tiling,
-            stride,
-            weights: &packed,
-            bias: &bias,
-            activation: Activation::Linear,
-        };
-        let mut output = vec![0.0; outputs * out.0 * out.1];
-        let name = format!("fer-edge {tiling:?}");
-        group.bench_function(BenchmarkId::new(name, &shape), |bencher| {
-            bencher.iter(|| kernel.run(&direct, &input, (channels, height, width), &mut output))
-        });
+        for kernel in &kernels {
+            let tiling = kernel
+                .tiling(stride, out)
+                .expect("a tiling for every layer");
+            let packed = pack_weights(&weights, channels, tiling);
+            let direct = Layer {
+                tiling,
+                stride,
+                weights: &packed,
+                bias: &bias,
+                activation: Activation::Linear,
+            };
+            let mut output = vec![0.0; outputs * out.0 * out.1];
+            let name = format!("fer-edge {} {tiling:?}", kernel.name());
+            group.bench_function(BenchmarkId::new(name, &shape), |bencher| {
+                bencher.iter(|| kernel.run(&direct, &input, (channels, height, width), &mut output))
+            });
+        }
         bench_tract(&mut group, &shape, (3, layer), (&weights, &bias, &input));
     }
     group.finish();
 }
 
 fn bench_pointwise(criterion: &mut Criterion) {
-    let Some((kernel, mut group)) = kernel_and_group(criterion, "pointwise") else {
+    let Some((kernels, mut group)) = kernels_and_group(criterion, "pointwise") else {
         return;
     };
     for (channels, outputs, height, width) in POINTWISE_LAYERS {
@@ -181,10 +185,14 @@ fn bench_pointwise(criterion: &mut Criterion) {
             activation: Activation::Linear,
         };
         let mut output = vec![0.0; outputs * pixels];
-        group.bench_function(BenchmarkId::new("fer-edge First", &shape), |bencher| {
-            bencher
-                .iter(|| kernel.run_pointwise(&direct, &[&input], (channels, pixels), &mut output))
-        });
+        for kernel in &kernels {
+            let name = format!("fer-edge {} First", kernel.name());
+            group.bench_function(BenchmarkId::new(name, &shape), |bencher| {
+                bencher.iter(|| {
+                    kernel.run_pointwise(&direct, &[&input], (channels, pixels), &mut output)
+                })
+            });
+        }
         let layer = (channels, outputs, height, width, 1);
         bench_tract(&mut group, &shape, (1, layer), (&weights, &bias, &input));
     }
