@@ -1,0 +1,127 @@
+"""A wider variant's weights that compute what a trained narrower model computes.
+
+    python -m fer_edge_training.widen --checkpoint candidates/v19-roll-backgrounds-fp16.pt \\
+        --variant s --out ../runs/s-from-v19.pt
+
+``train --variant s --init ../runs/s-from-v19.pt`` then trains the wider network from
+the narrower one's answers instead of from scratch (Net2Net's widening, Chen et al. 2016).
+The variants share their depth and differ in width by a factor of two (``nano`` 0.25 ->
+``s`` 0.50), so every channel axis that doubles is widened by duplication:
+
+* output channels: channel ``i`` of the narrow model becomes channels ``2i`` and
+  ``2i + 1`` (interleaved, so a concatenation or split of widened tensors is the
+  widening of the concatenation or split: the cross-stage concatenations, the SS2D
+  ``in_proj`` split and the scan's ``[K * Di]`` rows need no layout of their own);
+* input channels: each weight is copied to both copies of its input and halved, so the
+  sum over the two equal copies is the narrow model's sum;
+* per-channel statistics and parameters (batch and layer norms, biases, the scan's
+  ``A``, ``D`` and dt bias) are copied to both copies. A layer norm over duplicated
+  channels sees the same mean and variance.
+
+Axes that keep their size (the 12 space-to-depth input channels, the 16 scan states,
+the 7 expressions, 4 box and 1 objectness outputs, the 8 scan directions) are copied;
+the one axis with both kinds, ``x_proj``'s rows ``[dt rank | B states | C states]``,
+widens its dt-rank rows only. With ``noise`` 0 the wide model's outputs equal the narrow
+model's to float rounding (``tests/test_widen.py``); the default adds Gaussian noise of
+``noise`` times each weight tensor's standard deviation to the convolution and
+projection weights, so that the two copies of a channel receive different gradients and
+can come apart in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .model import SS2D, build_model
+
+#: Relative standard deviation of the symmetry-breaking noise (see the module doc).
+NOISE = 1e-2
+
+
+def _input_axes(model: nn.Module) -> dict[str, int]:
+    """State-dict keys of the weights with an input-channel axis, and that axis."""
+    axes = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
+            axes[f"{prefix}weight"] = 1
+        elif isinstance(module, SS2D):
+            axes[f"{prefix}x_proj_weight"] = 2
+            axes[f"{prefix}dt_projs_weight"] = 2
+    return axes
+
+
+def _widen_axis(value: Tensor, axis: int, size: int, is_input: bool) -> Tensor:
+    if size == value.shape[axis]:
+        return value
+    if size != 2 * value.shape[axis]:
+        raise ValueError(f"axis {axis} of {tuple(value.shape)} cannot widen to {size}")
+    wide = value.repeat_interleave(2, dim=axis)
+    return wide / 2 if is_input else wide
+
+
+def widen_state(
+    narrow: nn.Module, wide: nn.Module, noise: float = NOISE, seed: int = 0
+) -> dict[str, Tensor]:
+    """``wide``'s state dict computed from ``narrow``'s (see the module doc)."""
+    narrow_state, wide_state = narrow.state_dict(), wide.state_dict()
+    if narrow_state.keys() != wide_state.keys():
+        raise ValueError("the two models do not have the same layers")
+    inputs = _input_axes(wide)
+    ss2d_rows = {
+        f"{name}.x_proj_weight": module.dt_rank
+        for name, module in wide.named_modules()
+        if isinstance(module, SS2D)
+    }
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, value in narrow_state.items():
+        target = wide_state[key].shape
+        value = value.float()
+        if key in ss2d_rows:
+            # rows [dt rank | B | C]: the dt-rank rows widen, the 2N state rows do not
+            rank = value.shape[1] - (target[1] - ss2d_rows[key])
+            dt_rows, state_rows = value.split([rank, value.shape[1] - rank], dim=1)
+            value = torch.cat([dt_rows.repeat_interleave(2, dim=1), state_rows], dim=1)
+        for axis, size in enumerate(target):
+            value = _widen_axis(value, axis, size, inputs.get(key) == axis)
+        if noise and key in inputs:
+            value = value + torch.randn(value.shape, generator=generator) * (noise * value.std())
+        out[key] = value.to(wide_state[key].dtype)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", type=Path, required=True, help="narrow model's weights")
+    ap.add_argument("--from-variant", default="nano", help="the checkpoint's variant")
+    ap.add_argument("--variant", default="s", help="the wider variant to write")
+    ap.add_argument("--noise", type=float, default=NOISE, help="see the module doc")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, required=True, help="checkpoint for train --init")
+    args = ap.parse_args(argv)
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    state = state.get("ema", state)
+    narrow = build_model(args.from_variant)
+    narrow.load_state_dict({k: v.float() for k, v in state.items()})
+    wide = build_model(args.variant)
+    widened = widen_state(narrow, wide, args.noise, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".partial")
+    torch.save({"ema": widened}, partial)
+    partial.replace(args.out)
+    print(
+        f"{args.out}: {args.variant} weights from {args.checkpoint} ({args.from_variant}), "
+        f"noise {args.noise}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
