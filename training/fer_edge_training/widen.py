@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .export import build
 from .model import SS2D, build_model
 
 #: Relative standard deviation of the symmetry-breaking noise (see the module doc).
@@ -73,9 +74,9 @@ def widen_state(
     if narrow_state.keys() != wide_state.keys():
         raise ValueError("the two models do not have the same layers")
     inputs = _input_axes(wide)
-    ss2d_rows = {
+    dt_ranks = {
         f"{name}.x_proj_weight": module.dt_rank
-        for name, module in wide.named_modules()
+        for name, module in narrow.named_modules()
         if isinstance(module, SS2D)
     }
     generator = torch.Generator().manual_seed(seed)
@@ -83,9 +84,9 @@ def widen_state(
     for key, value in narrow_state.items():
         target = wide_state[key].shape
         value = value.float()
-        if key in ss2d_rows:
+        if key in dt_ranks:
             # rows [dt rank | B | C]: the dt-rank rows widen, the 2N state rows do not
-            rank = value.shape[1] - (target[1] - ss2d_rows[key])
+            rank = dt_ranks[key]
             dt_rows, state_rows = value.split([rank, value.shape[1] - rank], dim=1)
             value = torch.cat([dt_rows.repeat_interleave(2, dim=1), state_rows], dim=1)
         for axis, size in enumerate(target):
@@ -105,10 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True, help="checkpoint for train --init")
     args = ap.parse_args(argv)
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    state = state.get("ema", state)
-    narrow = build_model(args.from_variant)
-    narrow.load_state_dict({k: v.float() for k, v in state.items()})
+    narrow = build(args.from_variant, args.seed, str(args.checkpoint))
     wide = build_model(args.variant)
     widened = widen_state(narrow, wide, args.noise, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
