@@ -22,10 +22,14 @@ Axes that keep their size (the 12 space-to-depth input channels, the 16 scan sta
 the 7 expressions, 4 box and 1 objectness outputs, the 8 scan directions) are copied;
 the one axis with both kinds, ``x_proj``'s rows ``[dt rank | B states | C states]``,
 widens its dt-rank rows only. With ``noise`` 0 the wide model's outputs equal the narrow
-model's to float rounding (``tests/test_widen.py``); the default adds Gaussian noise of
-``noise`` times each weight tensor's standard deviation to the convolution and
-projection weights, so that the two copies of a channel receive different gradients and
-can come apart in training.
+model's to float rounding (``tests/test_widen.py``). Two exact copies get the same
+gradients and stay copies: a first widening with 1% independent noise was still a nano
+after 300 iterations (the copies' difference had not grown). So the default adds noise
+of ``noise`` times each weight tensor's standard deviation to one copy of every widened
+output channel of the convolutions and projections and subtracts it from the other:
+the copies start 20% of a weight's spread apart, and the next layer, which adds them,
+sees the narrow model's sum to first order (v19 widened at 0.2: validation mAP50 0.349,
+accuracy 0.609 against the nano's 0.358, 0.615; at 0.3 0.338, 0.607).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from .export import build
 from .model import SS2D, build_model
 
 #: Relative standard deviation of the symmetry-breaking noise (see the module doc).
-NOISE = 1e-2
+NOISE = 0.2
 
 
 def _input_axes(model: nn.Module) -> dict[str, int]:
@@ -66,6 +70,26 @@ def _widen_axis(value: Tensor, axis: int, size: int, is_input: bool) -> Tensor:
     return wide / 2 if is_input else wide
 
 
+def _split_noise(value: Tensor, axis: int, rows: int | None, generator) -> Tensor:
+    """Unit Gaussian noise added to one copy of each output channel and subtracted from the
+    other, so that their sum, all the next layer sees of them, is unchanged.
+
+    ``axis`` is the output axis (the one before the input axis: ``x_proj``'s rows);
+    ``rows`` limits the noise to its first rows (the widened dt rows; the state rows have
+    no copies).
+    """
+    shape = list(value.shape)
+    shape[axis] = (rows if rows is not None else shape[axis]) // 2
+    half = torch.randn(shape, generator=generator)
+    signs = torch.tensor([1.0, -1.0]).repeat(shape[axis])
+    noise = half.repeat_interleave(2, dim=axis) * signs.view([-1] + [1] * (len(shape) - 1 - axis))
+    if rows is not None:
+        pad = list(value.shape)
+        pad[axis] -= rows
+        noise = torch.cat([noise, torch.zeros(pad)], dim=axis)
+    return noise
+
+
 def widen_state(
     narrow: nn.Module, wide: nn.Module, noise: float = NOISE, seed: int = 0
 ) -> dict[str, Tensor]:
@@ -82,7 +106,7 @@ def widen_state(
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for key, value in narrow_state.items():
-        target = wide_state[key].shape
+        target, narrow_shape = wide_state[key].shape, value.shape
         value = value.float()
         if key in dt_ranks:
             # rows [dt rank | B | C]: the dt-rank rows widen, the 2N state rows do not
@@ -91,8 +115,16 @@ def widen_state(
             value = torch.cat([dt_rows.repeat_interleave(2, dim=1), state_rows], dim=1)
         for axis, size in enumerate(target):
             value = _widen_axis(value, axis, size, inputs.get(key) == axis)
-        if noise and key in inputs:
-            value = value + torch.randn(value.shape, generator=generator) * (noise * value.std())
+        output_axis = inputs.get(key, 0) - 1
+        if (
+            noise
+            and key in inputs
+            and (key in dt_ranks or target[output_axis] != narrow_shape[output_axis])
+        ):
+            rows = 2 * dt_ranks[key] if key in dt_ranks else None
+            value = value + _split_noise(value, output_axis, rows, generator) * (
+                noise * value.std()
+            )
         out[key] = value.to(wide_state[key].dtype)
     return out
 

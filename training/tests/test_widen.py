@@ -32,11 +32,25 @@ def test_widened_s_computes_what_nano_computes():
         torch.testing.assert_close(stages_w[name][:, 1::2], stages_w[name][:, ::2])
 
 
-def test_noise_breaks_the_copies_apart_but_keeps_the_function_close():
+def test_noise_breaks_the_copies_apart_but_keeps_their_sum_and_the_function():
     narrow, wide = _pair(1)
-    wide.load_state_dict(widen_state(narrow, wide, noise=1e-2, seed=5))
-    conv = wide.state_dict()["backbone.dark3.1.conv1.conv.weight"]
-    assert not torch.equal(conv[0::2], conv[1::2])
+    exact = widen_state(narrow, wide, noise=0.0)
+    noisy = widen_state(narrow, wide, noise=0.2, seed=5)
+    for key in ("backbone.dark3.1.conv1.conv.weight", "neck.vss_p3.ss2d.out_proj.weight"):
+        w, w0 = noisy[key], exact[key]
+        assert (w[0::2] - w[1::2]).norm() > 0.1 * w0.norm()  # the copies differ
+        # by opposite amounts: the next layer, which adds the two copies, sees no change
+        torch.testing.assert_close(w[0::2] + w[1::2], w0[0::2] + w0[1::2])
+    x_proj, x_proj0 = (
+        noisy["neck.vss_p3.ss2d.x_proj_weight"],
+        exact["neck.vss_p3.ss2d.x_proj_weight"],
+    )
+    rows = 2 * narrow.neck.vss_p3.ss2d.dt_rank
+    assert not torch.equal(x_proj[:, :rows], x_proj0[:, :rows])
+    torch.testing.assert_close(x_proj[:, rows:], x_proj0[:, rows:])  # state rows: no copies
+    preds = "head.cls_preds.0.weight"  # 7 expressions: no copies, no noise
+    torch.testing.assert_close(noisy[preds], exact[preds])
+    wide.load_state_dict(noisy)
     x = torch.randn(1, 3, 64, 64)
     want, got = _outputs(narrow, x), _outputs(wide, x)
     relative = (got - want).norm() / want.norm()
