@@ -70,24 +70,20 @@ def _widen_axis(value: Tensor, axis: int, size: int, is_input: bool) -> Tensor:
     return wide / 2 if is_input else wide
 
 
-def _split_noise(value: Tensor, axis: int, rows: int | None, generator) -> Tensor:
+def _split_noise(value: Tensor, axis: int, copied: int, generator) -> Tensor:
     """Unit Gaussian noise added to one copy of each output channel and subtracted from the
     other, so that their sum, all the next layer sees of them, is unchanged.
 
-    ``axis`` is the output axis (the one before the input axis: ``x_proj``'s rows);
-    ``rows`` limits the noise to its first rows (the widened dt rows; the state rows have
-    no copies).
+    ``axis`` is the output axis; its first ``copied`` rows are the pairs of copies, the
+    rest have none and get no noise (``x_proj``'s state rows after its dt rows).
     """
     shape = list(value.shape)
-    shape[axis] = (rows if rows is not None else shape[axis]) // 2
+    shape[axis] = copied // 2
     half = torch.randn(shape, generator=generator)
-    signs = torch.tensor([1.0, -1.0]).repeat(shape[axis])
+    signs = torch.tensor([1.0, -1.0]).repeat(copied // 2)
     noise = half.repeat_interleave(2, dim=axis) * signs.view([-1] + [1] * (len(shape) - 1 - axis))
-    if rows is not None:
-        pad = list(value.shape)
-        pad[axis] -= rows
-        noise = torch.cat([noise, torch.zeros(pad)], dim=axis)
-    return noise
+    shape[axis] = value.shape[axis] - copied
+    return torch.cat([noise, torch.zeros(shape)], dim=axis)
 
 
 def widen_state(
@@ -115,16 +111,11 @@ def widen_state(
             value = torch.cat([dt_rows.repeat_interleave(2, dim=1), state_rows], dim=1)
         for axis, size in enumerate(target):
             value = _widen_axis(value, axis, size, inputs.get(key) == axis)
-        output_axis = inputs.get(key, 0) - 1
-        if (
-            noise
-            and key in inputs
-            and (key in dt_ranks or target[output_axis] != narrow_shape[output_axis])
-        ):
-            rows = 2 * dt_ranks[key] if key in dt_ranks else None
-            value = value + _split_noise(value, output_axis, rows, generator) * (
-                noise * value.std()
-            )
+        if noise and key in inputs:
+            axis = inputs[key] - 1  # the output axis: the one before the input axis
+            copied = 2 * (target[axis] - narrow_shape[axis])  # rows that are pairs of copies
+            if copied:
+                value = value + _split_noise(value, axis, copied, generator) * (noise * value.std())
         out[key] = value.to(wide_state[key].dtype)
     return out
 
