@@ -93,13 +93,13 @@ def cross_scan(x: Tensor, scan_idx: Tensor) -> Tensor:
     """[B, C, H, W] -> [B, K, C, L]: x read in each direction's order.
 
     Exported (``torch.compiler.is_exporting()``), one constant-index Gather: the graph of
-    contract version 1. Otherwise :class:`_CrossScan`, whose backward is a gather too."""
+    contract version 1. Otherwise :class:`_Directions`, whose backward is a gather too."""
     b, c, h, w = x.shape
     k, length = scan_idx.shape
     if torch.compiler.is_exporting():
         xs = torch.index_select(x.reshape(b, c, h * w), 2, scan_idx.reshape(-1))  # [B, C, K*L]
         return xs.reshape(b, c, k, length).transpose(1, 2)
-    return _CrossScan.apply(x.reshape(b, c, h * w), scan_idx)
+    return _Directions.apply(x.reshape(b, c, h * w), scan_idx, False)
 
 
 def cross_merge(y: Tensor, merge_idx: Tensor, offsets: Tensor | None = None) -> Tensor:
@@ -107,10 +107,10 @@ def cross_merge(y: Tensor, merge_idx: Tensor, offsets: Tensor | None = None) -> 
 
     Exported, one constant-index Gather over the flattened (k, l) axis: index
     ``merge[k] + k*L`` (pass those ``offsets`` precomputed to keep the graph free of index
-    arithmetic), then a sum. Otherwise :class:`_CrossMerge`."""
+    arithmetic), then a sum. Otherwise :class:`_Directions`."""
     b, k, c, length = y.shape
     if not torch.compiler.is_exporting():
-        return _CrossMerge.apply(y, merge_idx)
+        return _Directions.apply(y, merge_idx, True)
     if offsets is None:
         offsets = merge_idx + torch.arange(k, dtype=merge_idx.dtype).view(k, 1) * length
     ys = y.transpose(1, 2).reshape(b, c, k * length)
@@ -144,35 +144,24 @@ def _inverse(orders: Tensor) -> Tensor:
     return torch.argsort(orders, dim=1)
 
 
-class _CrossScan(torch.autograd.Function):
-    """Training's cross-scan. Each direction is a permutation of the pixels, so the
-    gradient goes back through the inverse permutations, gathers and a sum, where
-    autograd's backward of one big ``index_select`` scatters through ``index_add``
+class _Directions(torch.autograd.Function):
+    """Training's cross-scan (``merging`` False) and cross-merge (True). Each direction is
+    a permutation of the pixels, so the two are each other's adjoint: the gradient of one
+    is the other through the inverse permutations, gathers and a sum, where autograd's
+    backward of one big ``index_select`` scatters through ``index_add``
     (docs/training.md has the measured difference)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, scan_idx: Tensor) -> Tensor:
-        ctx.save_for_backward(scan_idx)
-        return _read_in_orders(x, scan_idx)
+    def forward(ctx, t: Tensor, orders: Tensor, merging: bool) -> Tensor:
+        ctx.save_for_backward(orders)
+        ctx.merging = merging
+        return (_sum_read_in_orders if merging else _read_in_orders)(t, orders)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (scan_idx,) = ctx.saved_tensors
-        return _sum_read_in_orders(grad, _inverse(scan_idx)), None
-
-
-class _CrossMerge(torch.autograd.Function):
-    """Training's cross-merge, the adjoint of :class:`_CrossScan`."""
-
-    @staticmethod
-    def forward(ctx, y: Tensor, merge_idx: Tensor) -> Tensor:
-        ctx.save_for_backward(merge_idx)
-        return _sum_read_in_orders(y, merge_idx)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (merge_idx,) = ctx.saved_tensors
-        return _read_in_orders(grad, _inverse(merge_idx)), None
+        (orders,) = ctx.saved_tensors
+        adjoint = _read_in_orders if ctx.merging else _sum_read_in_orders
+        return adjoint(grad, _inverse(orders)), None, None
 
 
 # --------------------------------------------------------------------------------------
