@@ -164,9 +164,10 @@ struct DetectArgs {
     /// Write each image with boxes and labels drawn into this directory.
     #[arg(long)]
     annotate: Option<PathBuf>,
-    /// Minimum face score to report.
-    #[arg(long, default_value_t = DecodeOptions::default().confidence)]
-    confidence: f32,
+    /// Minimum face score to report (default: the model file's own
+    /// threshold, else 0.18).
+    #[arg(long)]
+    confidence: Option<f32>,
     /// IoU above which overlapping boxes are merged into one face.
     #[arg(long, default_value_t = DecodeOptions::default().nms_iou)]
     nms_iou: f32,
@@ -328,12 +329,15 @@ struct ImageFailure<'a> {
 }
 
 fn detect(args: DetectArgs) -> anyhow::Result<i32> {
+    let model = args.model.load()?;
     let options = DecodeOptions {
-        confidence: args.confidence,
+        confidence: args
+            .confidence
+            .unwrap_or(DecodeOptions::for_model(&model).confidence),
         nms_iou: args.nms_iou,
         class_agnostic: !args.per_class_nms,
     };
-    let mut detector = Detector::new(args.model.load()?, options);
+    let mut detector = Detector::new(model, options);
     let mut failures = 0;
     for path in &args.images {
         let name = path.to_string_lossy();
@@ -427,7 +431,9 @@ fn bench(args: BenchArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("cannot read bench image {}", path.display()))?,
         None => BENCH_IMAGE.to_vec(),
     };
-    let mut detector = Detector::new(args.model.load()?, DecodeOptions::default());
+    let model = args.model.load()?;
+    let options = DecodeOptions::for_model(&model);
+    let mut detector = Detector::new(model, options);
     let frame = Frame {
         format: PixelFormat::Mjpeg,
         width: 0,

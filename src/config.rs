@@ -11,7 +11,7 @@
 use crate::capture::CaptureConfig;
 use crate::decode::DecodeOptions;
 use crate::device::Device;
-use crate::infer::ModelSource;
+use crate::infer::{Model, ModelSource};
 use crate::service::metrics::HttpConfig;
 use crate::signal::{GpioConfig, LogConfig, MqttConfig, MqttError};
 use crate::track::TrackerConfig;
@@ -50,8 +50,10 @@ pub struct DetectorConfig {
     pub device: Device,
     /// Inference threads; 0 means one per core.
     pub threads: usize,
-    /// Minimum face score (objectness x expression) to report.
-    pub confidence: f32,
+    /// Minimum face score (objectness x expression) to report; without it,
+    /// the model file's own threshold, else 0.18 (the built-in model's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f32>,
     /// IoU above which overlapping boxes are merged into one face.
     pub nms_iou: f32,
 }
@@ -63,7 +65,7 @@ impl Default for DetectorConfig {
             model: None,
             device: Device::Auto,
             threads: 0,
-            confidence: decode.confidence,
+            confidence: None,
             nms_iou: decode.nms_iou,
         }
     }
@@ -75,9 +77,12 @@ impl DetectorConfig {
         ModelSource::from_file(self.model.as_deref())
     }
 
-    pub fn decode_options(&self) -> DecodeOptions {
+    /// How to decode `model`'s outputs: this table's thresholds, the
+    /// model's own confidence where the table sets none.
+    pub fn decode_options(&self, model: &Model) -> DecodeOptions {
+        let for_model = DecodeOptions::for_model(model);
         DecodeOptions {
-            confidence: self.confidence,
+            confidence: self.confidence.unwrap_or(for_model.confidence),
             nms_iou: self.nms_iou,
             class_agnostic: true,
         }
@@ -318,7 +323,9 @@ impl Config {
 impl DetectorConfig {
     fn check(&self) -> Result<(), InvalidKey> {
         in_range("detector.threads", self.threads, 0..=MAX_THREADS)?;
-        in_range("detector.confidence", self.confidence, 0.0..=1.0)?;
+        if let Some(confidence) = self.confidence {
+            in_range("detector.confidence", confidence, 0.0..=1.0)?;
+        }
         in_range("detector.nms_iou", self.nms_iou, 0.0..=1.0)?;
         match self.model.as_ref().filter(|m| !m.is_file()) {
             Some(model) => Err(InvalidKey::new(
@@ -426,11 +433,11 @@ mod tests {
     #[test]
     fn semantic_errors_name_the_key() {
         let mut config = Config::default();
-        config.detector.confidence = 1.5;
+        config.detector.confidence = Some(1.5);
         let err = config.check(Path::new(PATH)).unwrap_err().to_string();
         assert!(err.contains("detector.confidence"), "{err}");
 
-        config.detector.confidence = 0.3;
+        config.detector.confidence = Some(0.3);
         config.tracker.smoothing = 0.0;
         let err = config.check(Path::new(PATH)).unwrap_err().to_string();
         assert!(err.contains("tracker"), "{err}");

@@ -9,6 +9,7 @@
 //! non-maximum suppression.
 
 use crate::face::{Expression, ExpressionScores, Face};
+use crate::infer::Model;
 use crate::preprocess::Letterbox;
 use tract_core::prelude::Tensor;
 
@@ -30,11 +31,13 @@ pub struct DecodeOptions {
 }
 
 impl Default for DecodeOptions {
-    /// On real colour photos (the 153 scenes of `training`'s `compare`),
-    /// with class-agnostic NMS, the shipped model (v19) finds 92.0% of the
-    /// faces at 93.1% precision at 0.18 (int8: 92.0% at 92.5%); 0.16 finds
-    /// as many at 92.0%, 0.2 90.1% at 94.2%. The threshold was chosen on
-    /// those photos. See `models/MODEL_CARD.md`.
+    /// The options for a model file that does not carry its own threshold
+    /// (see [`DecodeOptions::for_model`]). On real colour photos (the 153
+    /// scenes of `training`'s `compare`), with class-agnostic NMS, the
+    /// shipped model (v19) finds 92.0% of the faces at 93.1% precision at
+    /// 0.18 (int8: 92.0% at 92.5%); 0.16 finds as many at 92.0%, 0.2 90.1%
+    /// at 94.2%. The threshold was chosen on those photos. See
+    /// `models/MODEL_CARD.md`.
     fn default() -> Self {
         DecodeOptions {
             confidence: 0.18,
@@ -45,6 +48,16 @@ impl Default for DecodeOptions {
 }
 
 impl DecodeOptions {
+    /// The default options with `model`'s own threshold, if its file
+    /// carries one.
+    pub fn for_model(model: &Model) -> Self {
+        let default = DecodeOptions::default();
+        DecodeOptions {
+            confidence: model.confidence().unwrap_or(default.confidence),
+            ..default
+        }
+    }
+
     /// The options of `fer-edge eval`: every candidate down to `confidence`
     /// and per-expression NMS, as VOC/COCO-style AP expects.
     pub fn for_evaluation(confidence: f32) -> Self {

@@ -63,13 +63,21 @@ impl Detector {
         let source = config.model_source();
         let model = Model::load_on(&source, config.device)?;
         let (height, width) = model.input_size();
+        let options = config.decode_options(&model);
+        let threshold = match (config.confidence, model.confidence()) {
+            (Some(_), _) => "the config's",
+            (None, Some(_)) => "the model's own",
+            (None, None) => "the default",
+        };
         log::info!(
-            "{source} (sha256 {}, {width}x{height} input), device {:?}, {} threads",
+            "{source} (sha256 {}, {width}x{height} input), device {:?}, {} threads, \
+             faces from score {} ({threshold})",
             model.sha256(),
             config.device,
-            config.thread_count()
+            config.thread_count(),
+            options.confidence,
         );
-        Ok(Detector::new(model, config.decode_options()))
+        Ok(Detector::new(model, options))
     }
 
     pub fn model(&self) -> &Model {

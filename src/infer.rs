@@ -18,6 +18,9 @@ pub const BUILT_IN_MODEL: &str = "fer-yolo-mamba-nano.onnx";
 /// SHA-256 of [`BUILT_IN_MODEL`], computed by `build.rs`.
 pub const BUILT_IN_MODEL_SHA256: &str = env!("FER_EDGE_BUILT_IN_MODEL_SHA256");
 static BUILT_IN_ONNX: &[u8] = include_bytes!("../models/fer-yolo-mamba-nano.onnx");
+/// The ONNX `metadata_props` key under which a model file carries the score
+/// threshold it was tuned at (docs/model-contract.md).
+pub const CONFIDENCE_METADATA_KEY: &str = "fer_edge.confidence";
 
 /// Where a model comes from: the binary itself or an ONNX file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +122,8 @@ pub struct Model {
     /// The plan's run state, kept across frames: one frame at a time.
     state: Mutex<TypedSimpleState>,
     input_shape: [usize; 4],
+    /// The file's own score threshold ([`CONFIDENCE_METADATA_KEY`]).
+    confidence: Option<f32>,
     source: ModelSource,
     sha256: String,
 }
@@ -146,6 +151,10 @@ impl Model {
         let proto = onnx()
             .proto_model_for_read(&mut &bytes[..])
             .map_err(parse)?;
+        let confidence = metadata_confidence(&proto).map_err(|cause| ModelError::Contract {
+            model: source.clone(),
+            cause,
+        })?;
         let inference = onnx().model_for_proto_model(&proto).map_err(parse)?;
         let unsupported = unsupported_ops(&inference);
         if !unsupported.is_empty() {
@@ -170,6 +179,7 @@ impl Model {
         Ok(Model {
             state: Mutex::new(state),
             input_shape,
+            confidence,
             source: source.clone(),
             sha256,
         })
@@ -183,6 +193,12 @@ impl Model {
     /// `(height, width)` of the network input.
     pub fn input_size(&self) -> (usize, usize) {
         (self.input_shape[2], self.input_shape[3])
+    }
+
+    /// The score threshold the model file says it was tuned at, if it says
+    /// one ([`CONFIDENCE_METADATA_KEY`]).
+    pub fn confidence(&self) -> Option<f32> {
+        self.confidence
     }
 
     /// Where this model was loaded from.
@@ -342,6 +358,25 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// An error with its causes, on one line.
 /// The [`scan::op::ContractError`] somewhere in `e`'s chain, alone.
+/// The model's [`CONFIDENCE_METADATA_KEY`] entry, if it has one: a number in
+/// (0, 1].
+fn metadata_confidence(proto: &tract_onnx::pb::ModelProto) -> Result<Option<f32>, String> {
+    let Some(entry) = proto
+        .metadata_props
+        .iter()
+        .find(|entry| entry.key == CONFIDENCE_METADATA_KEY)
+    else {
+        return Ok(None);
+    };
+    match entry.value.trim().parse::<f32>() {
+        Ok(confidence) if confidence > 0.0 && confidence <= 1.0 => Ok(Some(confidence)),
+        _ => Err(format!(
+            "metadata {CONFIDENCE_METADATA_KEY} is `{}`, not a score threshold in (0, 1]",
+            entry.value
+        )),
+    }
+}
+
 fn contract_error(e: &anyhow::Error, model: &ModelSource) -> Option<ModelError> {
     let broken = e
         .chain()

@@ -8,9 +8,12 @@
 mod common;
 
 use common::{read_npy, repo, tolerance_ratio, values};
+use fer_edge::config::DetectorConfig;
 use fer_edge::decode::{decode, DecodeOptions};
 use fer_edge::device::Device;
-use fer_edge::infer::{Model, ModelError, ModelSource, BUILT_IN_MODEL_SHA256};
+use fer_edge::infer::{
+    Model, ModelError, ModelSource, BUILT_IN_MODEL_SHA256, CONFIDENCE_METADATA_KEY,
+};
 use fer_edge::preprocess::Letterbox;
 use fer_edge::scan::op::{SelectiveScan, SelectiveScan2D};
 use std::path::Path;
@@ -266,13 +269,20 @@ fn a_version_3_block_has_no_dt_projection_product() {
     );
 }
 
-fn load_error(bytes: &[u8]) -> String {
+/// Writes `bytes` to a fresh model file in this test process's temporary
+/// folder and returns its path.
+fn model_file(bytes: &[u8]) -> std::path::PathBuf {
     static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!("fer-edge-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = dir.join(format!("model-{n}.onnx"));
     std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn load_error(bytes: &[u8]) -> String {
+    let path = model_file(bytes);
     let err = Model::load(&path).expect_err("loading must fail");
     std::fs::remove_file(&path).unwrap();
     err.to_string()
@@ -318,6 +328,60 @@ fn the_built_in_model_is_the_shipped_file() {
         built_in.source().to_string(),
         "built-in model fer-yolo-mamba-nano.onnx"
     );
+}
+
+/// The ONNX file `file` (under the repository) with its
+/// [`CONFIDENCE_METADATA_KEY`] entry set to `value`.
+fn with_confidence_metadata(file: &str, value: &str) -> Vec<u8> {
+    use prost::Message;
+    let bytes = std::fs::read(repo(file)).unwrap();
+    let mut proto = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
+    proto
+        .metadata_props
+        .push(tract_onnx::pb::StringStringEntryProto {
+            key: CONFIDENCE_METADATA_KEY.into(),
+            value: value.into(),
+        });
+    proto.encode_to_vec()
+}
+
+/// A model file's own score threshold is what its detections are cut at,
+/// unless the config sets one; a model without it gets the built-in
+/// model's 0.18; a threshold outside (0, 1] is refused, naming the key.
+#[test]
+fn a_model_file_carries_its_own_confidence_which_a_config_overrides() {
+    let built_in = Model::load_on(&ModelSource::BuiltIn, Device::Cpu).unwrap();
+    assert_eq!(built_in.confidence(), None);
+    let config = DetectorConfig::default();
+    assert_eq!(config.decode_options(&built_in).confidence, 0.18);
+
+    let path = model_file(&with_confidence_metadata(
+        "models/fer-yolo-mamba-nano.onnx",
+        "0.3",
+    ));
+    let model = Model::load(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(model.confidence(), Some(0.3));
+    assert_eq!(config.decode_options(&model).confidence, 0.3);
+    assert_eq!(DecodeOptions::for_model(&model).confidence, 0.3);
+    let chosen = DetectorConfig {
+        confidence: Some(0.25),
+        ..DetectorConfig::default()
+    };
+    assert_eq!(chosen.decode_options(&model).confidence, 0.25);
+
+    for bad in ["high", "0", "1.5", ""] {
+        let err = load_error(&with_confidence_metadata(
+            "tests/data/vss_block/vss_block.onnx",
+            bad,
+        ));
+        assert!(
+            err.contains("does not keep fer-edge's model contract")
+                && err.contains(&format!("{CONFIDENCE_METADATA_KEY} is `{bad}`"))
+                && err.contains("(0, 1]"),
+            "{bad}: {err}"
+        );
+    }
 }
 
 /// Rewrites the scan nodes of a block model (`vss_block.onnx`, version 2,

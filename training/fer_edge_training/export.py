@@ -47,6 +47,7 @@ from .onnx_graph import (
     ensure_opset,
     make_scan_twin,
     register_onnx_schema,
+    set_confidence,
     strip_metadata,
 )
 from .preprocess import letterbox_size, load_rgb, preprocess
@@ -496,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
         "SelectiveScan2D node per SS2D block, dt projection included; 2, dt projection "
         "MatMul + SelectiveScan2D; 1, Gather + SelectiveScan + Gather (default %(default)s)",
     )
+    ap.add_argument(
+        "--confidence",
+        type=float,
+        help="the face score threshold the model was tuned at, written into --output's "
+        "metadata (fer_edge.confidence, docs/model-contract.md); the runtime decodes at it "
+        "unless its config or command line sets one (default: none, the runtime's 0.18)",
+    )
     ap.add_argument("--scan-twin", help="also write the twin with standard ONNX Scan nodes")
     ap.add_argument("--golden", help="directory for golden tensors")
     ap.add_argument("--golden-image", default=str(DEFAULT_IMAGE))
@@ -510,6 +518,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.size % 32:
         ap.error("--size must be a multiple of 32")
+    if a.confidence is not None and not 0.0 < a.confidence <= 1.0:
+        ap.error("--confidence must be in (0, 1]")
+    if a.confidence is not None and not a.output:
+        ap.error("--confidence is written into --output: name one")
     if a.threads:
         torch.set_num_threads(a.threads)
     register_onnx_schema()
@@ -529,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(f"{n} {op} nodes" for op, n in n_scan.items() if n)
             )
             if a.output:
+                if a.confidence is not None:
+                    set_confidence(main_model, a.confidence)
+                    report.append(f"its own confidence: {a.confidence:g}")
                 size = check_and_save(main_model, a.output)
                 report.append(f"{a.output}: {_mb(size)}")
             if a.scan_twin:

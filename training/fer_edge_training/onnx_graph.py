@@ -221,6 +221,21 @@ def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+CONFIDENCE_METADATA_KEY = "fer_edge.confidence"
+"""The model's own face score threshold, in its ``metadata_props`` (docs/model-contract.md)."""
+
+
+def set_confidence(model: onnx.ModelProto, confidence: float) -> None:
+    """Write ``confidence``, the face score threshold the model was tuned at, into its
+    metadata, replacing any earlier one; the runtime decodes at it unless told otherwise."""
+    if not 0.0 < confidence <= 1.0:
+        raise ValueError(f"confidence {confidence} is not in (0, 1]")
+    kept = [p for p in model.metadata_props if p.key != CONFIDENCE_METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=CONFIDENCE_METADATA_KEY, value=f"{confidence:g}")
+
+
 def ensure_opset(model: onnx.ModelProto, domain: str, version: int) -> None:
     for op in model.opset_import:
         if op.domain == domain:

@@ -17,6 +17,7 @@ from fer_edge_training.export import (
     torch_to_onnx,
 )
 from fer_edge_training.onnx_graph import (
+    CONFIDENCE_METADATA_KEY,
     INPUT_NAMES,
     INPUT_NAMES_LOW_RANK,
     count_ops,
@@ -25,6 +26,7 @@ from fer_edge_training.onnx_graph import (
     register_onnx_schema,
     scan_op_version,
     selective_scan_numpy,
+    set_confidence,
     static_shapes,
 )
 from fer_edge_training.scan import selective_scan_ref, set_scan_impl
@@ -446,3 +448,23 @@ def test_cli_scan_op_version(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--output", str(tmp_path / "v4.onnx"), "--scan-op-version", "4"])
     assert not (tmp_path / "v4.onnx").exists()
+
+
+def test_cli_confidence_is_written_into_the_model_metadata(tmp_path):
+    """--confidence 0.3 puts fer_edge.confidence = 0.3 in --output's metadata (once, even
+    if set again); a threshold outside (0, 1] or without --output is refused, no file."""
+    out = tmp_path / "own.onnx"
+    assert main(["--size", "32", "--seed", "1", "--output", str(out), "--confidence", "0.3"]) == 0
+    m = onnx.load(str(out))
+    assert [(p.key, p.value) for p in m.metadata_props] == [(CONFIDENCE_METADATA_KEY, "0.3")]
+    set_confidence(m, 0.25)
+    assert [(p.key, p.value) for p in m.metadata_props] == [(CONFIDENCE_METADATA_KEY, "0.25")]
+    for bad in (["--confidence", "0"], ["--confidence", "1.5"]):
+        with pytest.raises(SystemExit):
+            main(["--size", "32", "--output", str(tmp_path / "bad.onnx"), *bad])
+    with pytest.raises(SystemExit):
+        main(["--size", "32", "--confidence", "0.3"])
+    assert not (tmp_path / "bad.onnx").exists()
+    plain = tmp_path / "plain.onnx"
+    assert main(["--size", "32", "--seed", "1", "--output", str(plain)]) == 0
+    assert not onnx.load(str(plain)).metadata_props
