@@ -34,8 +34,9 @@ at least :data:`MIN_SCENE_FACE` of the photo's long side is a face to find. A de
 a true positive when its IoU with a face not yet found reaches the threshold (0.5, and 0.4
 for boxes drawn to another convention), ignored when it matches a face that is not
 counted (smaller, or a lower MTCNN score) or is itself smaller than 0.8 x the smallest
-counted size, else a false positive. fer-edge (``detect`` at its default confidence,
-or at each of ``--scene-confidence``) against OpenCV's Haar cascade
+counted size, else a false positive. fer-edge (``detect`` at its default confidence: the
+model file's own threshold, else 0.18; or at each of ``--scene-confidence``) against
+OpenCV's Haar cascade
 (``haarcascade_frontalface_default.xml`` of ``opencv-python-headless``,
 ``detectMultiScale`` with OpenCV's documented defaults: scale 1.1, 3 neighbours; the
 cascade finds faces of at least 30 px, about the smallest size counted) in the same run.
@@ -408,7 +409,8 @@ def fer_edge_at_scene_confidences(
     args: argparse.Namespace, paths: list[Path]
 ) -> dict[float | None, dict[str, list[dict]]]:
     """fer-edge's detections on ``paths`` at each of ``--scene-confidence`` (None: the
-    runtime's default), best first, by image path; one ``detect`` run at the lowest."""
+    runtime's default, the model file's own threshold else 0.18), best first, by image
+    path; one ``detect`` run at the lowest."""
     confidences = args.scene_confidence or [None]
     lowest = None if confidences == [None] else min(confidences)
     ours = fer_edge_detections(args.fer_edge, args.model, paths, args.threads, confidence=lowest)
@@ -423,7 +425,8 @@ def fer_edge_at_scene_confidences(
 
 
 def confidence_label(confidence: float | None) -> str:
-    """A report's name for a fer-edge confidence (None: the runtime's default)."""
+    """A report's name for a fer-edge confidence (None: the runtime's default, the model
+    file's own threshold else 0.18)."""
     return "default" if confidence is None else f"{confidence:g}"
 
 
