@@ -20,16 +20,18 @@ fn available() -> impl Iterator<Item = Kernel> {
     std::iter::empty()
 }
 
-/// Narrower rows leave a 32-pixel register block half empty: a prototype of
-/// the row-pixel loop ran at 43 G multiply-adds a second at 14x14, against
-/// 80-84 at 28x28 and wider; tract reaches 45-59 on 64-channel layers.
+/// Below 28 pixels wide the output-channel tiling is faster: row pixels ran
+/// at 47.5 G multiply-adds a second at 14x14 against its 52.5-52.8, and at
+/// 41.5 against 45 at 7x7 (`cargo bench --bench conv`, a Zen 4 core,
+/// docs/performance.md).
 pub const MIN_ROW_PIXELS_WIDTH: usize = 28;
 
 /// Which values a kernel's vector registers hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tiling {
-    /// 16 adjacent pixels of an output row, for 8 output channels at a time:
-    /// each input vector, loaded once per tap, meets 8 broadcast weights.
+    /// 32 consecutive pixels of the output plane, its rows end to end, for 8
+    /// output channels at a time: each input vector, loaded once per tap,
+    /// meets 8 broadcast weights.
     /// Stride 1 over rows of at least `MIN_ROW_PIXELS_WIDTH` (28) pixels,
     /// on kernels that have it (AVX-512F).
     RowPixels,

@@ -1,9 +1,10 @@
 //! The AVX-512F kernels, of both tilings.
 //!
-//! Row pixels: 8 output channels x 32 pixels of a row (two registers)
-//! accumulated in 16 registers; each input vector, loaded once per tap,
-//! meets the 8 channels' weights as broadcasts. The image borders are masked
-//! lanes and skipped rows, read as the zero padding.
+//! Row pixels: 8 output channels x 32 consecutive pixels of the plane, its
+//! rows end to end (two registers), accumulated in 16 registers; each input
+//! vector, loaded once per tap, meets the 8 channels' weights as broadcasts.
+//! The image borders are masked lanes, read as the zero padding: per row of
+//! taps, three pairs of masks that stay in mask registers over the channels.
 //!
 //! Output channels: 16 output channels in a register x a tile of 14 pixels
 //! accumulated in 14 registers; each input value of the zero-padded copy is
@@ -50,11 +51,50 @@ fn row_pixels(
     unsafe { row_pixels_avx512(input, dims, weights, bias, output) }
 }
 
-/// Lanes `i` of a register whose input column `start + i` lies in `0..width`.
-fn lane_mask(start: isize, width: usize) -> __mmask16 {
+/// Lanes `i` of a register whose pixel `start + i` lies in `0..len`.
+fn lane_mask(start: isize, len: usize) -> __mmask16 {
     (0..LANES as isize)
-        .filter(|i| (0..width as isize).contains(&(start + i)))
+        .filter(|i| (0..len as isize).contains(&(start + i)))
         .fold(0, |mask, i| mask | (1 << i))
+}
+
+/// For the 32 pixels `p0..p0 + 32` of a `height` x `width` plane, rows end
+/// to end, the lanes whose tap `(ky, kx)` reads inside the plane, as two
+/// masks; tap (1, 1)'s are the pixels inside the plane.
+fn tap_masks(p0: usize, (height, width): (usize, usize)) -> [[[__mmask16; 2]; 3]; 3] {
+    const PIXELS: usize = 2 * LANES;
+    let plane = height * width;
+    // Lanes i with p0 + i in from..to.
+    let lanes = |from: usize, to: usize| {
+        let (lo, hi) = (
+            from.saturating_sub(p0).min(PIXELS),
+            to.saturating_sub(p0).min(PIXELS),
+        );
+        ((1u64 << hi) - (1u64 << lo)) as u32
+    };
+    // Lanes at column `column` of their row.
+    let at_column = |column: usize| {
+        let mut lanes = 0u32;
+        let mut i = (width + column - p0 % width) % width;
+        while i < PIXELS {
+            lanes |= 1 << i;
+            i += width;
+        }
+        lanes
+    };
+    let inside = lanes(0, plane);
+    let rows = [
+        inside & !lanes(0, width),
+        inside,
+        inside & !lanes(plane - width, plane),
+    ];
+    let columns = [!at_column(0), u32::MAX, !at_column(width - 1)];
+    std::array::from_fn(|ky| {
+        std::array::from_fn(|kx| {
+            let both = rows[ky] & columns[kx];
+            [both as __mmask16, (both >> LANES) as __mmask16]
+        })
+    })
 }
 
 #[target_feature(enable = "avx512f")]
@@ -68,57 +108,43 @@ fn row_pixels_avx512(
     assert!(input.len() >= channels * height * width && weights.len() >= channels * 9 * BLOCK);
     assert!(bias.len() >= BLOCK && output.len() >= BLOCK * height * width);
     let plane = height * width;
-    for x0 in (0..width).step_by(2 * LANES) {
-        // For each kx, the lanes of the two registers that read inside the row.
-        let masks: [[__mmask16; 2]; 3] = std::array::from_fn(|kx| {
-            let start = (x0 + kx) as isize - 1;
-            [
-                lane_mask(start, width),
-                lane_mask(start + LANES as isize, width),
-            ]
-        });
-        let stored = [
-            lane_mask(x0 as isize, width),
-            lane_mask((x0 + LANES) as isize, width),
-        ];
-        for y in 0..height {
-            let mut acc: [[__m512; 2]; BLOCK] =
-                std::array::from_fn(|o| [_mm512_set1_ps(bias[o]); 2]);
-            for ky in 0..3 {
-                let Some(row) = (y + ky).checked_sub(1).filter(|&r| r < height) else {
-                    continue;
-                };
-                for c in 0..channels {
-                    let row = input[c * plane + row * width..].as_ptr();
-                    let taps = &weights[(c * 9 + ky * 3) * BLOCK..][..3 * BLOCK];
-                    for (kx, (mask, taps)) in masks.iter().zip(taps.chunks_exact(BLOCK)).enumerate()
-                    {
-                        // The column x0 + kx - 1 may lie before the row (and the
-                        // slice): only masked-in lanes, inside the row, are read.
-                        let at = row.wrapping_add(x0 + kx).wrapping_sub(1);
-                        // SAFETY: AVX-512 masked loads touch only the lanes of
-                        // the mask, here columns inside this row of `input`.
-                        let v = unsafe {
-                            [
-                                _mm512_maskz_loadu_ps(mask[0], at),
-                                _mm512_maskz_loadu_ps(mask[1], at.wrapping_add(LANES)),
-                            ]
-                        };
-                        for (acc, &w) in acc.iter_mut().zip(taps) {
-                            let w = _mm512_set1_ps(w);
-                            acc[0] = _mm512_fmadd_ps(w, v[0], acc[0]);
-                            acc[1] = _mm512_fmadd_ps(w, v[1], acc[1]);
-                        }
+    for p0 in (0..plane).step_by(2 * LANES) {
+        let masks = tap_masks(p0, (height, width));
+        let mut acc: [[__m512; 2]; BLOCK] = std::array::from_fn(|o| [_mm512_set1_ps(bias[o]); 2]);
+        for (ky, masks) in masks.iter().enumerate() {
+            for c in 0..channels {
+                let row = input[c * plane..]
+                    .as_ptr()
+                    .wrapping_add(p0 + ky * width)
+                    .wrapping_sub(width + 1);
+                let taps = &weights[(c * 9 + ky * 3) * BLOCK..][..3 * BLOCK];
+                for (kx, (mask, taps)) in masks.iter().zip(taps.chunks_exact(BLOCK)).enumerate() {
+                    // Pixel p0 + (ky - 1) width + kx - 1 may lie outside the
+                    // plane (and the slice): only masked-in lanes are read.
+                    let at = row.wrapping_add(kx);
+                    // SAFETY: AVX-512 masked loads touch only the lanes of
+                    // the mask, here pixels inside this channel's plane.
+                    let v = unsafe {
+                        [
+                            _mm512_maskz_loadu_ps(mask[0], at),
+                            _mm512_maskz_loadu_ps(mask[1], at.wrapping_add(LANES)),
+                        ]
+                    };
+                    for (acc, &w) in acc.iter_mut().zip(taps) {
+                        let w = _mm512_set1_ps(w);
+                        acc[0] = _mm512_fmadd_ps(w, v[0], acc[0]);
+                        acc[1] = _mm512_fmadd_ps(w, v[1], acc[1]);
                     }
                 }
             }
-            for (o, acc) in acc.iter().enumerate() {
-                let at = output[o * plane + y * width + x0..].as_mut_ptr();
-                // SAFETY: the store masks keep to columns x0.. of this row.
-                unsafe {
-                    _mm512_mask_storeu_ps(at, stored[0], acc[0]);
-                    _mm512_mask_storeu_ps(at.wrapping_add(LANES), stored[1], acc[1]);
-                }
+        }
+        let stored = masks[1][1];
+        for (o, acc) in acc.iter().enumerate() {
+            let at = output[o * plane + p0..].as_mut_ptr();
+            // SAFETY: the store masks keep to pixels p0.. of this plane.
+            unsafe {
+                _mm512_mask_storeu_ps(at, stored[0], acc[0]);
+                _mm512_mask_storeu_ps(at.wrapping_add(LANES), stored[1], acc[1]);
             }
         }
     }
