@@ -330,19 +330,27 @@ fn the_built_in_model_is_the_shipped_file() {
     );
 }
 
-/// The ONNX file `file` (under the repository) with its
-/// [`CONFIDENCE_METADATA_KEY`] entry set to `value`.
-fn with_confidence_metadata(file: &str, value: &str) -> Vec<u8> {
+/// The ONNX file `file` (under the repository), its model rewritten by
+/// `edit`.
+fn edited_model(file: &str, edit: impl FnOnce(&mut tract_onnx::pb::ModelProto)) -> Vec<u8> {
     use prost::Message;
     let bytes = std::fs::read(repo(file)).unwrap();
     let mut proto = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
-    proto
-        .metadata_props
-        .push(tract_onnx::pb::StringStringEntryProto {
-            key: CONFIDENCE_METADATA_KEY.into(),
-            value: value.into(),
-        });
+    edit(&mut proto);
     proto.encode_to_vec()
+}
+
+/// The ONNX file `file` (under the repository) with its
+/// [`CONFIDENCE_METADATA_KEY`] entry set to `value`.
+fn with_confidence_metadata(file: &str, value: &str) -> Vec<u8> {
+    edited_model(file, |proto| {
+        proto
+            .metadata_props
+            .push(tract_onnx::pb::StringStringEntryProto {
+                key: CONFIDENCE_METADATA_KEY.into(),
+                value: value.into(),
+            })
+    })
 }
 
 /// A model file's own score threshold is what its detections are cut at,
@@ -387,16 +395,14 @@ fn a_model_file_carries_its_own_confidence_which_a_config_overrides() {
 /// Rewrites the scan nodes of a block model (`vss_block.onnx`, version 2,
 /// or `vss_block_v1.onnx`) with `edit`.
 fn edited_block_model(file: &str, edit: impl Fn(&mut tract_onnx::pb::NodeProto)) -> Vec<u8> {
-    use prost::Message;
-    let bytes = std::fs::read(repo(&format!("tests/data/vss_block/{file}"))).unwrap();
-    let mut proto = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
-    let graph = proto.graph.as_mut().unwrap();
-    graph
-        .node
-        .iter_mut()
-        .filter(|n| n.op_type.starts_with("SelectiveScan"))
-        .for_each(edit);
-    proto.encode_to_vec()
+    edited_model(&format!("tests/data/vss_block/{file}"), |proto| {
+        let graph = proto.graph.as_mut().unwrap();
+        graph
+            .node
+            .iter_mut()
+            .filter(|n| n.op_type.starts_with("SelectiveScan"))
+            .for_each(edit)
+    })
 }
 
 #[test]
@@ -419,14 +425,12 @@ fn a_model_whose_op_is_missing_or_foreign_gives_a_clear_error() {
 /// A block model (`tests/data/vss_block/{file}`) whose `fer_edge` import
 /// says `version`, its nodes unchanged.
 fn importing_version(file: &str, version: i64) -> Vec<u8> {
-    use prost::Message;
-    let bytes = std::fs::read(repo(&format!("tests/data/vss_block/{file}"))).unwrap();
-    let mut proto = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
-    let imports = proto.opset_import.iter_mut();
-    imports
-        .filter(|o| o.domain == "fer_edge")
-        .for_each(|o| o.version = version);
-    proto.encode_to_vec()
+    edited_model(&format!("tests/data/vss_block/{file}"), |proto| {
+        let imports = proto.opset_import.iter_mut();
+        imports
+            .filter(|o| o.domain == "fer_edge")
+            .for_each(|o| o.version = version)
+    })
 }
 
 /// A model of a newer op contract, or with a scan input of the wrong shape,
